@@ -1,0 +1,284 @@
+//! Per-worker buffer pool. Every buffer ringlb hands to the kernel comes from here
+//! and returns here when dropped, so steady-state traffic allocates nothing.
+//!
+//! A `Buffer` is a fixed-capacity `BytesMut` plus a read cursor: bytes in
+//! `[pos, len)` are unconsumed data, `[len, capacity)` is free space for the next read.
+
+use bytes::BytesMut;
+use monoio::buf::{IoBuf, IoBufMut};
+use std::cell::RefCell;
+
+/// Size of every pooled buffer. Large enough for typical request heads and a
+/// productive body read; the head limit (`max_head_bytes`) may grow one buffer.
+pub const BUF_SIZE: usize = 64 * 1024;
+
+/// Free buffers kept per worker beyond which returned buffers are freed.
+const MAX_FREE: usize = 4096;
+
+thread_local! {
+    static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A pooled buffer. Dropping it returns the memory to this thread's pool.
+pub struct Buffer {
+    bytes: BytesMut,
+    pos: usize,
+}
+
+impl Buffer {
+    /// Takes a buffer from this thread's pool (allocating only when it is empty).
+    pub fn take() -> Buffer {
+        let bytes = FREE
+            .with(|f| f.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(BUF_SIZE));
+        Buffer { bytes, pos: 0 }
+    }
+
+    /// Pre-fills this thread's pool so the first requests do not allocate.
+    pub fn prefill(n: usize) {
+        FREE.with(|f| {
+            let mut f = f.borrow_mut();
+            while f.len() < n.min(MAX_FREE) {
+                f.push(BytesMut::with_capacity(BUF_SIZE));
+            }
+        });
+    }
+
+    /// Unconsumed bytes.
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        &self.bytes[self.pos..]
+    }
+
+    /// Mutable unconsumed bytes.
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.pos..]
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.pos == self.bytes.len()
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    /// Marks `n` unconsumed bytes as consumed.
+    #[inline]
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.len());
+        self.pos += n;
+        if self.pos == self.bytes.len() {
+            self.clear();
+        }
+    }
+
+    #[inline]
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.pos = 0;
+    }
+
+    /// Free space after the data.
+    #[inline]
+    pub fn spare(&self) -> usize {
+        self.bytes.capacity() - self.bytes.len()
+    }
+
+    /// Moves unconsumed data to the front so that reads can append after it.
+    pub fn compact(&mut self) {
+        if self.pos == 0 {
+            return;
+        }
+        let len = self.len();
+        self.bytes.copy_within(self.pos.., 0);
+        self.bytes.truncate(len);
+        self.pos = 0;
+    }
+
+    /// Makes sure at least `n` bytes of spare room follow the data (compacting, and
+    /// growing past `BUF_SIZE` only for an oversize head up to the configured limit).
+    pub fn reserve(&mut self, n: usize) {
+        if self.spare() >= n {
+            return;
+        }
+        self.compact();
+        if self.spare() < n {
+            self.bytes.reserve(n);
+        }
+    }
+
+    /// Appends bytes (used to write rewritten heads).
+    #[inline]
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    /// Total capacity.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    /// Shortens the data to `pos + n` bytes.
+    #[inline]
+    pub fn truncate_data(&mut self, n: usize) {
+        self.bytes.truncate(self.pos + n);
+    }
+
+    /// A zero-capacity placeholder (no allocation), left behind while the real
+    /// buffer is lent to the kernel.
+    pub fn placeholder() -> Buffer {
+        Buffer { bytes: BytesMut::new(), pos: 0 }
+    }
+
+    /// Empties the buffer and leaves `headroom` free bytes before the data, so a
+    /// rewritten head can later be placed in front of the body bytes that follow it.
+    pub fn reset_with_headroom(&mut self, headroom: usize) {
+        self.bytes.clear();
+        let headroom = headroom.min(self.bytes.capacity());
+        // SAFETY: headroom <= capacity; the bytes are never read before being
+        // overwritten, because `pos` starts after them.
+        unsafe { self.bytes.set_len(headroom) };
+        self.pos = headroom;
+    }
+
+    /// Replaces the first `old_len` bytes of data with `new`, writing into the
+    /// headroom in front when there is enough, shifting the rest otherwise.
+    pub fn replace_prefix(&mut self, old_len: usize, new: &[u8]) {
+        let end = self.pos + old_len;
+        if new.len() <= end {
+            let start = end - new.len();
+            self.bytes[start..end].copy_from_slice(new);
+            self.pos = start;
+            return;
+        }
+        let tail = self.bytes.len() - end;
+        let new_len = new.len() + tail;
+        if self.bytes.capacity() < new_len {
+            self.bytes.reserve(new_len - self.bytes.len());
+        }
+        // SAFETY: capacity >= new_len was ensured; the grown region is fully
+        // written by the copies below before anything reads it.
+        unsafe { self.bytes.set_len(new_len.max(self.bytes.len())) };
+        self.bytes.copy_within(end..end + tail, new.len());
+        self.bytes[..new.len()].copy_from_slice(new);
+        self.bytes.truncate(new_len);
+        self.pos = 0;
+    }
+
+    /// Grants raw access for in-place framing rewrites (chunk headers).
+    #[inline]
+    pub fn raw_mut(&mut self) -> &mut BytesMut {
+        &mut self.bytes
+    }
+
+    /// Read cursor.
+    #[inline]
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Moves the read cursor to an absolute offset.
+    #[inline]
+    pub fn set_pos(&mut self, pos: usize) {
+        debug_assert!(pos <= self.bytes.len());
+        self.pos = pos;
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.bytes);
+        if bytes.capacity() != BUF_SIZE {
+            return; // grown for an oversize head: let it go
+        }
+        bytes.clear();
+        // try_with: the pool may already be gone while a thread shuts down.
+        let _ = FREE.try_with(|f| {
+            if let Ok(mut f) = f.try_borrow_mut() {
+                if f.len() < MAX_FREE {
+                    f.push(bytes);
+                }
+            }
+        });
+    }
+}
+
+// SAFETY: the pointer and length come from the inner BytesMut, which the runtime
+// keeps alive and unmoved (the Buffer is owned by the in-flight operation); the
+// heap allocation behind BytesMut never moves while it is not resized.
+unsafe impl IoBuf for Buffer {
+    #[inline]
+    fn read_ptr(&self) -> *const u8 {
+        self.bytes.as_ptr()
+    }
+
+    #[inline]
+    fn bytes_init(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+// SAFETY: as above; `set_init` only grows the length to bytes the kernel wrote,
+// and never past capacity (the runtime bounds writes by `bytes_total`).
+unsafe impl IoBufMut for Buffer {
+    #[inline]
+    fn write_ptr(&mut self) -> *mut u8 {
+        self.bytes.as_mut_ptr()
+    }
+
+    #[inline]
+    fn bytes_total(&mut self) -> usize {
+        self.bytes.capacity()
+    }
+
+    #[inline]
+    unsafe fn set_init(&mut self, init_len: usize) {
+        if self.bytes.len() < init_len {
+            self.bytes.set_len(init_len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consume_compact_and_recycle() {
+        let mut b = Buffer::take();
+        b.extend(b"hello world");
+        b.consume(6);
+        assert_eq!(b.data(), b"world");
+        b.compact();
+        assert_eq!((b.pos(), b.data()), (0, &b"world"[..]));
+        b.consume(5);
+        assert!(b.is_empty());
+        let ptr = b.read_ptr();
+        drop(b);
+        let again = Buffer::take();
+        assert_eq!(again.capacity(), BUF_SIZE);
+        assert_eq!(again.read_ptr(), ptr, "buffer came back from the pool");
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn replace_prefix_uses_headroom_or_shifts() {
+        let mut b = Buffer::take();
+        b.reset_with_headroom(8);
+        b.extend(b"HEADbody");
+        b.replace_prefix(4, b"LONGERHEAD");
+        assert_eq!(b.data(), b"LONGERHEADbody");
+        assert_eq!(b.pos(), 2);
+        let mut b = Buffer::take();
+        b.extend(b"Hbody");
+        b.replace_prefix(1, b"HEAD:");
+        assert_eq!(b.data(), b"HEAD:body");
+        b.replace_prefix(5, b"X");
+        assert_eq!(b.data(), b"Xbody");
+    }
+}

@@ -1,0 +1,74 @@
+//! Command-line parsing (hand-rolled: four commands do not need a framework).
+
+use std::path::PathBuf;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// No arguments: run the built-in demo.
+    Demo,
+    Run { config: PathBuf },
+    Check { config: PathBuf },
+    PrintDemoConfig,
+    Version,
+    Help,
+}
+
+pub const USAGE: &str = "\
+ringlb - thread-per-core io_uring HTTP/1.1 load balancer
+
+USAGE:
+    ringlb                          run the built-in demo (see what to curl)
+    ringlb --config FILE            run with a TOML config file
+    ringlb check --config FILE      validate a config file and exit
+    ringlb --print-demo-config      print the demo's config (a starting point)
+    ringlb --version | --help
+
+Signals: SIGTERM/SIGINT stop accepting, drain in-flight requests, exit 0.
+";
+
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let mut check = false;
+    let mut config: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-h" | "--help" | "help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--print-demo-config" => return Ok(Command::PrintDemoConfig),
+            "check" if !check && config.is_none() => check = true,
+            "-c" | "--config" => {
+                let v = it.next().ok_or_else(|| format!("{a} needs a file argument"))?;
+                config = Some(PathBuf::from(v));
+            }
+            s if s.starts_with("--config=") => config = Some(PathBuf::from(&s["--config=".len()..])),
+            other => return Err(format!("unexpected argument `{other}`")),
+        }
+    }
+    match (check, config) {
+        (true, Some(config)) => Ok(Command::Check { config }),
+        (true, None) => Err("`check` needs --config FILE".to_string()),
+        (false, Some(config)) => Ok(Command::Run { config }),
+        (false, None) => Ok(Command::Demo),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Command, String> {
+        parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(p(&[]), Ok(Command::Demo));
+        assert_eq!(p(&["--config", "a.toml"]), Ok(Command::Run { config: "a.toml".into() }));
+        assert_eq!(p(&["check", "--config", "a.toml"]), Ok(Command::Check { config: "a.toml".into() }));
+        assert_eq!(p(&["check", "--config=a.toml"]), Ok(Command::Check { config: "a.toml".into() }));
+        assert_eq!(p(&["--version"]), Ok(Command::Version));
+        assert!(p(&["check"]).is_err());
+        assert!(p(&["--config"]).is_err());
+        assert!(p(&["--bogus"]).is_err());
+    }
+}

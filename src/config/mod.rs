@@ -1,0 +1,400 @@
+//! Configuration: the TOML schema, validation with `file:line:column` errors, and
+//! defaults. Nothing here touches a socket: addresses are resolved once at load time.
+
+mod demo;
+mod duration;
+mod raw;
+
+pub use demo::DEMO_CONFIG;
+pub use duration::parse_duration;
+
+use raw::{RawConfig, RawListener, RawRoute, RawUpstream};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+use toml::Spanned;
+
+/// Which io driver the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    /// io_uring when the kernel allows it, epoll otherwise.
+    Auto,
+    Uring,
+    Epoll,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub workers: usize,
+    pub io: IoMode,
+    pub ring_entries: u32,
+    pub drain_timeout: Duration,
+    pub client: ClientSettings,
+    pub listeners: Vec<ListenerConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// Client-side timeouts and limits.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// From the first byte of a request head to its end (slowloris guard).
+    pub head_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Longest pause while reading a request body.
+    pub body_timeout: Duration,
+    /// Longest stall while writing to the client.
+    pub write_timeout: Duration,
+    /// Largest request head (request line + fields); larger is 431.
+    pub max_head_bytes: usize,
+    /// Longest request line; longer is 414.
+    pub max_request_line_bytes: usize,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            max_head_bytes: 32 * 1024,
+            max_request_line_bytes: 8 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    pub routes: Vec<RouteConfig>,
+    pub default_action: Action,
+}
+
+/// A routing rule: first match wins; `host` compares case-insensitively without port.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub action: Action,
+}
+
+/// What a matched request gets.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Forward to the upstream with this index in `Config::upstreams`.
+    Proxy(usize),
+    /// Answer directly from ringlb.
+    Respond(DirectResponse),
+}
+
+#[derive(Debug, Clone)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: String,
+    pub content_type: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub servers: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Idle pooled connections kept per server and per worker.
+    pub max_idle: usize,
+}
+
+/// A configuration error pointing at the offending place in the file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else if self.key.is_empty() {
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: `{}`: {}",
+                self.file, self.line, self.column, self.key, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let ctx = Ctx { text, file };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
+        ctx.validate(raw)
+    }
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, column)
+    }
+
+    fn err(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        let (line, column) = self.position(span.start);
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let (line, column) = e.span().map_or((1, 1), |s| self.position(s.start));
+        let key = e
+            .span()
+            .map(|s| key_at(&self.text[s.start..s.end.min(self.text.len())]))
+            .unwrap_or_default();
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            key,
+            message: e.message().trim().to_string(),
+        }
+    }
+
+    fn duration(&self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => {
+                let d = parse_duration(s.get_ref()).map_err(|m| self.err(s.span(), key, m))?;
+                if d.is_zero() {
+                    return Err(self.err(s.span(), key, "must be greater than zero"));
+                }
+                Ok(d)
+            }
+        }
+    }
+
+    fn int(&self, v: &Option<Spanned<i64>>, key: &str, min: i64, max: i64, default: i64) -> Result<i64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => {
+                let n = *s.get_ref();
+                if n < min || n > max {
+                    return Err(self.err(s.span(), key, format!("must be between {min} and {max}, got {n}")));
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    fn addr(&self, s: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+        let text = s.get_ref();
+        if let Ok(a) = text.parse::<SocketAddr>() {
+            return Ok(a);
+        }
+        match text.to_socket_addrs() {
+            Ok(mut it) => it
+                .next()
+                .ok_or_else(|| self.err(s.span(), key, format!("`{text}` resolves to no address"))),
+            Err(e) => Err(self.err(
+                s.span(),
+                key,
+                format!("`{text}` is not HOST:PORT ({e})"),
+            )),
+        }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let workers = match &raw.workers {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(_) => self.int(&raw.workers, "workers", 1, 1024, 1)? as usize,
+        };
+        let io = match &raw.io {
+            None => IoMode::Auto,
+            Some(s) => match s.get_ref().as_str() {
+                "auto" => IoMode::Auto,
+                "uring" => IoMode::Uring,
+                "epoll" => IoMode::Epoll,
+                other => {
+                    return Err(self.err(s.span(), "io", format!("`{other}` is not one of \"auto\", \"uring\", \"epoll\"")))
+                }
+            },
+        };
+        let ring_entries = self.int(&raw.ring_entries, "ring_entries", 256, 32768, 1024)? as u32;
+        let drain_timeout = self.duration(&raw.drain_timeout, "drain_timeout", Duration::from_secs(30))?;
+        let client = self.client(raw.client.unwrap_or_default())?;
+
+        let mut upstreams = Vec::with_capacity(raw.upstream.len());
+        for up in &raw.upstream {
+            let cfg = self.upstream(up)?;
+            if upstreams.iter().any(|u: &UpstreamConfig| u.name == cfg.name) {
+                return Err(self.err(up.name.span(), "name", format!("upstream `{}` is defined twice", cfg.name)));
+            }
+            upstreams.push(cfg);
+        }
+
+        if raw.listener.is_empty() {
+            return Err(self.err(0..0, "listener", "at least one [[listener]] is required"));
+        }
+        let mut listeners = Vec::with_capacity(raw.listener.len());
+        for l in &raw.listener {
+            let cfg = self.listener(l, &upstreams)?;
+            if listeners.iter().any(|o: &ListenerConfig| o.addr == cfg.addr && cfg.addr.port() != 0) {
+                return Err(self.err(l.listen.span(), "listen", format!("{} is used by two listeners", cfg.addr)));
+            }
+            listeners.push(cfg);
+        }
+        Ok(Config { workers, io, ring_entries, drain_timeout, client, listeners, upstreams })
+    }
+
+    fn client(&self, c: raw::RawClient) -> Result<ClientSettings, ConfigError> {
+        let d = ClientSettings::default();
+        Ok(ClientSettings {
+            head_timeout: self.duration(&c.head_timeout, "head_timeout", d.head_timeout)?,
+            idle_timeout: self.duration(&c.idle_timeout, "idle_timeout", d.idle_timeout)?,
+            body_timeout: self.duration(&c.body_timeout, "body_timeout", d.body_timeout)?,
+            write_timeout: self.duration(&c.write_timeout, "write_timeout", d.write_timeout)?,
+            max_head_bytes: self.int(&c.max_head_bytes, "max_head_bytes", 1024, 1 << 20, d.max_head_bytes as i64)? as usize,
+            max_request_line_bytes: self.int(
+                &c.max_request_line_bytes,
+                "max_request_line_bytes",
+                64,
+                1 << 20,
+                d.max_request_line_bytes as i64,
+            )? as usize,
+        })
+    }
+
+    fn upstream(&self, up: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let name = up.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            return Err(self.err(up.name.span(), "name", "must not be empty"));
+        }
+        if up.servers.get_ref().is_empty() {
+            return Err(self.err(up.servers.span(), "servers", "needs at least one server"));
+        }
+        let mut servers = Vec::new();
+        for s in up.servers.get_ref() {
+            let addr = self.addr(s, "servers")?;
+            if addr.port() == 0 {
+                return Err(self.err(s.span(), "servers", "port 0 is not a valid upstream port"));
+            }
+            servers.push(addr);
+        }
+        Ok(UpstreamConfig {
+            name,
+            servers,
+            connect_timeout: self.duration(&up.connect_timeout, "connect_timeout", Duration::from_secs(3))?,
+            response_timeout: self.duration(&up.response_timeout, "response_timeout", Duration::from_secs(30))?,
+            idle_timeout: self.duration(&up.idle_timeout, "idle_timeout", Duration::from_secs(30))?,
+            max_idle: self.int(&up.max_idle, "max_idle", 0, 100_000, 256)? as usize,
+        })
+    }
+
+    fn action(
+        &self,
+        upstream: &Option<Spanned<String>>,
+        status: &Option<Spanned<i64>>,
+        body: &Option<String>,
+        content_type: &Option<String>,
+        upstreams: &[UpstreamConfig],
+        anchor: Range<usize>,
+    ) -> Result<Action, ConfigError> {
+        match (upstream, status) {
+            (Some(_), Some(s)) => Err(self.err(s.span(), "status", "set either `upstream` or `status`, not both")),
+            (Some(u), None) => {
+                let idx = upstreams.iter().position(|x| &x.name == u.get_ref()).ok_or_else(|| {
+                    self.err(u.span(), "upstream", format!("no [[upstream]] is named `{}`", u.get_ref()))
+                })?;
+                Ok(Action::Proxy(idx))
+            }
+            (None, Some(s)) => {
+                let code = *s.get_ref();
+                if !(200..=599).contains(&code) || code == 204 || code == 304 {
+                    return Err(self.err(s.span(), "status", format!("{code} is not a status a direct response can send (200-599, not 204/304)")));
+                }
+                Ok(Action::Respond(DirectResponse {
+                    status: code as u16,
+                    body: body.clone().unwrap_or_default(),
+                    content_type: content_type.clone().unwrap_or_else(|| "text/plain".to_string()),
+                }))
+            }
+            (None, None) => Err(self.err(anchor, "upstream", "needs `upstream = \"NAME\"` or a direct response (`status`, `body`)")),
+        }
+    }
+
+    fn listener(&self, l: &RawListener, upstreams: &[UpstreamConfig]) -> Result<ListenerConfig, ConfigError> {
+        let addr = self.addr(&l.listen, "listen")?;
+        let default_action = self.action(&l.upstream, &l.status, &l.body, &l.content_type, upstreams, l.listen.span())?;
+        let mut routes = Vec::with_capacity(l.route.len());
+        for r in &l.route {
+            routes.push(self.route(r, upstreams, l.listen.span())?);
+        }
+        Ok(ListenerConfig { addr, routes, default_action })
+    }
+
+    fn route(&self, r: &RawRoute, upstreams: &[UpstreamConfig], anchor: Range<usize>) -> Result<RouteConfig, ConfigError> {
+        let anchor = r
+            .host
+            .as_ref()
+            .map(|h| h.span())
+            .or_else(|| r.path_prefix.as_ref().map(|p| p.span()))
+            .unwrap_or(anchor);
+        let path_prefix = match &r.path_prefix {
+            None => "/".to_string(),
+            Some(p) if !p.get_ref().starts_with('/') => {
+                return Err(self.err(p.span(), "path_prefix", "must start with `/`"))
+            }
+            Some(p) => p.get_ref().clone(),
+        };
+        let host = r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
+        let action = self.action(&r.upstream, &r.status, &r.body, &r.content_type, upstreams, anchor)?;
+        Ok(RouteConfig { host, path_prefix, action })
+    }
+}
+
+/// The key a toml error span points at (`foo = 1` -> `foo`).
+fn key_at(fragment: &str) -> String {
+    let end = fragment.find(['=', '\n', ' ', ']']).unwrap_or(fragment.len());
+    fragment[..end].trim().trim_matches('"').to_string()
+}
+
+#[cfg(test)]
+mod tests;

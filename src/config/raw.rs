@@ -1,0 +1,64 @@
+//! The TOML schema exactly as users write it. Every table denies unknown keys so a
+//! typo is an error with a line number, never a silently ignored setting.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub workers: Option<Spanned<i64>>,
+    pub io: Option<Spanned<String>>,
+    pub ring_entries: Option<Spanned<i64>>,
+    pub drain_timeout: Option<Spanned<String>>,
+    pub client: Option<RawClient>,
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub upstream: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub head_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub body_timeout: Option<Spanned<String>>,
+    pub write_timeout: Option<Spanned<String>>,
+    pub max_head_bytes: Option<Spanned<i64>>,
+    pub max_request_line_bytes: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub listen: Spanned<String>,
+    pub upstream: Option<Spanned<String>>,
+    pub status: Option<Spanned<i64>>,
+    pub body: Option<String>,
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub upstream: Option<Spanned<String>>,
+    pub status: Option<Spanned<i64>>,
+    pub body: Option<String>,
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: Spanned<String>,
+    pub servers: Spanned<Vec<Spanned<String>>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_idle: Option<Spanned<i64>>,
+}

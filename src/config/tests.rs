@@ -1,0 +1,101 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.toml")
+}
+
+const MINIMAL: &str = r#"
+[[listener]]
+listen = "127.0.0.1:8080"
+upstream = "app"
+
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:9001", "127.0.0.1:9002"]
+"#;
+
+#[test]
+fn minimal_contract_file_works() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.upstreams[0].servers.len(), 2);
+    assert!(matches!(c.listeners[0].default_action, Action::Proxy(0)));
+    assert_eq!(c.io, IoMode::Auto);
+    assert!(c.workers >= 1);
+}
+
+#[test]
+fn demo_config_is_valid() {
+    let c = parse(DEMO_CONFIG).unwrap();
+    assert_eq!(c.listeners.len(), 3);
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let text = MINIMAL.replace("name = \"app\"", "name = \"app\"\nretries_typo = 3");
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.line, 8, "{e}");
+    assert!(e.to_string().contains("retries_typo"), "{e}");
+    assert!(e.to_string().starts_with("test.toml:8:"), "{e}");
+}
+
+#[test]
+fn unknown_upstream_reference() {
+    let e = parse(&MINIMAL.replace("upstream = \"app\"", "upstream = \"nope\"")).unwrap_err();
+    assert_eq!(e.line, 4);
+    assert_eq!(e.key, "upstream");
+    assert!(e.message.contains("nope"));
+}
+
+#[test]
+fn bad_duration_and_address() {
+    let e = parse(&MINIMAL.replace("name = \"app\"", "name = \"app\"\nconnect_timeout = \"3 days\"")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (8, "connect_timeout"), "{e}");
+    let e = parse(&MINIMAL.replace("127.0.0.1:9002", "not an address")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (8, "servers"), "{e}");
+}
+
+#[test]
+fn io_mode_and_workers() {
+    let c = parse(&format!("workers = 3\nio = \"epoll\"\n{MINIMAL}")).unwrap();
+    assert_eq!((c.workers, c.io), (3, IoMode::Epoll));
+    let e = parse(&format!("io = \"kqueue\"\n{MINIMAL}")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (1, "io"));
+    let e = parse(&format!("workers = 0\n{MINIMAL}")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (1, "workers"));
+}
+
+#[test]
+fn direct_response_and_routes() {
+    let c = parse(
+        r#"
+[[listener]]
+listen = "127.0.0.1:0"
+status = 503
+body = "maintenance"
+
+[[listener.route]]
+path_prefix = "/healthz"
+status = 200
+body = "ok"
+"#,
+    )
+    .unwrap();
+    match &c.listeners[0].default_action {
+        Action::Respond(r) => assert_eq!((r.status, r.body.as_str()), (503, "maintenance")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.listeners[0].routes[0].path_prefix, "/healthz");
+}
+
+#[test]
+fn listener_needs_an_action() {
+    let e = parse("[[listener]]\nlisten = \"127.0.0.1:1\"\n").unwrap_err();
+    assert_eq!(e.line, 2, "{e}");
+}
+
+#[test]
+fn syntax_error_has_position() {
+    let e = parse("workers = = 2\n").unwrap_err();
+    assert_eq!(e.line, 1, "{e}");
+}

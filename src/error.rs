@@ -1,0 +1,125 @@
+//! Every way a request can fail, where the failure came from, and - in one
+//! place - which status the client sees for it.
+
+use std::fmt;
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// Malformed or ambiguous request (smuggling attempts included).
+    BadRequest(&'static str),
+    /// Request line longer than `max_request_line_bytes`.
+    UriTooLong,
+    /// Request head larger than `max_head_bytes`, or too many fields.
+    HeadTooLarge(&'static str),
+    /// A method or coding ringlb does not proxy.
+    NotImplemented(&'static str),
+    /// The client did not send a complete head in time.
+    ClientHeadTimeout,
+    /// The client stalled or vanished mid-request; nobody is left to answer.
+    ClientGone,
+    /// No route matched the request.
+    NoRoute,
+    /// No server of the pool can take the request.
+    NoHealthyServer,
+    /// Connecting to the upstream failed (refused, unreachable, reset).
+    UpstreamConnect,
+    UpstreamConnectTimeout,
+    /// The upstream did not send a response head in time.
+    UpstreamResponseTimeout,
+    /// The upstream closed or reset before a complete response head.
+    UpstreamClosed,
+    /// The upstream sent something that is not a valid HTTP/1.x response.
+    UpstreamBadResponse(&'static str),
+    /// The upstream failed while the response body was being relayed.
+    UpstreamBodyFailed,
+    Internal(&'static str),
+}
+
+impl ProxyError {
+    pub fn origin(self) -> Origin {
+        use ProxyError::*;
+        match self {
+            BadRequest(_) | UriTooLong | HeadTooLarge(_) | NotImplemented(_) | ClientHeadTimeout | ClientGone
+            | NoRoute => Origin::Client,
+            NoHealthyServer | UpstreamConnect | UpstreamConnectTimeout | UpstreamResponseTimeout | UpstreamClosed
+            | UpstreamBadResponse(_) | UpstreamBodyFailed => Origin::Upstream,
+            Internal(_) => Origin::Internal,
+        }
+    }
+
+    /// The status the client is answered with; `None` means close silently.
+    pub fn status(self) -> Option<u16> {
+        use ProxyError::*;
+        Some(match self {
+            BadRequest(_) => 400,
+            NoRoute => 404,
+            ClientHeadTimeout => 408,
+            UriTooLong => 414,
+            HeadTooLarge(_) => 431,
+            Internal(_) => 500,
+            NotImplemented(_) => 501,
+            UpstreamConnect | UpstreamClosed | UpstreamBadResponse(_) => 502,
+            NoHealthyServer => 503,
+            UpstreamConnectTimeout | UpstreamResponseTimeout => 504,
+            ClientGone | UpstreamBodyFailed => return None,
+        })
+    }
+
+    /// Whether the client connection must be closed after answering.
+    pub fn closes_client(self) -> bool {
+        use ProxyError::*;
+        !matches!(
+            self,
+            NoRoute | NoHealthyServer | UpstreamConnect | UpstreamConnectTimeout | UpstreamResponseTimeout
+                | UpstreamClosed | UpstreamBadResponse(_)
+        )
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ProxyError::*;
+        match self {
+            BadRequest(why) => write!(f, "bad request: {why}"),
+            UriTooLong => f.write_str("request line too long"),
+            HeadTooLarge(why) => write!(f, "request head too large: {why}"),
+            NotImplemented(why) => write!(f, "not implemented: {why}"),
+            ClientHeadTimeout => f.write_str("client head timeout"),
+            ClientGone => f.write_str("client closed or stalled"),
+            NoRoute => f.write_str("no route"),
+            NoHealthyServer => f.write_str("no healthy server"),
+            UpstreamConnect => f.write_str("upstream connect failed"),
+            UpstreamConnectTimeout => f.write_str("upstream connect timeout"),
+            UpstreamResponseTimeout => f.write_str("upstream response timeout"),
+            UpstreamClosed => f.write_str("upstream closed before a complete response head"),
+            UpstreamBadResponse(why) => write!(f, "invalid upstream response: {why}"),
+            UpstreamBodyFailed => f.write_str("upstream failed during the response body"),
+            Internal(why) => write!(f, "internal error: {why}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table() {
+        assert_eq!(ProxyError::BadRequest("x").status(), Some(400));
+        assert_eq!(ProxyError::UpstreamConnect.status(), Some(502));
+        assert_eq!(ProxyError::UpstreamResponseTimeout.status(), Some(504));
+        assert_eq!(ProxyError::UpstreamConnectTimeout.status(), Some(504));
+        assert_eq!(ProxyError::NoHealthyServer.status(), Some(503));
+        assert_eq!(ProxyError::UpstreamBodyFailed.status(), None);
+        assert!(ProxyError::BadRequest("x").closes_client());
+        assert!(!ProxyError::UpstreamConnect.closes_client());
+    }
+}

@@ -1,0 +1,31 @@
+//! HTTP/1.1 wire handling: parsing and validating heads, body framing, header
+//! rewriting and canned responses. Pure functions over byte slices: no sockets here.
+
+pub mod canned;
+pub mod chunked;
+pub mod fields;
+pub mod request;
+pub mod response;
+pub mod rewrite;
+
+/// Most header fields accepted in one head (more is 431 for requests, 502 for responses).
+pub const MAX_HEADERS: usize = 100;
+
+/// How a message body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the sender closes (responses only).
+    UntilClose,
+}
+
+impl Framing {
+    pub fn has_body(self) -> bool {
+        !matches!(self, Framing::None | Framing::Length(0))
+    }
+}

@@ -1,0 +1,86 @@
+//! The `ringlb` binary: CLI, start-up, signals. Everything else lives in the library.
+
+use mimalloc::MiMalloc;
+use ringlb::cli::{self, Command};
+use ringlb::config::{Config, DEMO_CONFIG};
+use ringlb::runtime::{self, Shutdown};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringlb: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("ringlb {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::PrintDemoConfig => {
+            print!("{DEMO_CONFIG}");
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} listener(s), {} upstream(s), {} worker(s))",
+                    config.display(),
+                    c.listeners.len(),
+                    c.upstreams.len(),
+                    c.workers
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run { config } => match Config::load(&config) {
+            Ok(c) => serve(c),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Demo => {
+            let config = Config::parse(DEMO_CONFIG, "<built-in demo>").expect("demo config is valid");
+            println!(
+                "ringlb demo: balancing http://127.0.0.1:8080 over two built-in backends (:8081, :8082)\n\
+                 try:\n  curl -i http://127.0.0.1:8080/        (round robin over backend 1 and 2)\n  \
+                 curl -i http://127.0.0.1:8080/healthz\n\
+                 stop with Ctrl-C. Run your own upstreams with: ringlb --config FILE \
+                 (ringlb --print-demo-config shows this demo's config)"
+            );
+            serve(config)
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    let shutdown = Arc::new(Shutdown::default());
+    runtime::signals::install(shutdown.clone());
+    match runtime::start(config, shutdown) {
+        Ok(running) => {
+            running.wait();
+            ringlb::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            ringlb::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}

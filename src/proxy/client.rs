@@ -1,0 +1,177 @@
+//! One client connection: wait for a request without holding a buffer, read and
+//! validate its head, route it, answer or forward it, repeat while keep-alive holds.
+
+use super::exchange::{self, Failure, Prepared};
+use super::route::RouteAction;
+use super::{rewrite_head, ClientIp, WorkerCtx, HEADROOM};
+use crate::buf::Buffer;
+use crate::error::ProxyError;
+use crate::http::request::{self, Method};
+use crate::http::{canned, rewrite, Framing, MAX_HEADERS};
+use crate::io::{Conn, ReadOutcome};
+use monoio::net::TcpStream;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Serves one accepted client connection until it closes.
+pub async fn serve(ctx: Rc<WorkerCtx>, listener: usize, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut client = Conn::new(stream);
+    let ip = ClientIp::new(peer.ip());
+    let mut inbuf = Buffer::placeholder();
+    loop {
+        if inbuf.is_empty() {
+            // Idle: give the buffer back and wait for readiness only.
+            drop(std::mem::replace(&mut inbuf, Buffer::placeholder()));
+            if ctx.draining.get() || !client.reader.wait_readable(ctx.client.idle_timeout).await {
+                return;
+            }
+            inbuf = Buffer::take();
+            inbuf.reset_with_headroom(HEADROOM);
+        }
+        let _busy = ctx.busy_guard();
+        let req = match read_head(&ctx, listener, &ip, &mut client, &mut inbuf).await {
+            Ok(Some(req)) => req,
+            Ok(None) => return,
+            Err(e) => {
+                crate::log::rate_limited(format_args!("client {peer}: {} {e}", e.status().unwrap_or(0)));
+                reject(&ctx, &mut client, e).await;
+                return;
+            }
+        };
+        let keep = match req.action {
+            RouteAction::Respond(direct) => answer_directly(&ctx, &mut client, &mut inbuf, &req, direct).await,
+            RouteAction::Proxy(upstream) => {
+                match exchange::forward(&ctx, upstream, &mut client, &mut inbuf, &req).await {
+                    Ok(keep) => keep,
+                    Err(f) => answer_failure(&ctx, &mut client, &req, f).await,
+                }
+            }
+        };
+        if !keep || ctx.draining.get() {
+            client.writer.shutdown_write();
+            return;
+        }
+    }
+}
+
+/// Reads until a complete head is parsed. `Ok(None)`: the client went away.
+async fn read_head(
+    ctx: &WorkerCtx,
+    listener: usize,
+    ip: &ClientIp,
+    client: &mut Conn,
+    inbuf: &mut Buffer,
+) -> Result<Option<Prepared>, ProxyError> {
+    let deadline = Instant::now() + ctx.client.head_timeout;
+    loop {
+        if let Some(req) = prepare(ctx, listener, ip, inbuf)? {
+            return Ok(Some(req));
+        }
+        if inbuf.spare() < 1024 {
+            inbuf.reserve(4096);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.reader.read(inbuf, left.max(Duration::from_millis(1))).await {
+            ReadOutcome::Data(_) => {}
+            ReadOutcome::TimedOut => return Err(ProxyError::ClientHeadTimeout),
+            ReadOutcome::Eof | ReadOutcome::Failed(_) => return Ok(None),
+        }
+    }
+}
+
+/// Parses, validates and routes the head at the front of `inbuf`; for proxied
+/// requests the head is rewritten in place for the upstream.
+fn prepare(ctx: &WorkerCtx, listener: usize, ip: &ClientIp, inbuf: &mut Buffer) -> Result<Option<Prepared>, ProxyError> {
+    rewrite_head(inbuf, |data, scratch| {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let head = match request::parse(data, &mut headers, &ctx.limits) {
+            Ok(Some(h)) => h,
+            Ok(None) => return (Ok(None), None),
+            Err(e) => return (Err(e), None),
+        };
+        let action = ctx.routes[listener].select(head.host_name(), head.path());
+        let mut req = Prepared {
+            action,
+            head_len: head.head_len,
+            framing: head.framing,
+            method: head.kind,
+            keep_alive: head.keep_alive,
+            minor_version: head.minor_version,
+        };
+        match action {
+            RouteAction::Proxy(_) => {
+                rewrite::write_request(&head, ip.as_bytes(), scratch);
+                req.head_len = scratch.len();
+                (Ok(Some(req)), Some(head.head_len))
+            }
+            RouteAction::Respond(_) => (Ok(Some(req)), None),
+        }
+    })
+}
+
+/// Answers from a direct-response route. Returns whether to keep the connection.
+async fn answer_directly(
+    ctx: &WorkerCtx,
+    client: &mut Conn,
+    inbuf: &mut Buffer,
+    req: &Prepared,
+    direct: &'static super::route::Direct,
+) -> bool {
+    inbuf.consume(req.head_len);
+    let body_read = match req.framing {
+        Framing::None => true,
+        Framing::Length(n) if n <= inbuf.len() as u64 => {
+            inbuf.consume(n as usize);
+            true
+        }
+        _ => false,
+    };
+    let keep = body_read && req.keep_alive && req.minor_version == 1 && !ctx.draining.get();
+    let (bytes, head_len) = if keep {
+        (direct.keep_alive, direct.keep_alive_head)
+    } else {
+        (direct.close, direct.close_head)
+    };
+    let bytes = if req.method == Method::Head { &bytes[..head_len] } else { bytes };
+    client.writer.write_static(bytes, ctx.client.write_timeout).await.is_ok() && keep
+}
+
+/// Answers a failed request with its canned status. Returns whether to keep the connection.
+async fn answer_failure(ctx: &WorkerCtx, client: &mut Conn, req: &Prepared, f: Failure) -> bool {
+    if f.response_started {
+        return false;
+    }
+    let Some(status) = f.error.status() else {
+        return false;
+    };
+    let keep = f.client_reusable && req.keep_alive && req.minor_version == 1 && !f.error.closes_client();
+    let canned = canned::for_status(status);
+    let bytes = if keep { canned.keep_alive } else { canned.close };
+    client.writer.write_static(bytes, ctx.client.write_timeout).await.is_ok() && keep
+}
+
+/// Answers a rejected request head and closes in stages: half-close, then drain
+/// what the client still sends (bounded), so the answer is not lost to a reset.
+async fn reject(ctx: &WorkerCtx, client: &mut Conn, e: ProxyError) {
+    if let Some(status) = e.status() {
+        if client.writer.write_static(canned::for_status(status).close, ctx.client.write_timeout).await.is_err() {
+            return;
+        }
+    }
+    client.writer.shutdown_write();
+    let mut sink = Buffer::take();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for _ in 0..64 {
+        sink.clear();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match client.reader.read(&mut sink, left).await {
+            ReadOutcome::Data(_) => {}
+            _ => break,
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! Forwarding one request to an upstream and relaying its response.
+//!
+//! The request head and any body bytes already read go out in one write. A
+//! request without a remaining body keeps its bytes in the client buffer until
+//! the response starts, so a pooled connection that turns out dead (the
+//! keep-alive race) is retried once on a fresh connection. A request with a body
+//! still to come runs the body pump and the response relay side by side, so
+//! `Expect: 100-continue` and early responses never deadlock.
+
+use super::body::{self, BodyState, RelayError};
+use super::route::RouteAction;
+use super::{rewrite_head, WorkerCtx, HEADROOM};
+use crate::buf::{Buffer, BUF_SIZE};
+use crate::error::ProxyError;
+use crate::http::request::Method;
+use crate::http::rewrite::{self, BodyOut, ConnOut};
+use crate::http::{response, Framing, MAX_HEADERS};
+use crate::io::{self, Conn, ConnectError, ReadOutcome, Reader, Writer};
+use crate::upstream::{Server, Upstream};
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::Poll;
+
+/// What the client connection learned from its request head.
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared {
+    pub action: RouteAction,
+    /// Length of the head at the front of the client buffer (rewritten when proxied).
+    pub head_len: usize,
+    pub framing: Framing,
+    pub method: Method,
+    pub keep_alive: bool,
+    pub minor_version: u8,
+}
+
+/// A request that failed; `response_started` means the client already has part
+/// of a response and must simply be closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure {
+    pub error: ProxyError,
+    pub response_started: bool,
+    /// Whether the client connection is still in a clean state for keep-alive.
+    pub client_reusable: bool,
+}
+
+impl Failure {
+    fn before_response(error: ProxyError, client_reusable: bool) -> Failure {
+        Failure { error, response_started: false, client_reusable }
+    }
+}
+
+/// How the response relay ended.
+struct ResponseDone {
+    client_keep: bool,
+    upstream_reusable: bool,
+}
+
+struct ResponseFail {
+    error: ProxyError,
+    started: bool,
+    /// Nothing at all came back from the upstream (retry candidate).
+    silent: bool,
+}
+
+/// Forwards the request at the front of `inbuf`. Returns whether the client
+/// connection may serve another request.
+pub async fn forward(
+    ctx: &WorkerCtx,
+    upstream_idx: usize,
+    client: &mut Conn,
+    inbuf: &mut Buffer,
+    req: &Prepared,
+) -> Result<bool, Failure> {
+    let upstream = &ctx.upstreams[upstream_idx];
+    let mut body = BodyState::new(req.framing);
+    let (initial_body, body_done) = body
+        .take(&inbuf.data()[req.head_len..])
+        .map_err(|e| Failure::before_response(ProxyError::BadRequest(e.reason()), false))?;
+    let initial = req.head_len + initial_body;
+    let server = upstream.pick().ok_or(Failure::before_response(ProxyError::NoHealthyServer, body_done))?;
+    let write_timeout = ctx.client.write_timeout;
+
+    let mut fresh_only = false;
+    loop {
+        let (mut up, reused) = upstream_conn(ctx, upstream, server, fresh_only, !body_done, body_done).await?;
+        if up.writer.write_front_keep(inbuf, initial, write_timeout).await.is_err() {
+            if reused && !fresh_only && body_done {
+                fresh_only = true;
+                continue;
+            }
+            note_upstream(upstream, server, ProxyError::UpstreamConnect);
+            return Err(Failure::before_response(ProxyError::UpstreamConnect, false));
+        }
+
+        if body_done {
+            let sent = Cell::new(true);
+            let started = Cell::new(false);
+            let result = relay_response(ctx, upstream, &mut up.reader, &mut client.writer, req, &sent, &started).await;
+            match result {
+                Err(f) if f.silent && reused && !fresh_only => {
+                    // The keep-alive race: the pooled connection died idle.
+                    fresh_only = true;
+                    continue;
+                }
+                Ok(done) => {
+                    inbuf.consume(initial);
+                    if done.upstream_reusable {
+                        ctx.pool.borrow_mut().checkin(server.pool_slot, up);
+                    }
+                    return Ok(done.client_keep);
+                }
+                Err(f) => {
+                    inbuf.consume(initial);
+                    note_upstream(upstream, server, f.error);
+                    return Err(Failure { error: f.error, response_started: f.started, client_reusable: true });
+                }
+            }
+        }
+
+        inbuf.consume(initial);
+        return forward_streaming(ctx, upstream, server, client, inbuf, req, up, body).await;
+    }
+}
+
+/// The request body is still arriving: pump it while relaying the response.
+#[allow(clippy::too_many_arguments)]
+async fn forward_streaming(
+    ctx: &WorkerCtx,
+    upstream: &Upstream,
+    server: &Server,
+    client: &mut Conn,
+    inbuf: &mut Buffer,
+    req: &Prepared,
+    mut up: Conn,
+    mut body: BodyState,
+) -> Result<bool, Failure> {
+    let sent = Cell::new(false);
+    let started = Cell::new(false);
+    let mut pump_result: Option<Result<(), RelayError>> = None;
+    let outcome = {
+        let Conn { reader: up_reader, writer: up_writer } = &mut up;
+        let pump = body::relay(
+            &mut client.reader,
+            up_writer,
+            inbuf,
+            &mut body,
+            ctx.client.body_timeout,
+            ctx.client.write_timeout,
+        );
+        let relay = relay_response(ctx, upstream, up_reader, &mut client.writer, req, &sent, &started);
+        let mut pump = pin!(pump);
+        let mut relay = pin!(relay);
+        poll_fn(|cx| {
+            if pump_result.is_none() {
+                if let Poll::Ready(r) = pump.as_mut().poll(cx) {
+                    match r {
+                        Ok(()) => sent.set(true),
+                        // The upstream stopped reading: it may still answer.
+                        Err(RelayError::Sink) => sent.set(true),
+                        Err(_) => {
+                            pump_result = Some(r);
+                            return Poll::Ready(None);
+                        }
+                    }
+                    pump_result = Some(r);
+                }
+            }
+            relay.as_mut().poll(cx).map(Some)
+        })
+        .await
+    };
+    let body_complete = matches!(pump_result, Some(Ok(())));
+    match outcome {
+        None => {
+            let error = match pump_result {
+                Some(Err(RelayError::Framing(e))) => ProxyError::BadRequest(e.reason()),
+                _ => ProxyError::ClientGone,
+            };
+            Err(Failure { error, response_started: started.get(), client_reusable: false })
+        }
+        Some(Ok(done)) => {
+            if done.upstream_reusable && body_complete {
+                ctx.pool.borrow_mut().checkin(server.pool_slot, up);
+            }
+            Ok(done.client_keep && body_complete)
+        }
+        Some(Err(f)) => {
+            note_upstream(upstream, server, f.error);
+            Err(Failure { error: f.error, response_started: f.started, client_reusable: false })
+        }
+    }
+}
+
+/// A pooled connection (probed first when the request cannot be retried), or a new one.
+async fn upstream_conn(
+    ctx: &WorkerCtx,
+    upstream: &Upstream,
+    server: &Server,
+    fresh_only: bool,
+    probe: bool,
+    client_reusable: bool,
+) -> Result<(Conn, bool), Failure> {
+    if !fresh_only {
+        loop {
+            let pooled = ctx.pool.borrow_mut().checkout(server.pool_slot);
+            match pooled {
+                Some(c) if !probe || c.probably_alive() => return Ok((c, true)),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+    }
+    match io::connect(server.addr, upstream.connect_timeout).await {
+        Ok(c) => Ok((c, false)),
+        Err(e) => {
+            let error = match e {
+                ConnectError::Failed(_) => ProxyError::UpstreamConnect,
+                ConnectError::TimedOut => ProxyError::UpstreamConnectTimeout,
+            };
+            if let ConnectError::Failed(io_err) = &e {
+                crate::log::rate_limited(format_args!(
+                    "upstream {} server {}: connect failed: {io_err}",
+                    upstream.name, server.addr
+                ));
+            } else {
+                note_upstream(upstream, server, error);
+            }
+            Err(Failure::before_response(error, client_reusable))
+        }
+    }
+}
+
+fn note_upstream(upstream: &Upstream, server: &Server, error: ProxyError) {
+    crate::log::rate_limited(format_args!("upstream {} server {}: {error}", upstream.name, server.addr));
+}
+
+/// What the response head decided.
+struct ResponsePlan {
+    head_len: usize,
+    informational: bool,
+    status: u16,
+    upstream_framing: Framing,
+    body_out: BodyOut,
+    conn_out: ConnOut,
+    upstream_keep_alive: bool,
+}
+
+/// Parses the response head in `rb` and rewrites it in place for the client.
+fn plan_response(ctx: &WorkerCtx, rb: &mut Buffer, req: &Prepared) -> Result<Option<ResponsePlan>, ProxyError> {
+    rewrite_head(rb, |data, scratch| {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let head = match response::parse(data, &mut headers, req.method == Method::Head, BUF_SIZE - HEADROOM) {
+            Ok(Some(h)) => h,
+            Ok(None) => return (Ok(None), None),
+            Err(e) => return (Err(e), None),
+        };
+        if head.is_informational() {
+            if head.status == 101 {
+                return (Err(ProxyError::UpstreamBadResponse("101 without an upgrade request")), None);
+            }
+            rewrite::write_informational(&head, scratch);
+            let plan = ResponsePlan {
+                head_len: scratch.len(),
+                informational: true,
+                status: head.status,
+                upstream_framing: Framing::None,
+                body_out: BodyOut::None,
+                conn_out: ConnOut::Persistent,
+                upstream_keep_alive: true,
+            };
+            return (Ok(Some(plan)), Some(head.head_len));
+        }
+        let http10 = req.minor_version == 0;
+        let body_out = match head.framing {
+            Framing::None => BodyOut::None,
+            Framing::Length(n) => BodyOut::Length(n),
+            Framing::Chunked | Framing::UntilClose if http10 => BodyOut::Raw,
+            Framing::Chunked | Framing::UntilClose => BodyOut::Chunked,
+        };
+        let conn_out = if !req.keep_alive || ctx.draining.get() || body_out == BodyOut::Raw {
+            ConnOut::Close
+        } else if http10 {
+            ConnOut::KeepAlive10
+        } else {
+            ConnOut::Persistent
+        };
+        rewrite::write_response(&head, body_out, conn_out, scratch);
+        let plan = ResponsePlan {
+            head_len: scratch.len(),
+            informational: false,
+            status: head.status,
+            upstream_framing: head.framing,
+            body_out,
+            conn_out,
+            upstream_keep_alive: head.upstream_keep_alive,
+        };
+        (Ok(Some(plan)), Some(head.head_len))
+    })
+}
+
+/// Reads the upstream response and relays it to the client.
+async fn relay_response(
+    ctx: &WorkerCtx,
+    upstream: &Upstream,
+    up: &mut Reader,
+    client: &mut Writer,
+    req: &Prepared,
+    request_sent: &Cell<bool>,
+    started: &Cell<bool>,
+) -> Result<ResponseDone, ResponseFail> {
+    let write_timeout = ctx.client.write_timeout;
+    let read_timeout = upstream.response_timeout;
+    let mut rb = Buffer::take();
+    rb.reset_with_headroom(HEADROOM);
+    let mut silent = true;
+    let fail = |error, silent| ResponseFail { error, started: started.get(), silent };
+    let plan = loop {
+        match plan_response(ctx, &mut rb, req) {
+            Err(e) => return Err(fail(e, false)),
+            Ok(Some(p)) if p.informational => {
+                if req.minor_version == 1 && p.status != 102 {
+                    client.write_front(&mut rb, p.head_len, write_timeout).await.map_err(|_| fail(ProxyError::ClientGone, false))?;
+                } else {
+                    rb.consume(p.head_len);
+                }
+                if rb.is_empty() {
+                    rb.reset_with_headroom(HEADROOM);
+                }
+            }
+            Ok(Some(p)) => break p,
+            Ok(None) => {
+                if rb.spare() == 0 {
+                    rb.compact();
+                }
+                match up.read(&mut rb, read_timeout).await {
+                    ReadOutcome::Data(_) => silent = false,
+                    ReadOutcome::Eof | ReadOutcome::Failed(_) => return Err(fail(ProxyError::UpstreamClosed, silent)),
+                    ReadOutcome::TimedOut if !request_sent.get() => {}
+                    ReadOutcome::TimedOut => return Err(fail(ProxyError::UpstreamResponseTimeout, false)),
+                }
+            }
+        }
+    };
+
+    started.set(true);
+    let body_fail = |e: RelayError| ResponseFail {
+        error: match e {
+            RelayError::Sink => ProxyError::ClientGone,
+            _ => ProxyError::UpstreamBodyFailed,
+        },
+        started: true,
+        silent: false,
+    };
+    let sink_fail = |_| body_fail(RelayError::Sink);
+    match (plan.upstream_framing, plan.body_out) {
+        (Framing::None, _) => {
+            client.write_front(&mut rb, plan.head_len, write_timeout).await.map_err(sink_fail)?;
+        }
+        (Framing::Length(_) | Framing::Chunked, BodyOut::Length(_) | BodyOut::Chunked) => {
+            // Pass-through: head plus the body bytes already here in one write.
+            let mut state = BodyState::new(plan.upstream_framing);
+            let (n, done) = state
+                .take(&rb.data()[plan.head_len..])
+                .map_err(|e| ResponseFail { error: ProxyError::UpstreamBadResponse(e.reason()), started: false, silent: false })?;
+            client.write_front(&mut rb, plan.head_len + n, write_timeout).await.map_err(sink_fail)?;
+            if !done {
+                body::relay(up, client, &mut rb, &mut state, read_timeout, write_timeout).await.map_err(body_fail)?;
+            }
+        }
+        (Framing::Chunked, _) => {
+            client.write_front(&mut rb, plan.head_len, write_timeout).await.map_err(sink_fail)?;
+            body::relay_dechunked(up, client, &mut rb, read_timeout, write_timeout).await.map_err(body_fail)?;
+        }
+        (_, BodyOut::Chunked) => {
+            client.write_front(&mut rb, plan.head_len, write_timeout).await.map_err(sink_fail)?;
+            body::relay_close_delimited_as_chunked(up, client, &mut rb, read_timeout, write_timeout)
+                .await
+                .map_err(body_fail)?;
+        }
+        _ => {
+            client.write_front(&mut rb, plan.head_len, write_timeout).await.map_err(sink_fail)?;
+            body::relay_until_close(up, client, &mut rb, read_timeout, write_timeout).await.map_err(body_fail)?;
+        }
+    }
+    let leftover = !rb.is_empty();
+    Ok(ResponseDone {
+        client_keep: plan.conn_out != ConnOut::Close,
+        upstream_reusable: plan.upstream_keep_alive && !leftover && plan.upstream_framing != Framing::UntilClose,
+    })
+}

@@ -1,0 +1,111 @@
+//! The hallway between `http` and `upstream`: one task per client connection
+//! reads requests, routes them, and forwards each to an upstream connection.
+//!
+//! State machine of a client connection (`client::serve`):
+//! idle (no buffer, readiness wait) -> reading head -> routed ->
+//! { direct answer | forward: upstream write -> [body pump || response relay] }
+//! -> back to idle if both sides allow keep-alive, else close.
+
+pub mod body;
+pub mod client;
+pub mod exchange;
+pub mod route;
+
+use crate::buf::Buffer;
+use crate::config::ClientSettings;
+use crate::http::request::Limits;
+use crate::upstream::pool::ConnPool;
+use crate::upstream::Upstream;
+use route::ListenerRoutes;
+use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Bytes kept free in front of a freshly read head, so the rewritten head (which
+/// adds X-Forwarded-*, Via, ...) can be placed in front of the body bytes that
+/// followed it and both go out in one write.
+pub const HEADROOM: usize = 512;
+
+/// Everything one worker's connection tasks share. Single-threaded: no locks.
+pub struct WorkerCtx {
+    pub routes: Arc<Vec<ListenerRoutes>>,
+    pub upstreams: Vec<Upstream>,
+    pub pool: RefCell<ConnPool>,
+    pub client: ClientSettings,
+    pub limits: Limits,
+    /// Set when shutdown starts: answer in-flight requests, then close.
+    pub draining: Cell<bool>,
+    /// Requests being processed right now.
+    pub busy: Cell<usize>,
+}
+
+impl WorkerCtx {
+    pub fn busy_guard(&self) -> BusyGuard<'_> {
+        self.busy.set(self.busy.get() + 1);
+        BusyGuard(&self.busy)
+    }
+}
+
+pub struct BusyGuard<'a>(&'a Cell<usize>);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// The client address pre-formatted once per connection for X-Forwarded-For.
+pub struct ClientIp {
+    bytes: [u8; 46],
+    len: u8,
+}
+
+impl ClientIp {
+    pub fn new(ip: IpAddr) -> ClientIp {
+        use std::io::Write;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let mut bytes = [0u8; 46];
+        let mut cursor = std::io::Cursor::new(&mut bytes[..]);
+        let _ = write!(cursor, "{ip}");
+        let len = cursor.position() as u8;
+        ClientIp { bytes, len }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+thread_local! {
+    /// Scratch space for rewritten heads, reused by every request of the worker.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(2 * crate::buf::BUF_SIZE));
+}
+
+/// Lets `f` parse `buf`'s data and write a rewritten head into the worker's
+/// scratch vector; if it returns `Some(old_len)`, the scratch bytes then replace
+/// the first `old_len` bytes of data (the original head), in place.
+pub fn rewrite_head<T>(buf: &mut Buffer, f: impl FnOnce(&[u8], &mut Vec<u8>) -> (T, Option<usize>)) -> T {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let (t, replace) = f(buf.data(), &mut s);
+        if let Some(old_len) = replace {
+            buf.replace_prefix(old_len, &s);
+        }
+        t
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ip_formats() {
+        assert_eq!(ClientIp::new("10.0.0.1".parse().unwrap()).as_bytes(), b"10.0.0.1");
+        assert_eq!(ClientIp::new("::ffff:1.2.3.4".parse().unwrap()).as_bytes(), b"1.2.3.4");
+        assert_eq!(ClientIp::new("2001:db8::1".parse().unwrap()).as_bytes(), b"2001:db8::1");
+    }
+}

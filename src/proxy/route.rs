@@ -1,0 +1,166 @@
+//! Routing: listener -> (host, path prefix) -> upstream or direct response.
+//! Built once at start-up and shared read-only by all workers.
+
+use crate::config::{Action, DirectResponse, ListenerConfig};
+
+/// A pre-rendered direct response.
+#[derive(Debug)]
+pub struct Direct {
+    /// Full response for a persistent connection.
+    pub keep_alive: &'static [u8],
+    /// Full response with `Connection: close`.
+    pub close: &'static [u8],
+    /// Head lengths of the two, for HEAD requests.
+    pub keep_alive_head: usize,
+    pub close_head: usize,
+}
+
+impl Direct {
+    /// Renders once; the bytes live for the whole process (routing never changes
+    /// without a restart, so the leak is bounded by the config size).
+    pub fn render(r: &DirectResponse) -> Direct {
+        let head = |close: bool| {
+            format!(
+                "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+                r.status,
+                reason_phrase(r.status),
+                r.content_type,
+                r.body.len(),
+                if close { "Connection: close\r\n" } else { "" }
+            )
+        };
+        let leak = |h: String| -> (&'static [u8], usize) {
+            let len = h.len();
+            let mut bytes = h.into_bytes();
+            bytes.extend_from_slice(r.body.as_bytes());
+            (Box::leak(bytes.into_boxed_slice()), len)
+        };
+        let (keep_alive, keep_alive_head) = leak(head(false));
+        let (close, close_head) = leak(head(true));
+        Direct { keep_alive, close, keep_alive_head, close_head }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum RouteAction {
+    Proxy(usize),
+    Respond(&'static Direct),
+}
+
+#[derive(Debug)]
+struct Route {
+    host: Option<Box<[u8]>>,
+    path_prefix: Box<str>,
+    action: RouteAction,
+}
+
+#[derive(Debug)]
+pub struct ListenerRoutes {
+    routes: Vec<Route>,
+    default: RouteAction,
+}
+
+fn action(a: &Action) -> RouteAction {
+    match a {
+        Action::Proxy(i) => RouteAction::Proxy(*i),
+        Action::Respond(r) => RouteAction::Respond(Box::leak(Box::new(Direct::render(r)))),
+    }
+}
+
+impl ListenerRoutes {
+    pub fn new(cfg: &ListenerConfig) -> ListenerRoutes {
+        ListenerRoutes {
+            routes: cfg
+                .routes
+                .iter()
+                .map(|r| Route {
+                    host: r.host.as_ref().map(|h| h.as_bytes().into()),
+                    path_prefix: r.path_prefix.as_str().into(),
+                    action: action(&r.action),
+                })
+                .collect(),
+            default: action(&cfg.default_action),
+        }
+    }
+
+    /// First matching route, else the listener's default.
+    pub fn select(&self, host_name: &[u8], path: &str) -> RouteAction {
+        for r in &self.routes {
+            if let Some(h) = &r.host {
+                if !h.eq_ignore_ascii_case(host_name) {
+                    continue;
+                }
+            }
+            if path.starts_with(&*r.path_prefix) {
+                return r.action;
+            }
+        }
+        self.default
+    }
+}
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        301 => "Moved Permanently",
+        302 => "Found",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        410 => "Gone",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn first_match_wins_then_default() {
+        let c = Config::parse(
+            r#"
+[[listener]]
+listen = "127.0.0.1:0"
+upstream = "a"
+[[listener.route]]
+host = "API.example"
+path_prefix = "/v1"
+upstream = "b"
+[[listener.route]]
+path_prefix = "/healthz"
+status = 200
+body = "ok"
+[[upstream]]
+name = "a"
+servers = ["127.0.0.1:1"]
+[[upstream]]
+name = "b"
+servers = ["127.0.0.1:2"]
+"#,
+            "t",
+        )
+        .unwrap();
+        let r = ListenerRoutes::new(&c.listeners[0]);
+        assert!(matches!(r.select(b"api.example", "/v1/x"), RouteAction::Proxy(1)));
+        assert!(matches!(r.select(b"other", "/v1/x"), RouteAction::Proxy(0)));
+        match r.select(b"other", "/healthz") {
+            RouteAction::Respond(d) => {
+                assert_eq!(d.keep_alive, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok");
+                assert_eq!(&d.close[d.close_head..], b"ok");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

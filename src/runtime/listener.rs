@@ -1,0 +1,65 @@
+//! Listening sockets: one SO_REUSEPORT socket per worker and listener, built with
+//! socket2. Before binding, a probe without SO_REUSEPORT makes sure no other
+//! process already owns the port (which SO_REUSEPORT would otherwise let us
+//! silently share).
+
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+
+const BACKLOG: i32 = 4096;
+
+fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    Ok(s)
+}
+
+/// Fails with "address in use" when anything else listens on `addr`.
+fn probe_exclusive(addr: SocketAddr) -> io::Result<()> {
+    let s = socket_for(addr)?;
+    s.bind(&addr.into())?;
+    Ok(())
+}
+
+/// Binds `count` SO_REUSEPORT listeners on `addr` (port 0: one kernel-chosen
+/// port shared by all). Returns them and the bound address.
+pub fn bind_all(addr: SocketAddr, count: usize) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    if addr.port() != 0 {
+        probe_exclusive(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    }
+    let mut bound = addr;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let s = socket_for(bound)?;
+        s.set_reuse_port(true)?;
+        s.set_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&bound.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {bound}: {e}")))?;
+        s.listen(BACKLOG)?;
+        if bound.port() == 0 {
+            bound = s.local_addr()?.as_socket().unwrap_or(bound);
+        }
+        out.push(s.into());
+    }
+    Ok((out, bound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_shares_one_port_and_second_owner_is_refused() {
+        let (ls, addr) = bind_all("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_ne!(addr.port(), 0);
+        for l in &ls {
+            assert_eq!(l.local_addr().unwrap(), addr);
+        }
+        let err = bind_all(addr, 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+    }
+}

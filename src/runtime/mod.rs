@@ -1,0 +1,215 @@
+//! Worker threads: one per core, pinned, each with its own monoio runtime, its own
+//! SO_REUSEPORT listeners, buffers and upstream connection pool. Also owns the
+//! shutdown sequence: stop accepting, drain in-flight requests, exit.
+
+pub mod driver;
+pub mod listener;
+pub mod signals;
+
+use crate::buf::Buffer;
+use crate::config::Config;
+use crate::http::request::Limits;
+use crate::proxy::route::ListenerRoutes;
+use crate::proxy::{client, WorkerCtx};
+use crate::upstream::pool::ConnPool;
+use crate::upstream::Upstream;
+use monoio::io::Canceller;
+use monoio::net::TcpListener;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Process-wide shutdown request, polled by each worker off the request path.
+#[derive(Default)]
+pub struct Shutdown {
+    requested: AtomicBool,
+}
+
+impl Shutdown {
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::Release);
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+}
+
+thread_local! {
+    static IN_WORKER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the current thread is a ringlb worker (used by allocation-counting tests).
+pub fn in_worker() -> bool {
+    IN_WORKER.try_with(|w| w.get()).unwrap_or(false)
+}
+
+/// A running set of workers.
+pub struct Running {
+    pub bound: Vec<SocketAddr>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits for every worker to finish (after a shutdown request).
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds every listener and starts the workers. Returns once all are running.
+pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running> {
+    let workers = config.workers;
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let (sockets, addr) = listener::bind_all(l.addr, workers)?;
+        for (w, s) in sockets.into_iter().enumerate() {
+            per_worker[w].push(s);
+        }
+        crate::info!("listening on {addr}");
+        bound.push(addr);
+    }
+    let routes: Arc<Vec<ListenerRoutes>> = Arc::new(config.listeners.iter().map(ListenerRoutes::new).collect());
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let config = Arc::new(config);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let mut threads = Vec::with_capacity(workers);
+    for (id, sockets) in per_worker.into_iter().enumerate() {
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let config = config.clone();
+        let routes = routes.clone();
+        let shutdown = shutdown.clone();
+        let ready = ready_tx.clone();
+        let t = std::thread::Builder::new().name(format!("ringlb-w{id}")).spawn(move || {
+            if let Some(core) = core {
+                core_affinity::set_for_current(core);
+            }
+            let rt = match driver::build(config.io, config.ring_entries, id) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready.send(Err(format!("worker {id}: {e}")));
+                    return;
+                }
+            };
+            crate::info!(
+                "worker {id}: {} driver, pinned to {}",
+                rt.name(),
+                core.map_or("no core".to_string(), |c| format!("core {}", c.id))
+            );
+            IN_WORKER.with(|w| w.set(true));
+            Buffer::prefill(64);
+            let ctx = worker_ctx(&config, routes);
+            rt.block_on(worker_main(id, ctx, sockets, shutdown, config.drain_timeout, ready));
+        })?;
+        threads.push(t);
+    }
+    drop(ready_tx);
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shutdown.request();
+                return Err(std::io::Error::other(e));
+            }
+            Err(_) => return Err(std::io::Error::other("a worker exited during start-up")),
+        }
+    }
+    Ok(Running { bound, threads })
+}
+
+fn worker_ctx(config: &Config, routes: Arc<Vec<ListenerRoutes>>) -> Rc<WorkerCtx> {
+    let mut pool = ConnPool::default();
+    let mut next_slot = 0;
+    let upstreams = config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let up = Upstream::new(u, &mut next_slot);
+            for _ in &up.servers {
+                pool.add_slot(u.max_idle, u.idle_timeout);
+            }
+            up
+        })
+        .collect();
+    Rc::new(WorkerCtx {
+        routes,
+        upstreams,
+        pool: RefCell::new(pool),
+        client: config.client.clone(),
+        limits: Limits {
+            max_head_bytes: config.client.max_head_bytes,
+            max_request_line_bytes: config.client.max_request_line_bytes,
+        },
+        draining: Cell::new(false),
+        busy: Cell::new(0),
+    })
+}
+
+async fn worker_main(
+    id: usize,
+    ctx: Rc<WorkerCtx>,
+    sockets: Vec<std::net::TcpListener>,
+    shutdown: Arc<Shutdown>,
+    drain_timeout: Duration,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let mut cancellers = Vec::new();
+    for (idx, socket) in sockets.into_iter().enumerate() {
+        let listener = match TcpListener::from_std(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("worker {id}: listener: {e}")));
+                return;
+            }
+        };
+        let canceller = Canceller::new();
+        monoio::spawn(accept_loop(ctx.clone(), idx, listener, canceller.handle()));
+        cancellers.push(canceller);
+    }
+    let _ = ready.send(Ok(()));
+    drop(ready);
+
+    // Off the request path: poll the shutdown flag and sweep stale pooled connections.
+    let mut ticks = 0u32;
+    while !shutdown.is_requested() {
+        monoio::time::sleep(Duration::from_millis(50)).await;
+        ticks = ticks.wrapping_add(1);
+        if ticks % 20 == 0 {
+            ctx.pool.borrow_mut().sweep();
+        }
+    }
+    ctx.draining.set(true);
+    for c in cancellers {
+        c.cancel();
+    }
+    let deadline = Instant::now() + drain_timeout;
+    while ctx.busy.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if ctx.busy.get() > 0 {
+        crate::warn!("worker {id}: drain deadline passed with {} requests in flight", ctx.busy.get());
+    }
+    ctx.pool.borrow_mut().clear();
+}
+
+async fn accept_loop(ctx: Rc<WorkerCtx>, idx: usize, listener: TcpListener, cancel: monoio::io::CancelHandle) {
+    loop {
+        match listener.cancelable_accept(cancel.clone()).await {
+            Ok((stream, peer)) => {
+                monoio::spawn(client::serve(ctx.clone(), idx, stream, peer));
+            }
+            Err(_) if ctx.draining.get() => return,
+            Err(e) => {
+                crate::log::rate_limited(format_args!("accept failed: {e}"));
+                // EMFILE / ENFILE / ENOBUFS: back off instead of spinning.
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
