@@ -132,7 +132,10 @@ impl Buffer {
     /// A zero-capacity placeholder (no allocation), left behind while the real
     /// buffer is lent to the kernel.
     pub fn placeholder() -> Buffer {
-        Buffer { bytes: BytesMut::new(), pos: 0 }
+        Buffer {
+            bytes: BytesMut::new(),
+            pos: 0,
+        }
     }
 
     /// Empties the buffer and leaves `headroom` free bytes before the data, so a

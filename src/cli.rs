@@ -6,8 +6,12 @@ use std::path::PathBuf;
 pub enum Command {
     /// No arguments: run the built-in demo.
     Demo,
-    Run { config: PathBuf },
-    Check { config: PathBuf },
+    Run {
+        config: PathBuf,
+    },
+    Check {
+        config: PathBuf,
+    },
     PrintDemoConfig,
     Version,
     Help,
@@ -37,10 +41,14 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--print-demo-config" => return Ok(Command::PrintDemoConfig),
             "check" if !check && config.is_none() => check = true,
             "-c" | "--config" => {
-                let v = it.next().ok_or_else(|| format!("{a} needs a file argument"))?;
+                let v = it
+                    .next()
+                    .ok_or_else(|| format!("{a} needs a file argument"))?;
                 config = Some(PathBuf::from(v));
             }
-            s if s.starts_with("--config=") => config = Some(PathBuf::from(&s["--config=".len()..])),
+            s if s.starts_with("--config=") => {
+                config = Some(PathBuf::from(&s["--config=".len()..]))
+            }
             other => return Err(format!("unexpected argument `{other}`")),
         }
     }
@@ -63,9 +71,24 @@ mod tests {
     #[test]
     fn commands() {
         assert_eq!(p(&[]), Ok(Command::Demo));
-        assert_eq!(p(&["--config", "a.toml"]), Ok(Command::Run { config: "a.toml".into() }));
-        assert_eq!(p(&["check", "--config", "a.toml"]), Ok(Command::Check { config: "a.toml".into() }));
-        assert_eq!(p(&["check", "--config=a.toml"]), Ok(Command::Check { config: "a.toml".into() }));
+        assert_eq!(
+            p(&["--config", "a.toml"]),
+            Ok(Command::Run {
+                config: "a.toml".into()
+            })
+        );
+        assert_eq!(
+            p(&["check", "--config", "a.toml"]),
+            Ok(Command::Check {
+                config: "a.toml".into()
+            })
+        );
+        assert_eq!(
+            p(&["check", "--config=a.toml"]),
+            Ok(Command::Check {
+                config: "a.toml".into()
+            })
+        );
         assert_eq!(p(&["--version"]), Ok(Command::Version));
         assert!(p(&["check"]).is_err());
         assert!(p(&["--config"]).is_err());

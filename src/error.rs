@@ -47,10 +47,15 @@ impl ProxyError {
     pub fn origin(self) -> Origin {
         use ProxyError::*;
         match self {
-            BadRequest(_) | UriTooLong | HeadTooLarge(_) | NotImplemented(_) | ClientHeadTimeout | ClientGone
-            | NoRoute => Origin::Client,
-            NoHealthyServer | UpstreamConnect | UpstreamConnectTimeout | UpstreamResponseTimeout | UpstreamClosed
-            | UpstreamBadResponse(_) | UpstreamBodyFailed => Origin::Upstream,
+            BadRequest(_) | UriTooLong | HeadTooLarge(_) | NotImplemented(_)
+            | ClientHeadTimeout | ClientGone | NoRoute => Origin::Client,
+            NoHealthyServer
+            | UpstreamConnect
+            | UpstreamConnectTimeout
+            | UpstreamResponseTimeout
+            | UpstreamClosed
+            | UpstreamBadResponse(_)
+            | UpstreamBodyFailed => Origin::Upstream,
             Internal(_) => Origin::Internal,
         }
     }
@@ -78,8 +83,13 @@ impl ProxyError {
         use ProxyError::*;
         !matches!(
             self,
-            NoRoute | NoHealthyServer | UpstreamConnect | UpstreamConnectTimeout | UpstreamResponseTimeout
-                | UpstreamClosed | UpstreamBadResponse(_)
+            NoRoute
+                | NoHealthyServer
+                | UpstreamConnect
+                | UpstreamConnectTimeout
+                | UpstreamResponseTimeout
+                | UpstreamClosed
+                | UpstreamBadResponse(_)
         )
     }
 }

@@ -43,7 +43,13 @@ pub struct Conn {
 impl Conn {
     pub fn new(stream: TcpStream) -> Conn {
         let (r, w) = stream.into_split();
-        Conn { reader: Reader { half: r, canceller: Canceller::new() }, writer: Writer { half: w } }
+        Conn {
+            reader: Reader {
+                half: r,
+                canceller: Canceller::new(),
+            },
+            writer: Writer { half: w },
+        }
     }
 
     /// Non-blocking check that the peer has not closed an idle connection
@@ -82,7 +88,10 @@ impl Reader {
     /// Waits until the peer sends something (or closes) without lending a buffer
     /// to the kernel. Returns false on timeout or error.
     pub async fn wait_readable(&self, timeout: Duration) -> bool {
-        matches!(monoio::time::timeout(timeout, self.stream().readable(true)).await, Ok(Ok(())))
+        matches!(
+            monoio::time::timeout(timeout, self.stream().readable(true)).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Appends to `buf` (which must have spare room). On timeout the read is
@@ -92,12 +101,19 @@ impl Reader {
     }
 
     /// Like `read`, but leaves `tail` bytes of the buffer free (for a trailing CRLF).
-    pub async fn read_leaving(&mut self, buf: &mut Buffer, timeout: Duration, tail: usize) -> ReadOutcome {
+    pub async fn read_leaving(
+        &mut self,
+        buf: &mut Buffer,
+        timeout: Duration,
+        tail: usize,
+    ) -> ReadOutcome {
         let mut owned = std::mem::replace(buf, Buffer::placeholder());
         let start = owned.bytes_init();
         let end = owned.bytes_total() - tail;
         debug_assert!(end > start, "read into a full buffer");
-        let op = self.half.cancelable_read(owned.slice_mut(start..end), self.canceller.handle());
+        let op = self
+            .half
+            .cancelable_read(owned.slice_mut(start..end), self.canceller.handle());
         let mut op = pin!(op);
         let mut timer = pin!(monoio::time::sleep(timeout));
         let raced = poll_fn(|cx| {
@@ -131,7 +147,12 @@ impl Reader {
 impl Writer {
     /// Writes the first `n` data bytes of `buf` entirely and consumes them, or
     /// fails after `timeout` (a peer that stops reading must not pin us forever).
-    pub async fn write_front(&mut self, buf: &mut Buffer, n: usize, timeout: Duration) -> io::Result<()> {
+    pub async fn write_front(
+        &mut self,
+        buf: &mut Buffer,
+        n: usize,
+        timeout: Duration,
+    ) -> io::Result<()> {
         self.write_front_keep(buf, n, timeout).await?;
         buf.consume(n);
         Ok(())
@@ -139,13 +160,20 @@ impl Writer {
 
     /// Like `write_front` but leaves the bytes in `buf` (so they can be re-sent
     /// on a fresh connection if a reused one turns out dead).
-    pub async fn write_front_keep(&mut self, buf: &mut Buffer, n: usize, timeout: Duration) -> io::Result<()> {
+    pub async fn write_front_keep(
+        &mut self,
+        buf: &mut Buffer,
+        n: usize,
+        timeout: Duration,
+    ) -> io::Result<()> {
         if n == 0 {
             return Ok(());
         }
         let owned = std::mem::replace(buf, Buffer::placeholder());
         let start = owned.pos();
-        let write = self.half.write_all(monoio::buf::IoBuf::slice(owned, start..start + n));
+        let write = self
+            .half
+            .write_all(monoio::buf::IoBuf::slice(owned, start..start + n));
         match monoio::time::timeout(timeout, write).await {
             Ok((res, slice)) => {
                 *buf = slice.into_inner();
@@ -156,7 +184,11 @@ impl Writer {
     }
 
     /// Writes static bytes (canned responses).
-    pub async fn write_static(&mut self, bytes: &'static [u8], timeout: Duration) -> io::Result<()> {
+    pub async fn write_static(
+        &mut self,
+        bytes: &'static [u8],
+        timeout: Duration,
+    ) -> io::Result<()> {
         match monoio::time::timeout(timeout, self.half.write_all(bytes)).await {
             Ok((res, _)) => res.map(|_| ()),
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),

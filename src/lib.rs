@@ -7,6 +7,7 @@
 //! `error` (failure origin -> status), `log`.
 
 pub mod buf;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -15,4 +16,3 @@ pub mod log;
 pub mod proxy;
 pub mod runtime;
 pub mod upstream;
-pub mod cli;

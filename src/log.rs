@@ -25,7 +25,9 @@ impl Level {
 
 /// Writes one log line. Used through the `info!`, `warn!` and `error!` macros.
 pub fn write(level: Level, args: Arguments<'_>) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let (y, mo, d, h, mi, s) = civil_time(now.as_secs());
     let ms = now.subsec_millis();
     let mut err = std::io::stderr().lock();
@@ -78,7 +80,9 @@ const LINES_PER_SECOND: u32 = 5;
 /// Logs a warning unless this thread already logged `LINES_PER_SECOND` of them this
 /// second; the first line of the next second reports how many were dropped.
 pub fn rate_limited(args: Arguments<'_>) {
-    let sec = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let sec = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     WINDOW.with(|w| {
         let (window, count) = w.get();
         if window != sec {

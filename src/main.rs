@@ -56,7 +56,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo => {
-            let config = Config::parse(DEMO_CONFIG, "<built-in demo>").expect("demo config is valid");
+            let config =
+                Config::parse(DEMO_CONFIG, "<built-in demo>").expect("demo config is valid");
             println!(
                 "ringlb demo: balancing http://127.0.0.1:8080 over two built-in backends (:8081, :8082)\n\
                  try:\n  curl -i http://127.0.0.1:8080/        (round robin over backend 1 and 2)\n  \

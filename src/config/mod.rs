@@ -124,7 +124,11 @@ impl fmt::Display for ConfigError {
         if self.line == 0 {
             write!(f, "{}: {}", self.file, self.message)
         } else if self.key.is_empty() {
-            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
         } else {
             write!(
                 f,
@@ -198,7 +202,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn duration(&self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(default),
             Some(s) => {
@@ -211,13 +220,24 @@ impl Ctx<'_> {
         }
     }
 
-    fn int(&self, v: &Option<Spanned<i64>>, key: &str, min: i64, max: i64, default: i64) -> Result<i64, ConfigError> {
+    fn int(
+        &self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        min: i64,
+        max: i64,
+        default: i64,
+    ) -> Result<i64, ConfigError> {
         match v {
             None => Ok(default),
             Some(s) => {
                 let n = *s.get_ref();
                 if n < min || n > max {
-                    return Err(self.err(s.span(), key, format!("must be between {min} and {max}, got {n}")));
+                    return Err(self.err(
+                        s.span(),
+                        key,
+                        format!("must be between {min} and {max}, got {n}"),
+                    ));
                 }
                 Ok(n)
             }
@@ -233,11 +253,7 @@ impl Ctx<'_> {
             Ok(mut it) => it
                 .next()
                 .ok_or_else(|| self.err(s.span(), key, format!("`{text}` resolves to no address"))),
-            Err(e) => Err(self.err(
-                s.span(),
-                key,
-                format!("`{text}` is not HOST:PORT ({e})"),
-            )),
+            Err(e) => Err(self.err(s.span(), key, format!("`{text}` is not HOST:PORT ({e})"))),
         }
     }
 
@@ -253,19 +269,31 @@ impl Ctx<'_> {
                 "uring" => IoMode::Uring,
                 "epoll" => IoMode::Epoll,
                 other => {
-                    return Err(self.err(s.span(), "io", format!("`{other}` is not one of \"auto\", \"uring\", \"epoll\"")))
+                    return Err(self.err(
+                        s.span(),
+                        "io",
+                        format!("`{other}` is not one of \"auto\", \"uring\", \"epoll\""),
+                    ))
                 }
             },
         };
         let ring_entries = self.int(&raw.ring_entries, "ring_entries", 256, 32768, 1024)? as u32;
-        let drain_timeout = self.duration(&raw.drain_timeout, "drain_timeout", Duration::from_secs(30))?;
+        let drain_timeout =
+            self.duration(&raw.drain_timeout, "drain_timeout", Duration::from_secs(30))?;
         let client = self.client(raw.client.unwrap_or_default())?;
 
         let mut upstreams = Vec::with_capacity(raw.upstream.len());
         for up in &raw.upstream {
             let cfg = self.upstream(up)?;
-            if upstreams.iter().any(|u: &UpstreamConfig| u.name == cfg.name) {
-                return Err(self.err(up.name.span(), "name", format!("upstream `{}` is defined twice", cfg.name)));
+            if upstreams
+                .iter()
+                .any(|u: &UpstreamConfig| u.name == cfg.name)
+            {
+                return Err(self.err(
+                    up.name.span(),
+                    "name",
+                    format!("upstream `{}` is defined twice", cfg.name),
+                ));
             }
             upstreams.push(cfg);
         }
@@ -276,12 +304,27 @@ impl Ctx<'_> {
         let mut listeners = Vec::with_capacity(raw.listener.len());
         for l in &raw.listener {
             let cfg = self.listener(l, &upstreams)?;
-            if listeners.iter().any(|o: &ListenerConfig| o.addr == cfg.addr && cfg.addr.port() != 0) {
-                return Err(self.err(l.listen.span(), "listen", format!("{} is used by two listeners", cfg.addr)));
+            if listeners
+                .iter()
+                .any(|o: &ListenerConfig| o.addr == cfg.addr && cfg.addr.port() != 0)
+            {
+                return Err(self.err(
+                    l.listen.span(),
+                    "listen",
+                    format!("{} is used by two listeners", cfg.addr),
+                ));
             }
             listeners.push(cfg);
         }
-        Ok(Config { workers, io, ring_entries, drain_timeout, client, listeners, upstreams })
+        Ok(Config {
+            workers,
+            io,
+            ring_entries,
+            drain_timeout,
+            client,
+            listeners,
+            upstreams,
+        })
     }
 
     fn client(&self, c: raw::RawClient) -> Result<ClientSettings, ConfigError> {
@@ -291,7 +334,13 @@ impl Ctx<'_> {
             idle_timeout: self.duration(&c.idle_timeout, "idle_timeout", d.idle_timeout)?,
             body_timeout: self.duration(&c.body_timeout, "body_timeout", d.body_timeout)?,
             write_timeout: self.duration(&c.write_timeout, "write_timeout", d.write_timeout)?,
-            max_head_bytes: self.int(&c.max_head_bytes, "max_head_bytes", 1024, 1 << 20, d.max_head_bytes as i64)? as usize,
+            max_head_bytes: self.int(
+                &c.max_head_bytes,
+                "max_head_bytes",
+                1024,
+                1 << 20,
+                d.max_head_bytes as i64,
+            )? as usize,
             max_request_line_bytes: self.int(
                 &c.max_request_line_bytes,
                 "max_request_line_bytes",
@@ -321,9 +370,21 @@ impl Ctx<'_> {
         Ok(UpstreamConfig {
             name,
             servers,
-            connect_timeout: self.duration(&up.connect_timeout, "connect_timeout", Duration::from_secs(3))?,
-            response_timeout: self.duration(&up.response_timeout, "response_timeout", Duration::from_secs(30))?,
-            idle_timeout: self.duration(&up.idle_timeout, "idle_timeout", Duration::from_secs(30))?,
+            connect_timeout: self.duration(
+                &up.connect_timeout,
+                "connect_timeout",
+                Duration::from_secs(3),
+            )?,
+            response_timeout: self.duration(
+                &up.response_timeout,
+                "response_timeout",
+                Duration::from_secs(30),
+            )?,
+            idle_timeout: self.duration(
+                &up.idle_timeout,
+                "idle_timeout",
+                Duration::from_secs(30),
+            )?,
             max_idle: self.int(&up.max_idle, "max_idle", 0, 100_000, 256)? as usize,
         })
     }
@@ -338,11 +399,22 @@ impl Ctx<'_> {
         anchor: Range<usize>,
     ) -> Result<Action, ConfigError> {
         match (upstream, status) {
-            (Some(_), Some(s)) => Err(self.err(s.span(), "status", "set either `upstream` or `status`, not both")),
+            (Some(_), Some(s)) => Err(self.err(
+                s.span(),
+                "status",
+                "set either `upstream` or `status`, not both",
+            )),
             (Some(u), None) => {
-                let idx = upstreams.iter().position(|x| &x.name == u.get_ref()).ok_or_else(|| {
-                    self.err(u.span(), "upstream", format!("no [[upstream]] is named `{}`", u.get_ref()))
-                })?;
+                let idx = upstreams
+                    .iter()
+                    .position(|x| &x.name == u.get_ref())
+                    .ok_or_else(|| {
+                        self.err(
+                            u.span(),
+                            "upstream",
+                            format!("no [[upstream]] is named `{}`", u.get_ref()),
+                        )
+                    })?;
                 Ok(Action::Proxy(idx))
             }
             (None, Some(s)) => {
@@ -353,24 +425,50 @@ impl Ctx<'_> {
                 Ok(Action::Respond(DirectResponse {
                     status: code as u16,
                     body: body.clone().unwrap_or_default(),
-                    content_type: content_type.clone().unwrap_or_else(|| "text/plain".to_string()),
+                    content_type: content_type
+                        .clone()
+                        .unwrap_or_else(|| "text/plain".to_string()),
                 }))
             }
-            (None, None) => Err(self.err(anchor, "upstream", "needs `upstream = \"NAME\"` or a direct response (`status`, `body`)")),
+            (None, None) => Err(self.err(
+                anchor,
+                "upstream",
+                "needs `upstream = \"NAME\"` or a direct response (`status`, `body`)",
+            )),
         }
     }
 
-    fn listener(&self, l: &RawListener, upstreams: &[UpstreamConfig]) -> Result<ListenerConfig, ConfigError> {
+    fn listener(
+        &self,
+        l: &RawListener,
+        upstreams: &[UpstreamConfig],
+    ) -> Result<ListenerConfig, ConfigError> {
         let addr = self.addr(&l.listen, "listen")?;
-        let default_action = self.action(&l.upstream, &l.status, &l.body, &l.content_type, upstreams, l.listen.span())?;
+        let default_action = self.action(
+            &l.upstream,
+            &l.status,
+            &l.body,
+            &l.content_type,
+            upstreams,
+            l.listen.span(),
+        )?;
         let mut routes = Vec::with_capacity(l.route.len());
         for r in &l.route {
             routes.push(self.route(r, upstreams, l.listen.span())?);
         }
-        Ok(ListenerConfig { addr, routes, default_action })
+        Ok(ListenerConfig {
+            addr,
+            routes,
+            default_action,
+        })
     }
 
-    fn route(&self, r: &RawRoute, upstreams: &[UpstreamConfig], anchor: Range<usize>) -> Result<RouteConfig, ConfigError> {
+    fn route(
+        &self,
+        r: &RawRoute,
+        upstreams: &[UpstreamConfig],
+        anchor: Range<usize>,
+    ) -> Result<RouteConfig, ConfigError> {
         let anchor = r
             .host
             .as_ref()
@@ -385,14 +483,27 @@ impl Ctx<'_> {
             Some(p) => p.get_ref().clone(),
         };
         let host = r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
-        let action = self.action(&r.upstream, &r.status, &r.body, &r.content_type, upstreams, anchor)?;
-        Ok(RouteConfig { host, path_prefix, action })
+        let action = self.action(
+            &r.upstream,
+            &r.status,
+            &r.body,
+            &r.content_type,
+            upstreams,
+            anchor,
+        )?;
+        Ok(RouteConfig {
+            host,
+            path_prefix,
+            action,
+        })
     }
 }
 
 /// The key a toml error span points at (`foo = 1` -> `foo`).
 fn key_at(fragment: &str) -> String {
-    let end = fragment.find(['=', '\n', ' ', ']']).unwrap_or(fragment.len());
+    let end = fragment
+        .find(['=', '\n', ' ', ']'])
+        .unwrap_or(fragment.len());
     fragment[..end].trim().trim_matches('"').to_string()
 }
 

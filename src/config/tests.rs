@@ -49,7 +49,11 @@ fn unknown_upstream_reference() {
 
 #[test]
 fn bad_duration_and_address() {
-    let e = parse(&MINIMAL.replace("name = \"app\"", "name = \"app\"\nconnect_timeout = \"3 days\"")).unwrap_err();
+    let e = parse(&MINIMAL.replace(
+        "name = \"app\"",
+        "name = \"app\"\nconnect_timeout = \"3 days\"",
+    ))
+    .unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (8, "connect_timeout"), "{e}");
     let e = parse(&MINIMAL.replace("127.0.0.1:9002", "not an address")).unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (8, "servers"), "{e}");

@@ -10,13 +10,29 @@ macro_rules! define {
     ($name:ident, $code:literal, $reason:literal, $extra:literal, $body:literal, $len:literal) => {
         pub const $name: Canned = Canned {
             keep_alive: concat!(
-                "HTTP/1.1 ", $code, " ", $reason, "\r\nContent-Type: text/plain\r\nContent-Length: ", $len,
-                "\r\n", $extra, "\r\n", $body
+                "HTTP/1.1 ",
+                $code,
+                " ",
+                $reason,
+                "\r\nContent-Type: text/plain\r\nContent-Length: ",
+                $len,
+                "\r\n",
+                $extra,
+                "\r\n",
+                $body
             )
             .as_bytes(),
             close: concat!(
-                "HTTP/1.1 ", $code, " ", $reason, "\r\nContent-Type: text/plain\r\nContent-Length: ", $len,
-                "\r\n", $extra, "Connection: close\r\n\r\n", $body
+                "HTTP/1.1 ",
+                $code,
+                " ",
+                $reason,
+                "\r\nContent-Type: text/plain\r\nContent-Length: ",
+                $len,
+                "\r\n",
+                $extra,
+                "Connection: close\r\n\r\n",
+                $body
             )
             .as_bytes(),
         };
@@ -25,14 +41,63 @@ macro_rules! define {
 
 define!(BAD_REQUEST, "400", "Bad Request", "", "bad request\n", "12");
 define!(NOT_FOUND, "404", "Not Found", "", "no route\n", "9");
-define!(REQUEST_TIMEOUT, "408", "Request Timeout", "", "request timeout\n", "16");
-define!(URI_TOO_LONG, "414", "URI Too Long", "", "request line too long\n", "22");
-define!(HEAD_TOO_LARGE, "431", "Request Header Fields Too Large", "", "request head too large\n", "23");
-define!(INTERNAL, "500", "Internal Server Error", "", "internal error\n", "15");
-define!(NOT_IMPLEMENTED, "501", "Not Implemented", "", "not implemented\n", "16");
+define!(
+    REQUEST_TIMEOUT,
+    "408",
+    "Request Timeout",
+    "",
+    "request timeout\n",
+    "16"
+);
+define!(
+    URI_TOO_LONG,
+    "414",
+    "URI Too Long",
+    "",
+    "request line too long\n",
+    "22"
+);
+define!(
+    HEAD_TOO_LARGE,
+    "431",
+    "Request Header Fields Too Large",
+    "",
+    "request head too large\n",
+    "23"
+);
+define!(
+    INTERNAL,
+    "500",
+    "Internal Server Error",
+    "",
+    "internal error\n",
+    "15"
+);
+define!(
+    NOT_IMPLEMENTED,
+    "501",
+    "Not Implemented",
+    "",
+    "not implemented\n",
+    "16"
+);
 define!(BAD_GATEWAY, "502", "Bad Gateway", "", "bad gateway\n", "12");
-define!(UNAVAILABLE, "503", "Service Unavailable", "Retry-After: 1\r\n", "no healthy upstream\n", "20");
-define!(GATEWAY_TIMEOUT, "504", "Gateway Timeout", "", "gateway timeout\n", "16");
+define!(
+    UNAVAILABLE,
+    "503",
+    "Service Unavailable",
+    "Retry-After: 1\r\n",
+    "no healthy upstream\n",
+    "20"
+);
+define!(
+    GATEWAY_TIMEOUT,
+    "504",
+    "Gateway Timeout",
+    "",
+    "gateway timeout\n",
+    "16"
+);
 
 /// The canned response for a status from the DESIGN status table.
 pub fn for_status(status: u16) -> &'static Canned {
@@ -73,6 +138,8 @@ mod tests {
                 assert!(head.starts_with(&format!("HTTP/1.1 {status} ")));
             }
         }
-        assert!(std::str::from_utf8(UNAVAILABLE.close).unwrap().contains("Retry-After: 1\r\n"));
+        assert!(std::str::from_utf8(UNAVAILABLE.close)
+            .unwrap()
+            .contains("Retry-After: 1\r\n"));
     }
 }

@@ -97,7 +97,14 @@ impl Default for ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn new() -> Self {
-        ChunkedDecoder { state: State::SizeStart, size: 0, digits: 0, ext_len: 0, trailer_len: 0, trailer_line_len: 0 }
+        ChunkedDecoder {
+            state: State::SizeStart,
+            size: 0,
+            digits: 0,
+            ext_len: 0,
+            trailer_len: 0,
+            trailer_line_len: 0,
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -117,7 +124,11 @@ impl ChunkedDecoder {
                     if self.size == 0 {
                         self.state = State::DataCr;
                     }
-                    return Ok(Progress { consumed: i + n, data: i..i + n, done: false });
+                    return Ok(Progress {
+                        consumed: i + n,
+                        data: i..i + n,
+                        done: false,
+                    });
                 }
                 State::SizeStart | State::Size => match hex_value(b) {
                     Some(v) => {
@@ -159,7 +170,11 @@ impl ChunkedDecoder {
                     }
                     self.ext_len = 0;
                     self.digits = 0;
-                    self.state = if self.size == 0 { State::TrailerStart } else { State::Data };
+                    self.state = if self.size == 0 {
+                        State::TrailerStart
+                    } else {
+                        State::Data
+                    };
                 }
                 State::DataCr => {
                     if b != b'\r' {
@@ -208,13 +223,27 @@ impl ChunkedDecoder {
                         return Err(ChunkError::InvalidLineEnding);
                     }
                     self.state = State::Done;
-                    return Ok(Progress { consumed: i + 1, data: 0..0, done: true });
+                    return Ok(Progress {
+                        consumed: i + 1,
+                        data: 0..0,
+                        done: true,
+                    });
                 }
-                State::Done => return Ok(Progress { consumed: i, data: 0..0, done: true }),
+                State::Done => {
+                    return Ok(Progress {
+                        consumed: i,
+                        data: 0..0,
+                        done: true,
+                    })
+                }
             }
             i += 1;
         }
-        Ok(Progress { consumed: i, data: 0..0, done: self.state == State::Done })
+        Ok(Progress {
+            consumed: i,
+            data: 0..0,
+            done: self.state == State::Done,
+        })
     }
 
     /// Scans `input` to the end of the body or of the input, ignoring data
@@ -321,7 +350,11 @@ mod tests {
             b"0\r\nX: y\n\r\n",
             b"5 5\r\n",
         ] {
-            assert!(decode_all(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_all(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -338,11 +371,17 @@ mod tests {
     fn extension_and_trailer_limits() {
         let mut long_ext = b"1;".to_vec();
         long_ext.extend(std::iter::repeat_n(b'a', MAX_EXT_BYTES + 1));
-        assert_eq!(decode_all(&long_ext).unwrap_err(), ChunkError::ExtensionTooLong);
+        assert_eq!(
+            decode_all(&long_ext).unwrap_err(),
+            ChunkError::ExtensionTooLong
+        );
         let mut long_trailer = b"0\r\n".to_vec();
         for _ in 0..2000 {
             long_trailer.extend_from_slice(b"X-Trailer: 0123456789\r\n");
         }
-        assert_eq!(decode_all(&long_trailer).unwrap_err(), ChunkError::TrailerTooLong);
+        assert_eq!(
+            decode_all(&long_trailer).unwrap_err(),
+            ChunkError::TrailerTooLong
+        );
     }
 }

@@ -21,7 +21,9 @@ pub fn trim_ows(mut v: &[u8]) -> &[u8] {
 
 /// Iterates the non-empty elements of a comma-separated list, trimmed.
 pub fn list_items(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&b| b == b',').map(trim_ows).filter(|t| !t.is_empty())
+    v.split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether a comma-separated token list contains `token` (case-insensitive).
@@ -39,7 +41,9 @@ pub fn parse_content_length(v: &[u8]) -> Option<u64> {
         if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let n = part.iter().try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))?;
+        let n = part.iter().try_fold(0u64, |acc, &d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })?;
         match value {
             Some(prev) if prev != n => return None,
             _ => value = Some(n),
@@ -118,12 +122,23 @@ mod tests {
         assert!(list_has(b"keep-alive, Upgrade", b"upgrade"));
         assert!(!list_has(b"keep-alive-x", b"keep-alive"));
         assert!(listed_in_connection(b"X-Secret", &[b"close, x-secret"]));
-        assert!(!listed_in_connection(b"Content-Length", &[b"content-length"]));
+        assert!(!listed_in_connection(
+            b"Content-Length",
+            &[b"content-length"]
+        ));
     }
 
     #[test]
     fn hop_by_hop_names() {
-        for n in ["Connection", "TE", "keep-alive", "Transfer-Encoding", "Upgrade", "Proxy-Connection", "Trailer"] {
+        for n in [
+            "Connection",
+            "TE",
+            "keep-alive",
+            "Transfer-Encoding",
+            "Upgrade",
+            "Proxy-Connection",
+            "Trailer",
+        ] {
             assert!(is_hop_by_hop(n.as_bytes()), "{n}");
         }
         for n in ["Host", "Accept", "Content-Type", "X-Forwarded-For"] {

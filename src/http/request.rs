@@ -44,7 +44,15 @@ impl Method {
 
     /// RFC 9110 §9.2.2: safe to retry automatically.
     pub fn is_idempotent(self) -> bool {
-        matches!(self, Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options | Method::Trace)
+        matches!(
+            self,
+            Method::Get
+                | Method::Head
+                | Method::Put
+                | Method::Delete
+                | Method::Options
+                | Method::Trace
+        )
     }
 }
 
@@ -102,7 +110,10 @@ pub fn parse<'b, 'h>(
     let head_len = match req.parse(data) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            let line_end = data.iter().take(limits.max_request_line_bytes + 2).position(|&b| b == b'\n');
+            let line_end = data
+                .iter()
+                .take(limits.max_request_line_bytes + 2)
+                .position(|&b| b == b'\n');
             if line_end.is_none() && data.len() > limits.max_request_line_bytes + 1 {
                 return Err(ProxyError::UriTooLong);
             }
@@ -161,7 +172,8 @@ pub fn parse<'b, 'h>(
                 host = Some(v);
             }
             14 if eq_ci(name, b"content-length") => {
-                let n = parse_content_length(value).ok_or(ProxyError::BadRequest("invalid Content-Length"))?;
+                let n = parse_content_length(value)
+                    .ok_or(ProxyError::BadRequest("invalid Content-Length"))?;
                 if content_length.is_some_and(|prev| prev != n) {
                     return Err(ProxyError::BadRequest("conflicting Content-Length fields"));
                 }
@@ -170,7 +182,9 @@ pub fn parse<'b, 'h>(
             17 if eq_ci(name, b"transfer-encoding") => {
                 let v = trim_ows(value);
                 if te_seen || !eq_ci(v, b"chunked") {
-                    return Err(ProxyError::BadRequest("Transfer-Encoding other than a single final chunked"));
+                    return Err(ProxyError::BadRequest(
+                        "Transfer-Encoding other than a single final chunked",
+                    ));
                 }
                 te_seen = true;
                 chunked = true;
@@ -184,26 +198,30 @@ pub fn parse<'b, 'h>(
                 close |= list_has(value, b"close");
                 keep_alive_token |= list_has(value, b"keep-alive");
             }
-            6 if eq_ci(name, b"expect") => {
-                if eq_ci(trim_ows(value), b"100-continue") {
-                    expect_continue = minor_version == 1;
-                }
+            6 if eq_ci(name, b"expect") && eq_ci(trim_ows(value), b"100-continue") => {
+                expect_continue = minor_version == 1;
             }
             _ => {}
         }
     }
 
     if te_seen && content_length.is_some() {
-        return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding"));
+        return Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
     }
     if te_seen && minor_version == 0 {
-        return Err(ProxyError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
+        return Err(ProxyError::BadRequest(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ));
     }
     let host = match (authority, host) {
         (Some(a), _) => a,
         (None, Some(h)) if !h.is_empty() => h,
         (None, Some(_)) => return Err(ProxyError::BadRequest("empty Host field")),
-        (None, None) if minor_version == 1 => return Err(ProxyError::BadRequest("missing Host field")),
+        (None, None) if minor_version == 1 => {
+            return Err(ProxyError::BadRequest("missing Host field"))
+        }
         (None, None) => b"",
     };
     let framing = if chunked {
@@ -263,28 +281,38 @@ fn split_target(target: &str, kind: Method) -> Result<(&str, Option<&[u8]>), Pro
         return if kind == Method::Options {
             Ok((target, None))
         } else {
-            Err(ProxyError::BadRequest("asterisk-form target outside OPTIONS"))
+            Err(ProxyError::BadRequest(
+                "asterisk-form target outside OPTIONS",
+            ))
         };
     }
     let rest = strip_prefix_ci(target, "http://")
         .or_else(|| strip_prefix_ci(target, "https://"))
-        .ok_or(ProxyError::BadRequest("request target is not origin-form or absolute-form"))?;
+        .ok_or(ProxyError::BadRequest(
+            "request target is not origin-form or absolute-form",
+        ))?;
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(split);
     if authority.is_empty() || authority.contains('@') || !valid_host(authority.as_bytes()) {
-        return Err(ProxyError::BadRequest("invalid authority in absolute-form target"));
+        return Err(ProxyError::BadRequest(
+            "invalid authority in absolute-form target",
+        ));
     }
     let path = match path {
         "" if kind == Method::Options => "*",
         "" => "/",
-        p if p.starts_with('?') => return Err(ProxyError::BadRequest("absolute-form target without path")),
+        p if p.starts_with('?') => {
+            return Err(ProxyError::BadRequest("absolute-form target without path"))
+        }
         p => p,
     };
     Ok((path, Some(authority.as_bytes())))
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    if s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()) {
+    if s.len() >= prefix.len()
+        && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    {
         Some(&s[prefix.len()..])
     } else {
         None
@@ -300,7 +328,11 @@ pub fn valid_host(v: &[u8]) -> bool {
         match v.iter().position(|&b| b == b']') {
             Some(end) => {
                 let inner = &v[1..end];
-                if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+                if inner.is_empty()
+                    || !inner
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                {
                     return false;
                 }
                 (&v[..=end], &v[end + 1..])
@@ -313,7 +345,9 @@ pub fn valid_host(v: &[u8]) -> bool {
             None => (v, &v[v.len()..]),
         }
     };
-    if !port.is_empty() && (port[0] != b':' || port.len() > 6 || !port[1..].iter().all(u8::is_ascii_digit)) {
+    if !port.is_empty()
+        && (port[0] != b':' || port.len() > 6 || !port[1..].iter().all(u8::is_ascii_digit))
+    {
         return false;
     }
     if name.first() == Some(&b'[') {
@@ -322,7 +356,24 @@ pub fn valid_host(v: &[u8]) -> bool {
     !name.is_empty()
         && name.iter().all(|&b| {
             b.is_ascii_alphanumeric()
-                || matches!(b, b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b'%')
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b'%'
+                )
         })
 }
 

@@ -52,7 +52,9 @@ pub fn parse<'b, 'h>(
             }
             return Ok(None);
         }
-        Err(httparse::Error::TooManyHeaders) => return Err(ProxyError::UpstreamBadResponse("too many header fields")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ProxyError::UpstreamBadResponse("too many header fields"))
+        }
         Err(_) => return Err(ProxyError::UpstreamBadResponse("malformed response head")),
     };
     let status = resp.code.unwrap_or(0);
@@ -74,26 +76,35 @@ pub fn parse<'b, 'h>(
         let name = h.name.as_bytes();
         let value = h.value;
         if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err(ProxyError::UpstreamBadResponse("control character in field value"));
+            return Err(ProxyError::UpstreamBadResponse(
+                "control character in field value",
+            ));
         }
         match name.len() {
             14 if eq_ci(name, b"content-length") => {
-                let n = parse_content_length(value).ok_or(ProxyError::UpstreamBadResponse("invalid Content-Length"))?;
+                let n = parse_content_length(value)
+                    .ok_or(ProxyError::UpstreamBadResponse("invalid Content-Length"))?;
                 if content_length.is_some_and(|p| p != n) {
-                    return Err(ProxyError::UpstreamBadResponse("conflicting Content-Length fields"));
+                    return Err(ProxyError::UpstreamBadResponse(
+                        "conflicting Content-Length fields",
+                    ));
                 }
                 content_length = Some(n);
             }
             17 if eq_ci(name, b"transfer-encoding") => {
                 if te_seen || !eq_ci(trim_ows(value), b"chunked") {
-                    return Err(ProxyError::UpstreamBadResponse("unsupported Transfer-Encoding"));
+                    return Err(ProxyError::UpstreamBadResponse(
+                        "unsupported Transfer-Encoding",
+                    ));
                 }
                 te_seen = true;
                 chunked = true;
             }
             10 if eq_ci(name, b"connection") => {
                 if connection_count == MAX_CONNECTION_FIELDS {
-                    return Err(ProxyError::UpstreamBadResponse("too many Connection fields"));
+                    return Err(ProxyError::UpstreamBadResponse(
+                        "too many Connection fields",
+                    ));
                 }
                 connection[connection_count] = value;
                 connection_count += 1;
@@ -104,7 +115,9 @@ pub fn parse<'b, 'h>(
         }
     }
     if te_seen && content_length.is_some() {
-        return Err(ProxyError::UpstreamBadResponse("both Content-Length and Transfer-Encoding"));
+        return Err(ProxyError::UpstreamBadResponse(
+            "both Content-Length and Transfer-Encoding",
+        ));
     }
     let bodyless = head_request || (100..200).contains(&status) || status == 204 || status == 304;
     let framing = if bodyless {
@@ -146,13 +159,43 @@ mod tests {
 
     #[test]
     fn body_length_precedence() {
-        assert_eq!(framing("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false), Ok(Framing::Length(3)));
-        assert_eq!(framing("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true), Ok(Framing::None));
-        assert_eq!(framing("HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n", false), Ok(Framing::None));
-        assert_eq!(framing("HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", false), Ok(Framing::None));
-        assert_eq!(framing("HTTP/1.1 100 Continue\r\n\r\n", false), Ok(Framing::None));
-        assert_eq!(framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false), Ok(Framing::Chunked));
-        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n", false), Ok(Framing::UntilClose));
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false),
+            Ok(Framing::Length(3))
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true),
+            Ok(Framing::None)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n",
+                false
+            ),
+            Ok(Framing::None)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
+            Ok(Framing::None)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 100 Continue\r\n\r\n", false),
+            Ok(Framing::None)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\n\r\n", false),
+            Ok(Framing::UntilClose)
+        );
     }
 
     #[test]
@@ -173,12 +216,24 @@ mod tests {
     #[test]
     fn keep_alive_of_upstream() {
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let r = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", &mut h, false, 4096).unwrap().unwrap();
+        let r = parse(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+            &mut h,
+            false,
+            4096,
+        )
+        .unwrap()
+        .unwrap();
         assert!(!r.upstream_keep_alive);
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let r = parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", &mut h, false, 4096)
-            .unwrap()
-            .unwrap();
+        let r = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            &mut h,
+            false,
+            4096,
+        )
+        .unwrap()
+        .unwrap();
         assert!(!r.upstream_keep_alive);
     }
 }

@@ -83,7 +83,11 @@ pub fn write_request(head: &RequestHead<'_, '_>, client_ip: &[u8], out: &mut Vec
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
     if xff_seen {
-        for h in head.headers.iter().filter(|h| eq_ci(h.name.as_bytes(), b"x-forwarded-for")) {
+        for h in head
+            .headers
+            .iter()
+            .filter(|h| eq_ci(h.name.as_bytes(), b"x-forwarded-for"))
+        {
             out.extend_from_slice(super::fields::trim_ows(h.value));
             out.extend_from_slice(b", ");
         }
@@ -95,7 +99,12 @@ pub fn write_request(head: &RequestHead<'_, '_>, client_ip: &[u8], out: &mut Vec
 }
 
 /// Writes the response head for the client.
-pub fn write_response(head: &ResponseHead<'_, '_>, body: BodyOut, conn_out: ConnOut, out: &mut Vec<u8>) {
+pub fn write_response(
+    head: &ResponseHead<'_, '_>,
+    body: BodyOut,
+    conn_out: ConnOut,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     write_status_line(head, out);
     write_end_to_end_fields(head, out);

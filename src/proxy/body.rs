@@ -70,7 +70,9 @@ pub async fn relay(
     loop {
         if !buf.is_empty() {
             let (n, done) = state.take(buf.data()).map_err(RelayError::Framing)?;
-            dst.write_front(buf, n, write_timeout).await.map_err(|_| RelayError::Sink)?;
+            dst.write_front(buf, n, write_timeout)
+                .await
+                .map_err(|_| RelayError::Sink)?;
             if done {
                 return Ok(());
             }
@@ -82,7 +84,12 @@ pub async fn relay(
 }
 
 /// Reads into `buf` (emptied first when all its data is consumed).
-async fn read_more(src: &mut Reader, buf: &mut Buffer, timeout: Duration, tail: usize) -> Result<usize, RelayError> {
+async fn read_more(
+    src: &mut Reader,
+    buf: &mut Buffer,
+    timeout: Duration,
+    tail: usize,
+) -> Result<usize, RelayError> {
     if buf.is_empty() {
         buf.clear();
     } else if buf.spare() <= tail {
@@ -90,7 +97,9 @@ async fn read_more(src: &mut Reader, buf: &mut Buffer, timeout: Duration, tail: 
     }
     match src.read_leaving(buf, timeout, tail).await {
         ReadOutcome::Data(n) => Ok(n),
-        ReadOutcome::Eof | ReadOutcome::TimedOut | ReadOutcome::Failed(_) => Err(RelayError::Source),
+        ReadOutcome::Eof | ReadOutcome::TimedOut | ReadOutcome::Failed(_) => {
+            Err(RelayError::Source)
+        }
     }
 }
 
@@ -112,7 +121,9 @@ pub async fn relay_dechunked(
         {
             let data = buf.data_mut();
             while read_at < data.len() {
-                let p = decoder.step(&data[read_at..]).map_err(RelayError::Framing)?;
+                let p = decoder
+                    .step(&data[read_at..])
+                    .map_err(RelayError::Framing)?;
                 let run = read_at + p.data.start..read_at + p.data.end;
                 data.copy_within(run.clone(), write_at);
                 write_at += run.len();
@@ -132,7 +143,9 @@ pub async fn relay_dechunked(
         } else {
             buf.truncate_data(write_at);
         }
-        dst.write_front(buf, write_at, write_timeout).await.map_err(|_| RelayError::Sink)?;
+        dst.write_front(buf, write_at, write_timeout)
+            .await
+            .map_err(|_| RelayError::Sink)?;
         if done {
             return Ok(());
         }
@@ -166,13 +179,18 @@ pub async fn relay_close_delimited_as_chunked(
             buf.set_pos(start);
             buf.extend(b"\r\n");
             let total = buf.len();
-            dst.write_front(buf, total, write_timeout).await.map_err(|_| RelayError::Sink)?;
+            dst.write_front(buf, total, write_timeout)
+                .await
+                .map_err(|_| RelayError::Sink)?;
         }
         buf.reset_with_headroom(CHUNK_HEADROOM);
         match src.read_leaving(buf, read_timeout, 2).await {
             ReadOutcome::Data(_) => {}
             ReadOutcome::Eof => {
-                return dst.write_static(b"0\r\n\r\n", write_timeout).await.map_err(|_| RelayError::Sink);
+                return dst
+                    .write_static(b"0\r\n\r\n", write_timeout)
+                    .await
+                    .map_err(|_| RelayError::Sink);
             }
             ReadOutcome::TimedOut | ReadOutcome::Failed(_) => return Err(RelayError::Source),
         }
@@ -189,7 +207,9 @@ pub async fn relay_until_close(
 ) -> Result<(), RelayError> {
     loop {
         let n = buf.len();
-        dst.write_front(buf, n, write_timeout).await.map_err(|_| RelayError::Sink)?;
+        dst.write_front(buf, n, write_timeout)
+            .await
+            .map_err(|_| RelayError::Sink)?;
         buf.clear();
         match src.read(buf, read_timeout).await {
             ReadOutcome::Data(_) => {}

@@ -35,13 +35,18 @@ pub async fn serve(ctx: Rc<WorkerCtx>, listener: usize, stream: TcpStream, peer:
             Ok(Some(req)) => req,
             Ok(None) => return,
             Err(e) => {
-                crate::log::rate_limited(format_args!("client {peer}: {} {e}", e.status().unwrap_or(0)));
+                crate::log::rate_limited(format_args!(
+                    "client {peer}: {} {e}",
+                    e.status().unwrap_or(0)
+                ));
                 reject(&ctx, &mut client, e).await;
                 return;
             }
         };
         let keep = match req.action {
-            RouteAction::Respond(direct) => answer_directly(&ctx, &mut client, &mut inbuf, &req, direct).await,
+            RouteAction::Respond(direct) => {
+                answer_directly(&ctx, &mut client, &mut inbuf, &req, direct).await
+            }
             RouteAction::Proxy(upstream) => {
                 match exchange::forward(&ctx, upstream, &mut client, &mut inbuf, &req).await {
                     Ok(keep) => keep,
@@ -73,7 +78,11 @@ async fn read_head(
             inbuf.reserve(4096);
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match client.reader.read(inbuf, left.max(Duration::from_millis(1))).await {
+        match client
+            .reader
+            .read(inbuf, left.max(Duration::from_millis(1)))
+            .await
+        {
             ReadOutcome::Data(_) => {}
             ReadOutcome::TimedOut => return Err(ProxyError::ClientHeadTimeout),
             ReadOutcome::Eof | ReadOutcome::Failed(_) => return Ok(None),
@@ -83,7 +92,12 @@ async fn read_head(
 
 /// Parses, validates and routes the head at the front of `inbuf`; for proxied
 /// requests the head is rewritten in place for the upstream.
-fn prepare(ctx: &WorkerCtx, listener: usize, ip: &ClientIp, inbuf: &mut Buffer) -> Result<Option<Prepared>, ProxyError> {
+fn prepare(
+    ctx: &WorkerCtx,
+    listener: usize,
+    ip: &ClientIp,
+    inbuf: &mut Buffer,
+) -> Result<Option<Prepared>, ProxyError> {
     rewrite_head(inbuf, |data, scratch| {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let head = match request::parse(data, &mut headers, &ctx.limits) {
@@ -134,8 +148,17 @@ async fn answer_directly(
     } else {
         (direct.close, direct.close_head)
     };
-    let bytes = if req.method == Method::Head { &bytes[..head_len] } else { bytes };
-    client.writer.write_static(bytes, ctx.client.write_timeout).await.is_ok() && keep
+    let bytes = if req.method == Method::Head {
+        &bytes[..head_len]
+    } else {
+        bytes
+    };
+    client
+        .writer
+        .write_static(bytes, ctx.client.write_timeout)
+        .await
+        .is_ok()
+        && keep
 }
 
 /// Answers a failed request with its canned status. Returns whether to keep the connection.
@@ -146,17 +169,32 @@ async fn answer_failure(ctx: &WorkerCtx, client: &mut Conn, req: &Prepared, f: F
     let Some(status) = f.error.status() else {
         return false;
     };
-    let keep = f.client_reusable && req.keep_alive && req.minor_version == 1 && !f.error.closes_client();
+    let keep =
+        f.client_reusable && req.keep_alive && req.minor_version == 1 && !f.error.closes_client();
     let canned = canned::for_status(status);
-    let bytes = if keep { canned.keep_alive } else { canned.close };
-    client.writer.write_static(bytes, ctx.client.write_timeout).await.is_ok() && keep
+    let bytes = if keep {
+        canned.keep_alive
+    } else {
+        canned.close
+    };
+    client
+        .writer
+        .write_static(bytes, ctx.client.write_timeout)
+        .await
+        .is_ok()
+        && keep
 }
 
 /// Answers a rejected request head and closes in stages: half-close, then drain
 /// what the client still sends (bounded), so the answer is not lost to a reset.
 async fn reject(ctx: &WorkerCtx, client: &mut Conn, e: ProxyError) {
     if let Some(status) = e.status() {
-        if client.writer.write_static(canned::for_status(status).close, ctx.client.write_timeout).await.is_err() {
+        if client
+            .writer
+            .write_static(canned::for_status(status).close, ctx.client.write_timeout)
+            .await
+            .is_err()
+        {
             return;
         }
     }

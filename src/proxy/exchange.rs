@@ -46,7 +46,11 @@ pub struct Failure {
 
 impl Failure {
     fn before_response(error: ProxyError, client_reusable: bool) -> Failure {
-        Failure { error, response_started: false, client_reusable }
+        Failure {
+            error,
+            response_started: false,
+            client_reusable,
+        }
     }
 }
 
@@ -78,14 +82,26 @@ pub async fn forward(
         .take(&inbuf.data()[req.head_len..])
         .map_err(|e| Failure::before_response(ProxyError::BadRequest(e.reason()), false))?;
     let initial = req.head_len + initial_body;
-    let server = upstream.pick().ok_or(Failure::before_response(ProxyError::NoHealthyServer, body_done))?;
+    let server = upstream.pick().ok_or(Failure::before_response(
+        ProxyError::NoHealthyServer,
+        body_done,
+    ))?;
     let write_timeout = ctx.client.write_timeout;
 
+    // Only an idempotent request whose bytes are all still in `inbuf` may be
+    // re-sent; any other request gets a pooled connection that was probed first.
+    let retryable = body_done && req.method.is_idempotent();
     let mut fresh_only = false;
     loop {
-        let (mut up, reused) = upstream_conn(ctx, upstream, server, fresh_only, !body_done, body_done).await?;
-        if up.writer.write_front_keep(inbuf, initial, write_timeout).await.is_err() {
-            if reused && !fresh_only && body_done {
+        let (mut up, reused) =
+            upstream_conn(ctx, upstream, server, fresh_only, !retryable, body_done).await?;
+        if up
+            .writer
+            .write_front_keep(inbuf, initial, write_timeout)
+            .await
+            .is_err()
+        {
+            if reused && !fresh_only && retryable {
                 fresh_only = true;
                 continue;
             }
@@ -96,10 +112,20 @@ pub async fn forward(
         if body_done {
             let sent = Cell::new(true);
             let started = Cell::new(false);
-            let result = relay_response(ctx, upstream, &mut up.reader, &mut client.writer, req, &sent, &started).await;
+            let result = relay_response(
+                ctx,
+                upstream,
+                &mut up.reader,
+                &mut client.writer,
+                req,
+                &sent,
+                &started,
+            )
+            .await;
             match result {
-                Err(f) if f.silent && reused && !fresh_only => {
-                    // The keep-alive race: the pooled connection died idle.
+                Err(f) if f.silent && reused && !fresh_only && retryable => {
+                    // The keep-alive race: the pooled connection died idle (or
+                    // held stray bytes that were never a response to this request).
                     fresh_only = true;
                     continue;
                 }
@@ -113,7 +139,11 @@ pub async fn forward(
                 Err(f) => {
                     inbuf.consume(initial);
                     note_upstream(upstream, server, f.error);
-                    return Err(Failure { error: f.error, response_started: f.started, client_reusable: true });
+                    return Err(Failure {
+                        error: f.error,
+                        response_started: f.started,
+                        client_reusable: true,
+                    });
                 }
             }
         }
@@ -139,7 +169,10 @@ async fn forward_streaming(
     let started = Cell::new(false);
     let mut pump_result: Option<Result<(), RelayError>> = None;
     let outcome = {
-        let Conn { reader: up_reader, writer: up_writer } = &mut up;
+        let Conn {
+            reader: up_reader,
+            writer: up_writer,
+        } = &mut up;
         let pump = body::relay(
             &mut client.reader,
             up_writer,
@@ -148,7 +181,15 @@ async fn forward_streaming(
             ctx.client.body_timeout,
             ctx.client.write_timeout,
         );
-        let relay = relay_response(ctx, upstream, up_reader, &mut client.writer, req, &sent, &started);
+        let relay = relay_response(
+            ctx,
+            upstream,
+            up_reader,
+            &mut client.writer,
+            req,
+            &sent,
+            &started,
+        );
         let mut pump = pin!(pump);
         let mut relay = pin!(relay);
         poll_fn(|cx| {
@@ -177,7 +218,11 @@ async fn forward_streaming(
                 Some(Err(RelayError::Framing(e))) => ProxyError::BadRequest(e.reason()),
                 _ => ProxyError::ClientGone,
             };
-            Err(Failure { error, response_started: started.get(), client_reusable: false })
+            Err(Failure {
+                error,
+                response_started: started.get(),
+                client_reusable: false,
+            })
         }
         Some(Ok(done)) => {
             if done.upstream_reusable && body_complete {
@@ -187,7 +232,11 @@ async fn forward_streaming(
         }
         Some(Err(f)) => {
             note_upstream(upstream, server, f.error);
-            Err(Failure { error: f.error, response_started: f.started, client_reusable: false })
+            Err(Failure {
+                error: f.error,
+                response_started: f.started,
+                client_reusable: false,
+            })
         }
     }
 }
@@ -232,7 +281,10 @@ async fn upstream_conn(
 }
 
 fn note_upstream(upstream: &Upstream, server: &Server, error: ProxyError) {
-    crate::log::rate_limited(format_args!("upstream {} server {}: {error}", upstream.name, server.addr));
+    crate::log::rate_limited(format_args!(
+        "upstream {} server {}: {error}",
+        upstream.name, server.addr
+    ));
 }
 
 /// What the response head decided.
@@ -247,17 +299,31 @@ struct ResponsePlan {
 }
 
 /// Parses the response head in `rb` and rewrites it in place for the client.
-fn plan_response(ctx: &WorkerCtx, rb: &mut Buffer, req: &Prepared) -> Result<Option<ResponsePlan>, ProxyError> {
+fn plan_response(
+    ctx: &WorkerCtx,
+    rb: &mut Buffer,
+    req: &Prepared,
+) -> Result<Option<ResponsePlan>, ProxyError> {
     rewrite_head(rb, |data, scratch| {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let head = match response::parse(data, &mut headers, req.method == Method::Head, BUF_SIZE - HEADROOM) {
+        let head = match response::parse(
+            data,
+            &mut headers,
+            req.method == Method::Head,
+            BUF_SIZE - HEADROOM,
+        ) {
             Ok(Some(h)) => h,
             Ok(None) => return (Ok(None), None),
             Err(e) => return (Err(e), None),
         };
         if head.is_informational() {
             if head.status == 101 {
-                return (Err(ProxyError::UpstreamBadResponse("101 without an upgrade request")), None);
+                return (
+                    Err(ProxyError::UpstreamBadResponse(
+                        "101 without an upgrade request",
+                    )),
+                    None,
+                );
             }
             rewrite::write_informational(&head, scratch);
             let plan = ResponsePlan {
@@ -313,14 +379,26 @@ async fn relay_response(
     let read_timeout = upstream.response_timeout;
     let mut rb = Buffer::take();
     rb.reset_with_headroom(HEADROOM);
+    // `silent`: no response byte has been read yet; `first_read`: at most one read
+    // has returned bytes (stray bytes on a reused connection arrive in one read).
     let mut silent = true;
-    let fail = |error, silent| ResponseFail { error, started: started.get(), silent };
+    let mut first_read = true;
+    let fail = |error, silent| ResponseFail {
+        error,
+        started: started.get(),
+        silent,
+    };
     let plan = loop {
         match plan_response(ctx, &mut rb, req) {
-            Err(e) => return Err(fail(e, false)),
+            // Garbage as the very first bytes on a connection counts as "silent":
+            // nothing of it answers this request.
+            Err(e) => return Err(fail(e, first_read)),
             Ok(Some(p)) if p.informational => {
                 if req.minor_version == 1 && p.status != 102 {
-                    client.write_front(&mut rb, p.head_len, write_timeout).await.map_err(|_| fail(ProxyError::ClientGone, false))?;
+                    client
+                        .write_front(&mut rb, p.head_len, write_timeout)
+                        .await
+                        .map_err(|_| fail(ProxyError::ClientGone, false))?;
                 } else {
                     rb.consume(p.head_len);
                 }
@@ -334,10 +412,17 @@ async fn relay_response(
                     rb.compact();
                 }
                 match up.read(&mut rb, read_timeout).await {
-                    ReadOutcome::Data(_) => silent = false,
-                    ReadOutcome::Eof | ReadOutcome::Failed(_) => return Err(fail(ProxyError::UpstreamClosed, silent)),
+                    ReadOutcome::Data(_) => {
+                        first_read = silent;
+                        silent = false;
+                    }
+                    ReadOutcome::Eof | ReadOutcome::Failed(_) => {
+                        return Err(fail(ProxyError::UpstreamClosed, silent))
+                    }
                     ReadOutcome::TimedOut if !request_sent.get() => {}
-                    ReadOutcome::TimedOut => return Err(fail(ProxyError::UpstreamResponseTimeout, false)),
+                    ReadOutcome::TimedOut => {
+                        return Err(fail(ProxyError::UpstreamResponseTimeout, false))
+                    }
                 }
             }
         }
@@ -355,37 +440,70 @@ async fn relay_response(
     let sink_fail = |_| body_fail(RelayError::Sink);
     match (plan.upstream_framing, plan.body_out) {
         (Framing::None, _) => {
-            client.write_front(&mut rb, plan.head_len, write_timeout).await.map_err(sink_fail)?;
+            client
+                .write_front(&mut rb, plan.head_len, write_timeout)
+                .await
+                .map_err(sink_fail)?;
         }
         (Framing::Length(_) | Framing::Chunked, BodyOut::Length(_) | BodyOut::Chunked) => {
             // Pass-through: head plus the body bytes already here in one write.
             let mut state = BodyState::new(plan.upstream_framing);
             let (n, done) = state
                 .take(&rb.data()[plan.head_len..])
-                .map_err(|e| ResponseFail { error: ProxyError::UpstreamBadResponse(e.reason()), started: false, silent: false })?;
-            client.write_front(&mut rb, plan.head_len + n, write_timeout).await.map_err(sink_fail)?;
+                .map_err(|e| ResponseFail {
+                    error: ProxyError::UpstreamBadResponse(e.reason()),
+                    started: false,
+                    silent: false,
+                })?;
+            client
+                .write_front(&mut rb, plan.head_len + n, write_timeout)
+                .await
+                .map_err(sink_fail)?;
             if !done {
-                body::relay(up, client, &mut rb, &mut state, read_timeout, write_timeout).await.map_err(body_fail)?;
+                body::relay(up, client, &mut rb, &mut state, read_timeout, write_timeout)
+                    .await
+                    .map_err(body_fail)?;
             }
         }
         (Framing::Chunked, _) => {
-            client.write_front(&mut rb, plan.head_len, write_timeout).await.map_err(sink_fail)?;
-            body::relay_dechunked(up, client, &mut rb, read_timeout, write_timeout).await.map_err(body_fail)?;
-        }
-        (_, BodyOut::Chunked) => {
-            client.write_front(&mut rb, plan.head_len, write_timeout).await.map_err(sink_fail)?;
-            body::relay_close_delimited_as_chunked(up, client, &mut rb, read_timeout, write_timeout)
+            client
+                .write_front(&mut rb, plan.head_len, write_timeout)
+                .await
+                .map_err(sink_fail)?;
+            body::relay_dechunked(up, client, &mut rb, read_timeout, write_timeout)
                 .await
                 .map_err(body_fail)?;
         }
+        (_, BodyOut::Chunked) => {
+            client
+                .write_front(&mut rb, plan.head_len, write_timeout)
+                .await
+                .map_err(sink_fail)?;
+            body::relay_close_delimited_as_chunked(
+                up,
+                client,
+                &mut rb,
+                read_timeout,
+                write_timeout,
+            )
+            .await
+            .map_err(body_fail)?;
+        }
         _ => {
-            client.write_front(&mut rb, plan.head_len, write_timeout).await.map_err(sink_fail)?;
-            body::relay_until_close(up, client, &mut rb, read_timeout, write_timeout).await.map_err(body_fail)?;
+            client
+                .write_front(&mut rb, plan.head_len, write_timeout)
+                .await
+                .map_err(sink_fail)?;
+            body::relay_until_close(up, client, &mut rb, read_timeout, write_timeout)
+                .await
+                .map_err(body_fail)?;
         }
     }
     let leftover = !rb.is_empty();
     Ok(ResponseDone {
         client_keep: plan.conn_out != ConnOut::Close,
-        upstream_reusable: plan.upstream_keep_alive && !leftover && plan.upstream_framing != Framing::UntilClose,
+        upstream_reusable: plan.upstream_keep_alive
+            && !leftover
+            && plan.upstream_framing != Framing::UntilClose,
     })
 }

@@ -87,7 +87,10 @@ thread_local! {
 /// Lets `f` parse `buf`'s data and write a rewritten head into the worker's
 /// scratch vector; if it returns `Some(old_len)`, the scratch bytes then replace
 /// the first `old_len` bytes of data (the original head), in place.
-pub fn rewrite_head<T>(buf: &mut Buffer, f: impl FnOnce(&[u8], &mut Vec<u8>) -> (T, Option<usize>)) -> T {
+pub fn rewrite_head<T>(
+    buf: &mut Buffer,
+    f: impl FnOnce(&[u8], &mut Vec<u8>) -> (T, Option<usize>),
+) -> T {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let (t, replace) = f(buf.data(), &mut s);
@@ -104,8 +107,17 @@ mod tests {
 
     #[test]
     fn client_ip_formats() {
-        assert_eq!(ClientIp::new("10.0.0.1".parse().unwrap()).as_bytes(), b"10.0.0.1");
-        assert_eq!(ClientIp::new("::ffff:1.2.3.4".parse().unwrap()).as_bytes(), b"1.2.3.4");
-        assert_eq!(ClientIp::new("2001:db8::1".parse().unwrap()).as_bytes(), b"2001:db8::1");
+        assert_eq!(
+            ClientIp::new("10.0.0.1".parse().unwrap()).as_bytes(),
+            b"10.0.0.1"
+        );
+        assert_eq!(
+            ClientIp::new("::ffff:1.2.3.4".parse().unwrap()).as_bytes(),
+            b"1.2.3.4"
+        );
+        assert_eq!(
+            ClientIp::new("2001:db8::1".parse().unwrap()).as_bytes(),
+            b"2001:db8::1"
+        );
     }
 }

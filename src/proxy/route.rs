@@ -37,7 +37,12 @@ impl Direct {
         };
         let (keep_alive, keep_alive_head) = leak(head(false));
         let (close, close_head) = leak(head(true));
-        Direct { keep_alive, close, keep_alive_head, close_head }
+        Direct {
+            keep_alive,
+            close,
+            keep_alive_head,
+            close_head,
+        }
     }
 }
 
@@ -153,11 +158,17 @@ servers = ["127.0.0.1:2"]
         )
         .unwrap();
         let r = ListenerRoutes::new(&c.listeners[0]);
-        assert!(matches!(r.select(b"api.example", "/v1/x"), RouteAction::Proxy(1)));
+        assert!(matches!(
+            r.select(b"api.example", "/v1/x"),
+            RouteAction::Proxy(1)
+        ));
         assert!(matches!(r.select(b"other", "/v1/x"), RouteAction::Proxy(0)));
         match r.select(b"other", "/healthz") {
             RouteAction::Respond(d) => {
-                assert_eq!(d.keep_alive, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok");
+                assert_eq!(
+                    d.keep_alive,
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+                );
                 assert_eq!(&d.close[d.close_head..], b"ok");
             }
             other => panic!("{other:?}"),

@@ -40,14 +40,19 @@ fn uring(entries: u32) -> io::Result<WorkerRuntime> {
 }
 
 fn epoll(entries: u32) -> io::Result<WorkerRuntime> {
-    RuntimeBuilder::<LegacyDriver>::new().with_entries(entries).enable_timer().build().map(WorkerRuntime::Epoll)
+    RuntimeBuilder::<LegacyDriver>::new()
+        .with_entries(entries)
+        .enable_timer()
+        .build()
+        .map(WorkerRuntime::Epoll)
 }
 
 /// Builds the runtime for `mode`. Auto logs one line when it falls back.
 pub fn build(mode: IoMode, entries: u32, worker: usize) -> io::Result<WorkerRuntime> {
     match mode {
         IoMode::Epoll => epoll(entries),
-        IoMode::Uring => uring(entries).map_err(|e| io::Error::new(e.kind(), format!("io_uring unavailable: {e}"))),
+        IoMode::Uring => uring(entries)
+            .map_err(|e| io::Error::new(e.kind(), format!("io_uring unavailable: {e}"))),
         IoMode::Auto => match uring(entries) {
             Ok(rt) => Ok(rt),
             Err(e) => {

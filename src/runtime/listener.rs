@@ -27,9 +27,13 @@ fn probe_exclusive(addr: SocketAddr) -> io::Result<()> {
 
 /// Binds `count` SO_REUSEPORT listeners on `addr` (port 0: one kernel-chosen
 /// port shared by all). Returns them and the bound address.
-pub fn bind_all(addr: SocketAddr, count: usize) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+pub fn bind_all(
+    addr: SocketAddr,
+    count: usize,
+) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
     if addr.port() != 0 {
-        probe_exclusive(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        probe_exclusive(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     }
     let mut bound = addr;
     let mut out = Vec::with_capacity(count);
@@ -38,7 +42,8 @@ pub fn bind_all(addr: SocketAddr, count: usize) -> io::Result<(Vec<std::net::Tcp
         s.set_reuse_port(true)?;
         s.set_nodelay(true)?;
         s.set_nonblocking(true)?;
-        s.bind(&bound.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {bound}: {e}")))?;
+        s.bind(&bound.into())
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {bound}: {e}")))?;
         s.listen(BACKLOG)?;
         if bound.port() == 0 {
             bound = s.local_addr()?.as_socket().unwrap_or(bound);

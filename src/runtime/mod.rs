@@ -65,7 +65,8 @@ impl Running {
 /// Binds every listener and starts the workers. Returns once all are running.
 pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running> {
     let workers = config.workers;
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for l in &config.listeners {
         let (sockets, addr) = listener::bind_all(l.addr, workers)?;
@@ -75,7 +76,8 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
         crate::info!("listening on {addr}");
         bound.push(addr);
     }
-    let routes: Arc<Vec<ListenerRoutes>> = Arc::new(config.listeners.iter().map(ListenerRoutes::new).collect());
+    let routes: Arc<Vec<ListenerRoutes>> =
+        Arc::new(config.listeners.iter().map(ListenerRoutes::new).collect());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let config = Arc::new(config);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -86,27 +88,36 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
         let routes = routes.clone();
         let shutdown = shutdown.clone();
         let ready = ready_tx.clone();
-        let t = std::thread::Builder::new().name(format!("ringlb-w{id}")).spawn(move || {
-            if let Some(core) = core {
-                core_affinity::set_for_current(core);
-            }
-            let rt = match driver::build(config.io, config.ring_entries, id) {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready.send(Err(format!("worker {id}: {e}")));
-                    return;
+        let t = std::thread::Builder::new()
+            .name(format!("ringlb-w{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
                 }
-            };
-            crate::info!(
-                "worker {id}: {} driver, pinned to {}",
-                rt.name(),
-                core.map_or("no core".to_string(), |c| format!("core {}", c.id))
-            );
-            IN_WORKER.with(|w| w.set(true));
-            Buffer::prefill(64);
-            let ctx = worker_ctx(&config, routes);
-            rt.block_on(worker_main(id, ctx, sockets, shutdown, config.drain_timeout, ready));
-        })?;
+                let rt = match driver::build(config.io, config.ring_entries, id) {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("worker {id}: {e}")));
+                        return;
+                    }
+                };
+                crate::info!(
+                    "worker {id}: {} driver, pinned to {}",
+                    rt.name(),
+                    core.map_or("no core".to_string(), |c| format!("core {}", c.id))
+                );
+                IN_WORKER.with(|w| w.set(true));
+                Buffer::prefill(64);
+                let ctx = worker_ctx(&config, routes);
+                rt.block_on(worker_main(
+                    id,
+                    ctx,
+                    sockets,
+                    shutdown,
+                    config.drain_timeout,
+                    ready,
+                ));
+            })?;
         threads.push(t);
     }
     drop(ready_tx);
@@ -193,12 +204,20 @@ async fn worker_main(
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     if ctx.busy.get() > 0 {
-        crate::warn!("worker {id}: drain deadline passed with {} requests in flight", ctx.busy.get());
+        crate::warn!(
+            "worker {id}: drain deadline passed with {} requests in flight",
+            ctx.busy.get()
+        );
     }
     ctx.pool.borrow_mut().clear();
 }
 
-async fn accept_loop(ctx: Rc<WorkerCtx>, idx: usize, listener: TcpListener, cancel: monoio::io::CancelHandle) {
+async fn accept_loop(
+    ctx: Rc<WorkerCtx>,
+    idx: usize,
+    listener: TcpListener,
+    cancel: monoio::io::CancelHandle,
+) {
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {

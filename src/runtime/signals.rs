@@ -34,9 +34,15 @@ pub fn install(shutdown: Arc<Shutdown>) {
                 if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
                     continue;
                 }
-                let name = if sig == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
+                let name = if sig == libc::SIGTERM {
+                    "SIGTERM"
+                } else {
+                    "SIGINT"
+                };
                 if first {
-                    crate::info!("{name} received: no longer accepting, draining in-flight requests");
+                    crate::info!(
+                        "{name} received: no longer accepting, draining in-flight requests"
+                    );
                     shutdown.request();
                     first = false;
                 } else {

@@ -31,7 +31,10 @@ impl Upstream {
             .servers
             .iter()
             .map(|&addr| {
-                let s = Server { addr, pool_slot: *next_slot };
+                let s = Server {
+                    addr,
+                    pool_slot: *next_slot,
+                };
                 *next_slot += 1;
                 s
             })
@@ -47,6 +50,8 @@ impl Upstream {
 
     /// Chooses the server for the next request.
     pub fn pick(&self) -> Option<&Server> {
-        self.balancer.pick(self.servers.len()).map(|i| &self.servers[i])
+        self.balancer
+            .pick(self.servers.len())
+            .map(|i| &self.servers[i])
     }
 }

@@ -24,7 +24,11 @@ pub struct ConnPool {
 impl ConnPool {
     /// Adds a slot for one server; returns its index.
     pub fn add_slot(&mut self, max_idle: usize, idle_timeout: Duration) -> usize {
-        self.slots.push(Slot { idle: Vec::with_capacity(max_idle.min(1024)), max_idle, idle_timeout });
+        self.slots.push(Slot {
+            idle: Vec::with_capacity(max_idle.min(1024)),
+            max_idle,
+            idle_timeout,
+        });
         self.slots.len() - 1
     }
 
@@ -44,7 +48,10 @@ impl ConnPool {
     pub fn checkin(&mut self, slot: usize, conn: Conn) {
         let s = &mut self.slots[slot];
         if s.idle.len() < s.max_idle {
-            s.idle.push(Idle { conn, since: Instant::now() });
+            s.idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 
@@ -53,7 +60,11 @@ impl ConnPool {
         let now = Instant::now();
         for s in &mut self.slots {
             // LIFO: the oldest are at the front.
-            let stale = s.idle.iter().take_while(|i| now.duration_since(i.since) >= s.idle_timeout).count();
+            let stale = s
+                .idle
+                .iter()
+                .take_while(|i| now.duration_since(i.since) >= s.idle_timeout)
+                .count();
             if stale > 0 {
                 s.idle.drain(..stale);
             }

@@ -1,12 +1,20 @@
 use super::*;
 
-const LIMITS: Limits = Limits { max_head_bytes: 8192, max_request_line_bytes: 1024 };
+const LIMITS: Limits = Limits {
+    max_head_bytes: 8192,
+    max_request_line_bytes: 1024,
+};
 
 fn parse_str(s: &str) -> Result<Option<(Framing, bool, String, String)>, ProxyError> {
     let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
     parse(s.as_bytes(), &mut h, &LIMITS).map(|o| {
         o.map(|r| {
-            (r.framing, r.keep_alive, r.target.to_string(), String::from_utf8_lossy(r.host).into_owned())
+            (
+                r.framing,
+                r.keep_alive,
+                r.target.to_string(),
+                String::from_utf8_lossy(r.host).into_owned(),
+            )
         })
     })
 }
@@ -17,22 +25,36 @@ fn rejects(s: &str) -> ProxyError {
 
 #[test]
 fn simple_get() {
-    let r = parse_str("GET /a?b HTTP/1.1\r\nHost: example.com\r\n\r\n").unwrap().unwrap();
-    assert_eq!(r, (Framing::None, true, "/a?b".into(), "example.com".into()));
+    let r = parse_str("GET /a?b HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        r,
+        (Framing::None, true, "/a?b".into(), "example.com".into())
+    );
 }
 
 #[test]
 fn partial_needs_more() {
-    assert!(parse_str("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+    assert!(parse_str("GET / HTTP/1.1\r\nHost: x\r\n")
+        .unwrap()
+        .is_none());
 }
 
 #[test]
 fn framing() {
-    let r = parse_str("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").unwrap().unwrap();
+    let r = parse_str("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap()
+        .unwrap();
     assert_eq!(r.0, Framing::Length(5));
-    let r = parse_str("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
+    let r = parse_str("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap()
+        .unwrap();
     assert_eq!(r.0, Framing::Chunked);
-    let r = parse_str("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap();
+    let r =
+        parse_str("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
     assert_eq!(r.0, Framing::Length(5));
 }
 
@@ -69,9 +91,15 @@ fn size_limits() {
     assert_eq!(rejects(&long_line), ProxyError::UriTooLong);
     let partial_long_line = format!("GET /{}", "a".repeat(2000));
     assert_eq!(rejects(&partial_long_line), ProxyError::UriTooLong);
-    let big_head = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n", "b".repeat(9000));
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n",
+        "b".repeat(9000)
+    );
     assert!(matches!(rejects(&big_head), ProxyError::HeadTooLarge(_)));
-    let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", "A: b\r\n".repeat(200));
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        "A: b\r\n".repeat(200)
+    );
     assert!(matches!(rejects(&many), ProxyError::HeadTooLarge(_)));
 }
 
@@ -79,17 +107,25 @@ fn size_limits() {
 fn http10_keep_alive_only_if_asked() {
     let r = parse_str("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
     assert!(!r.1);
-    let r = parse_str("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap();
+    let r = parse_str("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap()
+        .unwrap();
     assert!(r.1);
-    let r = parse_str("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+    let r = parse_str("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap()
+        .unwrap();
     assert!(!r.1);
 }
 
 #[test]
 fn absolute_form_replaces_host() {
-    let r = parse_str("GET http://Other.example:8080/p?q HTTP/1.1\r\nHost: ignored\r\n\r\n").unwrap().unwrap();
+    let r = parse_str("GET http://Other.example:8080/p?q HTTP/1.1\r\nHost: ignored\r\n\r\n")
+        .unwrap()
+        .unwrap();
     assert_eq!((r.2.as_str(), r.3.as_str()), ("/p?q", "Other.example:8080"));
-    let r = parse_str("GET http://h HTTP/1.1\r\nHost: h\r\n\r\n").unwrap().unwrap();
+    let r = parse_str("GET http://h HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap()
+        .unwrap();
     assert_eq!(r.2, "/");
 }
 

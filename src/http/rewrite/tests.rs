@@ -4,8 +4,13 @@ use crate::http::{response, MAX_HEADERS};
 
 fn forward(raw: &str) -> String {
     let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let limits = Limits { max_head_bytes: 8192, max_request_line_bytes: 1024 };
-    let head = request::parse(raw.as_bytes(), &mut h, &limits).unwrap().unwrap();
+    let limits = Limits {
+        max_head_bytes: 8192,
+        max_request_line_bytes: 1024,
+    };
+    let head = request::parse(raw.as_bytes(), &mut h, &limits)
+        .unwrap()
+        .unwrap();
     let mut out = Vec::new();
     write_request(&head, b"10.1.2.3", &mut out);
     String::from_utf8(out).unwrap()
@@ -39,13 +44,18 @@ fn framing_is_normalised() {
 #[test]
 fn http10_request_forwarded_as_11_and_absolute_form_host() {
     let out = forward("GET http://b.example/p HTTP/1.0\r\nHost: a\r\n\r\n");
-    assert!(out.starts_with("GET /p HTTP/1.1\r\nHost: b.example\r\n"), "{out}");
+    assert!(
+        out.starts_with("GET /p HTTP/1.1\r\nHost: b.example\r\n"),
+        "{out}"
+    );
     assert_eq!(out.matches("Host:").count(), 1);
 }
 
 fn client_head(raw: &str, body: BodyOut, conn: ConnOut, head_req: bool) -> String {
     let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let head = response::parse(raw.as_bytes(), &mut h, head_req, 8192).unwrap().unwrap();
+    let head = response::parse(raw.as_bytes(), &mut h, head_req, 8192)
+        .unwrap()
+        .unwrap();
     let mut out = Vec::new();
     write_response(&head, body, conn, &mut out);
     String::from_utf8(out).unwrap()
@@ -60,8 +70,21 @@ fn response_head_rewrite() {
         false,
     );
     assert_eq!(out, "HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 3\r\nConnection: close\r\nVia: 1.1 ringlb\r\n\r\n");
-    let out = client_head("HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n", BodyOut::None, ConnOut::Persistent, true);
-    assert!(out.contains("Content-Length: 42\r\n"), "HEAD keeps the GET length: {out}");
-    let out = client_head("HTTP/1.1 204 No Content\r\nContent-Length: 42\r\n\r\n", BodyOut::None, ConnOut::Persistent, false);
+    let out = client_head(
+        "HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n",
+        BodyOut::None,
+        ConnOut::Persistent,
+        true,
+    );
+    assert!(
+        out.contains("Content-Length: 42\r\n"),
+        "HEAD keeps the GET length: {out}"
+    );
+    let out = client_head(
+        "HTTP/1.1 204 No Content\r\nContent-Length: 42\r\n\r\n",
+        BodyOut::None,
+        ConnOut::Persistent,
+        false,
+    );
     assert!(!out.contains("Content-Length"), "{out}");
 }

@@ -1,0 +1,177 @@
+//! Shared test harness: the real ringlb binary, scripted origins on loopback,
+//! and a small HTTP/1.1 client. Every wait has a deadline.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod origin;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A ringlb process started from a config text.
+pub struct Ringlb {
+    child: Child,
+    pub addrs: Vec<SocketAddr>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    config_path: PathBuf,
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+pub fn temp_path(name: &str) -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("ringlb-test-{}-{n}-{name}", std::process::id()))
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ringlb")
+}
+
+impl Ringlb {
+    /// Starts ringlb with `config` and waits until every listener is bound.
+    pub fn start(config: &str) -> Ringlb {
+        let path = temp_path("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let listeners = config.matches("[[listener]]").count();
+        let mut child = Command::new(bin())
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringlb");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut r = Ringlb {
+            child,
+            addrs: Vec::new(),
+            log,
+            config_path: path,
+        };
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let (addrs, workers_up) = {
+                let log = r.log.lock().unwrap();
+                let addrs: Vec<SocketAddr> = log
+                    .iter()
+                    .filter_map(|l| l.split("listening on ").nth(1))
+                    .map(|a| a.trim().parse().unwrap())
+                    .collect();
+                let workers = log
+                    .iter()
+                    .filter(|l| l.contains(" driver, pinned to"))
+                    .count();
+                (addrs, workers)
+            };
+            if addrs.len() == listeners && workers_up > 0 {
+                r.addrs = addrs;
+                // Workers log their driver just before they accept; give them a moment.
+                std::thread::sleep(Duration::from_millis(50));
+                return r;
+            }
+            if let Some(status) = r.child.try_wait().unwrap() {
+                panic!(
+                    "ringlb exited early ({status}): {:?}",
+                    r.log.lock().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ringlb did not start: {:?}",
+                r.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A field of /proc/PID/status in kB (VmRSS, VmHWM, ...).
+    pub fn status_kb(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        s.lines()
+            .find_map(|l| {
+                l.strip_prefix(field)
+                    .and_then(|r| r.trim_start_matches(':').split_whitespace().next())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{field} not in /proc status"))
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// Waits for exit with a deadline; returns the exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Ringlb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// A config with one proxied listener on an ephemeral port in front of `servers`.
+pub fn proxy_config(servers: &[SocketAddr], extra_upstream: &str, top: &str) -> String {
+    let list = servers
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "workers = 1\n{top}\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\n\
+         [[upstream]]\nname = \"app\"\nservers = [{list}]\n{extra_upstream}\n"
+    )
+}
+
+/// Polls `cond` until true or the deadline.
+pub fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

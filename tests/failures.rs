@@ -1,0 +1,241 @@
+//! Upstream and client failures map to the DESIGN status table, and nobody hangs.
+
+mod common;
+
+use common::client::{get, Client};
+use common::origin::{dead_addr, Origin};
+use common::{proxy_config, Ringlb};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[test]
+fn dead_upstream_is_502_and_client_connection_survives() {
+    let lb = Ringlb::start(&proxy_config(&[dead_addr()], "", ""));
+    let mut c = Client::connect(lb.addr());
+    for _ in 0..3 {
+        c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        let r = c.read_response(false);
+        assert_eq!(r.status, 502);
+    }
+    assert!(lb.log_contains("connect failed"), "{}", lb.log_text());
+}
+
+#[test]
+fn upstream_reset_mid_head_is_502() {
+    let origin = Origin::with_handler(Arc::new(|mut s: TcpStream, _| {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Le");
+        let sock = socket2::SockRef::from(&s);
+        let _ = sock.set_linger(Some(Duration::ZERO)); // close -> RST
+    }));
+    let lb = Ringlb::start(&proxy_config(&[origin.addr], "", ""));
+    assert_eq!(get(lb.addr(), "/").status, 502);
+}
+
+#[test]
+fn upstream_closing_without_answer_is_502() {
+    let origin = Origin::with_handler(Arc::new(|mut s: TcpStream, _| {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+    }));
+    let lb = Ringlb::start(&proxy_config(&[origin.addr], "", ""));
+    assert_eq!(get(lb.addr(), "/").status, 502);
+}
+
+#[test]
+fn garbage_response_is_502() {
+    let origin = Origin::with_handler(Arc::new(|mut s: TcpStream, _| {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"SSH-2.0-OpenSSH\r\n\r\n");
+    }));
+    let lb = Ringlb::start(&proxy_config(&[origin.addr], "", ""));
+    assert_eq!(get(lb.addr(), "/").status, 502);
+}
+
+#[test]
+fn silent_upstream_is_504_within_the_timeout() {
+    let origin = Origin::with_handler(Arc::new(|mut s: TcpStream, _| {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        std::thread::sleep(Duration::from_secs(10)); // never answers in time
+    }));
+    let lb = Ringlb::start(&proxy_config(
+        &[origin.addr],
+        "response_timeout = \"400ms\"",
+        "",
+    ));
+    let start = Instant::now();
+    let r = get(lb.addr(), "/");
+    let took = start.elapsed();
+    assert_eq!(r.status, 504);
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+}
+
+#[test]
+fn connect_timeout_is_504() {
+    // A listener whose backlog is full never completes new handshakes.
+    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    l.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let _fill: Vec<_> = (0..8)
+        .map(|_| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.set_nonblocking(true).unwrap();
+            let _ = s.connect(&addr.into());
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let lb = Ringlb::start(&proxy_config(&[addr], "connect_timeout = \"300ms\"", ""));
+    let start = Instant::now();
+    let r = get(lb.addr(), "/");
+    assert_eq!(r.status, 504);
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn content_length_with_transfer_encoding_is_400_and_closed() {
+    let origin = Origin::start();
+    let lb = Ringlb::start(&proxy_config(&[origin.addr], "", ""));
+    let mut c = Client::connect(lb.addr());
+    c.send(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.is_closed_by_peer(Duration::from_secs(5)));
+    assert_eq!(origin.requests(), 0, "nothing may reach the upstream");
+    common::eventually("a log line with the reason", Duration::from_secs(5), || {
+        lb.log_contains("both Content-Length and Transfer-Encoding")
+    });
+}
+
+#[test]
+fn malformed_requests_get_their_status() {
+    let origin = Origin::start();
+    let lb = Ringlb::start(&proxy_config(
+        &[origin.addr],
+        "",
+        "[client]\nmax_request_line_bytes = 1024\nmax_head_bytes = 4096",
+    ));
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n folded\r\n\r\n".to_vec(),
+            400,
+        ),
+        (b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+            400,
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(2000)).into_bytes(),
+            414,
+        ),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "b".repeat(5000)
+            )
+            .into_bytes(),
+            431,
+        ),
+    ];
+    for (req, status) in cases {
+        let mut c = Client::connect(lb.addr());
+        c.send(&req);
+        let r = c.read_response(false);
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&req));
+        assert!(c.is_closed_by_peer(Duration::from_secs(5)));
+    }
+    assert_eq!(origin.requests(), 0);
+}
+
+#[test]
+fn slowloris_head_times_out() {
+    let origin = Origin::start();
+    let lb = Ringlb::start(&proxy_config(
+        &[origin.addr],
+        "",
+        "[client]\nhead_timeout = \"300ms\"",
+    ));
+    let mut c = Client::connect(lb.addr());
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n");
+    let start = Instant::now();
+    let r = c.read_response(false);
+    assert_eq!(r.status, 408);
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(c.is_closed_by_peer(Duration::from_secs(5)));
+}
+
+#[test]
+fn keep_alive_race_is_retried_on_a_fresh_connection() {
+    // The origin closes idle keep-alive connections after 50 ms.
+    let origin = Origin::closing_idle_after(Duration::from_millis(50));
+    let lb = Ringlb::start(&proxy_config(&[origin.addr], "", ""));
+    let mut c = Client::connect(lb.addr());
+    for _ in 0..5 {
+        c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        let r = c.read_response(false);
+        assert_eq!(
+            (r.status, r.body_str().as_str()),
+            (200, "hello"),
+            "{}",
+            lb.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(
+        origin.connections() >= 5,
+        "each request needed a new upstream connection"
+    );
+}
+
+#[test]
+fn response_cut_short_closes_the_client() {
+    let origin = Origin::with_handler(Arc::new(|mut s: TcpStream, _| {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n");
+        let _ = s.write_all(&[b'x'; 1000]);
+    }));
+    let lb = Ringlb::start(&proxy_config(&[origin.addr], "", ""));
+    let mut c = Client::connect(lb.addr());
+    c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut tmp = [0u8; 65536];
+    loop {
+        assert!(Instant::now() < deadline, "client left hanging");
+        match c.stream.read(&mut tmp) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&tmp[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(got.len() < 65536, "short body, then close");
+}

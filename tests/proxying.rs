@@ -1,0 +1,209 @@
+//! End-to-end proxying through the real binary: methods and bodies, keep-alive,
+//! pipelining, HTTP/1.0, bodiless responses, header rewriting.
+
+mod common;
+
+use common::client::{get, Client};
+use common::origin::Origin;
+use common::{proxy_config, Ringlb};
+use std::time::Duration;
+
+fn setup() -> (Origin, Ringlb) {
+    let origin = Origin::start();
+    let lb = Ringlb::start(&proxy_config(&[origin.addr], "", ""));
+    (origin, lb)
+}
+
+#[test]
+fn get_and_post_with_length_and_chunked_bodies() {
+    let (_o, lb) = setup();
+    let r = get(lb.addr(), "/");
+    assert_eq!((r.status, r.body_str().as_str()), (200, "hello"));
+    assert_eq!(r.header("via"), Some("1.1 ringlb"));
+
+    let mut c = Client::connect(lb.addr());
+    c.send(b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 11\r\n\r\nhello world");
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.body_str().as_str()), (200, "hello world"));
+
+    c.send(b"POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.body_str().as_str()), (200, "hello world"));
+
+    // Chunked body sent in pieces, with pauses, on the same connection.
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(b"4\r\ndefg\r\n");
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(b"0\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.body_str().as_str()), (200, "abcdefg"));
+
+    // Chunked response passes through to an HTTP/1.1 client.
+    c.send(b"GET /chunked HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body_str(), "hello, world");
+}
+
+#[test]
+fn keep_alive_reuses_one_upstream_connection() {
+    let (origin, lb) = setup();
+    let mut c = Client::connect(lb.addr());
+    for i in 0..100 {
+        c.send(
+            format!(
+                "GET /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\n{}",
+                i % 10
+            )
+            .as_bytes(),
+        );
+        let r = c.read_response(false);
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(origin.requests(), 100);
+    assert_eq!(
+        origin.connections(),
+        1,
+        "all 100 requests should share one pooled upstream connection"
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let (_o, lb) = setup();
+    let mut c = Client::connect(lb.addr());
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nfirstGET /slow/50 HTTP/1.1\r\nHost: localhost\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nthird",
+    );
+    assert_eq!(c.read_response(false).body_str(), "first");
+    assert_eq!(c.read_response(false).body_str(), "slow");
+    assert_eq!(c.read_response(false).body_str(), "third");
+}
+
+#[test]
+fn http10_clients_close_by_default_and_keep_alive_when_asked() {
+    let (_o, lb) = setup();
+    let mut c = Client::connect(lb.addr());
+    c.send(b"GET / HTTP/1.0\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.body_str().as_str()), (200, "hello"));
+    assert!(
+        c.is_closed_by_peer(Duration::from_secs(5)),
+        "HTTP/1.0 without keep-alive must be closed"
+    );
+
+    let mut c = Client::connect(lb.addr());
+    c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    c.send(b"GET /chunked HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.read_response(false);
+    assert!(
+        r.header("transfer-encoding").is_none(),
+        "no chunked framing to HTTP/1.0: {}",
+        r.head
+    );
+    assert_eq!(r.body_str(), "hello, world");
+    assert!(c.is_closed_by_peer(Duration::from_secs(5)));
+}
+
+#[test]
+fn head_204_304_have_no_body_and_the_connection_goes_on() {
+    let (_o, lb) = setup();
+    let mut c = Client::connect(lb.addr());
+    c.send(b"HEAD /bytes/1000 HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let r = c.read_response(true);
+    assert_eq!((r.status, r.header("content-length")), (200, Some("1000")));
+    for code in [204, 304] {
+        c.send(format!("GET /status/{code} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes());
+        let r = c.read_response(false);
+        assert_eq!(r.status, code, "{}", lb.log_text());
+    }
+    c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(
+        (r.status, r.body_str().as_str()),
+        (200, "hello"),
+        "stream stayed in sync"
+    );
+}
+
+#[test]
+fn close_delimited_response_is_reframed_as_chunked() {
+    let (_o, lb) = setup();
+    let mut c = Client::connect(lb.addr());
+    c.send(b"GET /close HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{}", r.head);
+    assert_eq!(r.body_str(), "until close");
+    c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(
+        c.read_response(false).body_str(),
+        "hello",
+        "client connection kept alive"
+    );
+}
+
+#[test]
+fn headers_are_rewritten() {
+    let (origin, lb) = setup();
+    let mut c = Client::connect(lb.addr());
+    c.send(
+        b"GET /head HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive, X-Private\r\nX-Private: secret\r\n\
+          Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\n\
+          X-Forwarded-For: 203.0.113.7\r\nAccept: */*\r\n\r\n",
+    );
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200);
+    let head = origin.heads().pop().unwrap();
+    assert!(head.starts_with("GET /head HTTP/1.1\r\n"), "{head}");
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "te:",
+        "proxy-connection",
+        "upgrade",
+        "connection",
+    ] {
+        assert!(
+            !head.to_ascii_lowercase().contains(&format!("\n{gone}")),
+            "{gone} was forwarded:\n{head}"
+        );
+    }
+    assert!(
+        head.contains("\r\nX-Forwarded-For: 203.0.113.7, 127.0.0.1\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nX-Forwarded-Proto: http\r\n"), "{head}");
+    assert!(head.contains("\r\nVia: 1.1 ringlb\r\n"), "{head}");
+    assert!(head.contains("\r\nAccept: */*\r\n"), "{head}");
+    assert_eq!(r.header("x-origin"), Some("test"));
+    assert_eq!(r.header("via"), Some("1.1 ringlb"));
+}
+
+#[test]
+fn expect_100_continue_is_forwarded_without_deadlock() {
+    let (_o, lb) = setup();
+    let mut c = Client::connect(lb.addr());
+    c.send(b"POST /continue HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
+    let interim = c.try_read_any(false).expect("100 Continue");
+    assert_eq!(interim.status, 100);
+    c.send(b"body");
+    let r = c.read_response(false);
+    assert_eq!((r.status, r.body_str().as_str()), (200, "body"));
+}
+
+#[test]
+fn balancing_round_robins_over_servers() {
+    let a = Origin::start();
+    let b = Origin::start();
+    let lb = Ringlb::start(&proxy_config(&[a.addr, b.addr], "", ""));
+    for _ in 0..10 {
+        assert_eq!(get(lb.addr(), "/").status, 200);
+    }
+    assert_eq!((a.requests(), b.requests()), (5, 5));
+}
