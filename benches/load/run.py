@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""Load benchmark: ringlb vs nginx vs HAProxy, same topology, same run.
+
+Topology (2-core machine): the proxy under test alone on CPU 1 with one worker;
+the origin (nginx, 1 worker) and the load generator (wrk -t1 / oha) on CPU 0.
+Targets are interleaved and their order rotated every repetition; the report
+quotes medians of per-repetition ratios to nginx, and proxy CPU per request
+(busy time of CPU 1 from /proc/stat divided by requests).
+"""
+import argparse, datetime, json, os, platform, re, shutil, signal, socket, statistics
+import subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ORIGIN_PORT, DEAD_PORT = 18081, 18099
+PORTS = {"ringlb": 18080, "nginx": 18082, "haproxy": 18083}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+WORKLOADS = {
+    # name: (path, connections, kind)
+    "13B-c50": ("/", 50, "wrk"),
+    "13B-c100": ("/", 100, "wrk"),
+    "13B-c200": ("/", 200, "wrk"),
+    "4KiB-c50": ("/4k", 50, "wrk"),
+    "64KiB-c50": ("/64k", 50, "wrk"),
+    "fixed-10k": ("/", 50, "oha-rate"),
+    "dead-c50": ("/", 50, "wrk-dead"),
+}
+
+WRK_LUA = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT requests=%d duration_us=%d non2xx=%d connect=%d read=%d write=%d timeout=%d p50=%d p99=%d p999=%d\n",
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True, **kw)
+
+
+def cpu_jiffies(cpu):
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = list(map(int, line.split()[1:]))
+                idle = v[3] + v[4]
+                return sum(v[:8]) - idle, sum(v[:8])
+    raise RuntimeError("no cpu line")
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+class Setup:
+    def __init__(self, tmp, upstream_port, nginx_keepalive):
+        self.tmp, self.procs = tmp, {}
+        self.upstream_port = upstream_port
+        self.nginx_keepalive = nginx_keepalive
+
+    def write(self, name, text):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def start(self, name, cmd, port):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.tmp, name + ".log"), "w"))
+        self.procs[name] = p
+        wait_port(port)
+        return p
+
+    def start_origin(self):
+        www = os.path.join(self.tmp, "www")
+        os.makedirs(www, exist_ok=True)
+        with open(os.path.join(www, "4k"), "wb") as f:
+            f.write(b"a" * 4096)
+        with open(os.path.join(www, "64k"), "wb") as f:
+            f.write(b"b" * 65536)
+        conf = self.write("origin.conf", f"""
+daemon off; master_process off; worker_processes 1; pid {self.tmp}/origin.pid;
+error_log {self.tmp}/origin-error.log error;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  server {{
+    listen 127.0.0.1:{ORIGIN_PORT} backlog=4096 reuseport;
+    root {www};
+    location = / {{ default_type text/plain; return 200 "hello world!\\n"; }}
+  }}
+}}
+""")
+        self.start("origin", ["taskset", "-c", "0", "nginx", "-p", self.tmp, "-c", conf], ORIGIN_PORT)
+
+    def start_proxy(self, name):
+        port, up = PORTS[name], self.upstream_port
+        if name == "ringlb":
+            conf = self.write("ringlb.toml", f"""workers = 1
+[[listener]]
+listen = "127.0.0.1:{port}"
+upstream = "origin"
+
+[[upstream]]
+name = "origin"
+servers = ["127.0.0.1:{up}"]
+max_idle = 1024
+""")
+            cmd = ["taskset", "-c", "1", os.path.join(ROOT, "target/release/ringlb"), "--config", conf]
+        elif name == "nginx":
+            conf = self.write("nginx-proxy.conf", f"""
+daemon off; master_process off; worker_processes 1; pid {self.tmp}/proxy.pid;
+error_log {self.tmp}/proxy-error.log error; worker_rlimit_nofile 20000;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  upstream origin {{ server 127.0.0.1:{up}; keepalive {self.nginx_keepalive}; keepalive_requests 10000000; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+            cmd = ["taskset", "-c", "1", "nginx", "-p", self.tmp, "-c", conf]
+        else:
+            conf = self.write("haproxy.cfg", f"""
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  retries 0
+  timeout connect 3s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 300s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  server s1 127.0.0.1:{up}
+""")
+            cmd = ["taskset", "-c", "1", "haproxy", "-db", "-f", conf]
+        return self.start(name, cmd, port)
+
+    def stop(self, name):
+        p = self.procs.pop(name, None)
+        if p:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+
+    def stop_all(self):
+        for n in list(self.procs):
+            self.stop(n)
+
+
+def run_wrk(port, path, conns, duration, lua):
+    cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "-s", lua,
+           f"http://127.0.0.1:{port}{path}"]
+    out = sh(cmd, timeout=duration + 60).stdout
+    m = re.search(r"RESULT (.*)", out)
+    if not m:
+        raise RuntimeError("wrk failed: " + out)
+    r = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["errors"] = r["connect"] + r["read"] + r["write"] + r["timeout"]
+    return r
+
+
+def run_oha_rate(port, path, conns, duration, rate=10000):
+    cmd = ["taskset", "-c", "0", "oha", "--no-tui", "-j", "-c", str(conns), "-q", str(rate), "-z", f"{duration}s",
+           f"http://127.0.0.1:{port}{path}"]
+    out = sh(cmd, timeout=duration + 60).stdout
+    j = json.loads(out)
+    codes = j.get("statusCodeDistribution", {})
+    total = sum(int(v) for v in codes.values())
+    ok = sum(int(v) for k, v in codes.items() if k.startswith("2"))
+    pct = j["latencyPercentiles"]
+    return {"requests": total, "rps": j["summary"]["requestsPerSec"], "non2xx": total - ok,
+            "errors": sum(int(v) for v in j.get("errorDistribution", {}).values()),
+            "p50": pct["p50"] * 1e6, "p99": pct["p99"] * 1e6, "p999": pct.get("p99.9", pct["p99"]) * 1e6}
+
+
+def measure(setup, target, workload, duration, lua):
+    path, conns, kind = WORKLOADS[workload]
+    port = PORTS[target]
+    pid = setup.procs[target].pid
+    b0, t0 = cpu_jiffies(1)
+    if kind == "oha-rate":
+        r = run_oha_rate(port, path, conns, duration)
+    else:
+        r = run_wrk(port, path, conns, duration, lua)
+    b1, t1 = cpu_jiffies(1)
+    busy_s = (b1 - b0) / CLK_TCK
+    r["cpu_busy"] = (b1 - b0) / max(1, t1 - t0)
+    r["cpu_us_per_req"] = busy_s * 1e6 / max(1, r["requests"])
+    r["rss_kb"] = rss_kb(pid)
+    return r
+
+
+def idle_rss_per_conn(setup, target, n=5000):
+    """RSS growth per idle keep-alive connection after one request each."""
+    port, pid = PORTS[target], setup.procs[target].pid
+    socks = []
+    before = rss_kb(pid)
+    req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(req)
+        socks.append(s)
+    for s in socks:
+        s.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(4096)
+    time.sleep(0.5)
+    after = rss_kb(pid)
+    for s in socks:
+        s.close()
+    return (after - before) * 1024 / n
+
+
+def svg_chart(results, targets, workloads, path):
+    """Two grouped bar charts: req/s and proxy CPU us/req per workload."""
+    colors = {"ringlb": "#d9480f", "nginx": "#2b8a3e", "haproxy": "#1971c2"}
+    w, h, pad = 900, 300, 50
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{2 * h + 40}" font-family="sans-serif" font-size="11">']
+    for row, (metric, label) in enumerate([("rps", "requests/s (median)"), ("cpu_us_per_req", "proxy CPU us per request (median)")]):
+        y0 = row * (h + 20) + 20
+        vals = [results[wl][t][metric] for wl in workloads for t in targets if results[wl].get(t)]
+        top = max(vals) * 1.15 if vals else 1
+        parts.append(f'<text x="{pad}" y="{y0 + 12}" font-size="13">{label}</text>')
+        gw = (w - 2 * pad) / max(1, len(workloads))
+        bw = gw / (len(targets) + 1)
+        for i, wl in enumerate(workloads):
+            for j, t in enumerate(targets):
+                r = results[wl].get(t)
+                if not r:
+                    continue
+                v = r[metric]
+                bh = (h - 60) * v / top
+                x = pad + i * gw + j * bw
+                y = y0 + h - 30 - bh
+                parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw - 2:.1f}" height="{bh:.1f}" fill="{colors[t]}"/>')
+                parts.append(f'<text x="{x + bw / 2 - 1:.1f}" y="{y - 3:.1f}" text-anchor="middle" font-size="9">{v:,.0f}</text>' if metric == "rps" else
+                             f'<text x="{x + bw / 2 - 1:.1f}" y="{y - 3:.1f}" text-anchor="middle" font-size="9">{v:.1f}</text>')
+            parts.append(f'<text x="{pad + i * gw + gw / 2 - bw / 2:.1f}" y="{y0 + h - 14}" text-anchor="middle">{wl}</text>')
+        for j, t in enumerate(targets):
+            parts.append(f'<rect x="{w - 220 + j * 70}" y="{y0 + 2}" width="10" height="10" fill="{colors[t]}"/>'
+                         f'<text x="{w - 206 + j * 70}" y="{y0 + 11}">{t}</text>')
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per run (default 5)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions, order rotated each time (default 3)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of: " + ", ".join(WORKLOADS))
+    ap.add_argument("--targets", default="ringlb,nginx,haproxy")
+    ap.add_argument("--nginx-keepalive", type=int, default=256, help="nginx upstream keepalive (default 256)")
+    ap.add_argument("--idle-conns", type=int, default=5000, help="idle keep-alive connections for RSS (0: skip)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
+    ap.add_argument("--label", default="load")
+    args = ap.parse_args()
+    workloads = [w for w in args.workloads.split(",") if w]
+    targets = [t for t in args.targets.split(",") if t]
+    if shutil.which("oha") is None:
+        workloads = [w for w in workloads if WORKLOADS[w][2] != "oha-rate"]
+        print("oha not found: skipping fixed-rate workloads", flush=True)
+
+    tmp = tempfile.mkdtemp(prefix="ringlb-bench-")
+    lua = os.path.join(tmp, "report.lua")
+    with open(lua, "w") as f:
+        f.write(WRK_LUA)
+    results = {wl: {t: None for t in targets} for wl in workloads}
+    raw = {wl: {t: [] for t in targets} for wl in workloads}
+    started = time.time()
+    live = Setup(tmp, ORIGIN_PORT, args.nginx_keepalive)
+    dead = Setup(tmp, DEAD_PORT, args.nginx_keepalive)
+    idle = {}
+    try:
+        live.start_origin()
+        for wl in workloads:
+            s = dead if WORKLOADS[wl][2] == "wrk-dead" else live
+            for rep in range(args.reps):
+                order = targets[rep % len(targets):] + targets[:rep % len(targets)]
+                for t in order:
+                    s.start_proxy(t)
+                    # warm-up: fill pools, fault in buffers
+                    run_wrk(PORTS[t], WORKLOADS[wl][0], WORKLOADS[wl][1], 1, lua)
+                    r = measure(s, t, wl, args.duration, lua)
+                    raw[wl][t].append(r)
+                    s.stop(t)
+                    print(f"[{time.time() - started:5.0f}s] {wl:10} rep {rep + 1}/{args.reps} {t:8} "
+                          f"{r['rps']:9.0f} req/s  {r['cpu_us_per_req']:5.1f} us/req  p99 {r['p99'] / 1000:6.2f} ms  "
+                          f"non2xx {r['non2xx']}  errors {r['errors']}", flush=True)
+        if args.idle_conns:
+            for t in targets:
+                live.start_proxy(t)
+                run_wrk(PORTS[t], "/", 10, 1, lua)
+                idle[t] = idle_rss_per_conn(live, t, args.idle_conns)
+                live.stop(t)
+                print(f"[{time.time() - started:5.0f}s] idle RSS {t:8} {idle[t]:7.0f} bytes per connection", flush=True)
+    finally:
+        live.stop_all()
+        dead.stop_all()
+
+    for wl in workloads:
+        for t in targets:
+            runs = raw[wl][t]
+            results[wl][t] = {k: statistics.median(r[k] for r in runs) for k in ("rps", "cpu_us_per_req", "p50", "p99", "p999", "rss_kb")}
+            results[wl][t]["non2xx"] = sum(r["non2xx"] for r in runs)
+            results[wl][t]["errors"] = sum(r["errors"] for r in runs)
+            results[wl][t]["requests"] = sum(r["requests"] for r in runs)
+
+    def ratio(wl, t, key):
+        if "nginx" not in targets:
+            return None
+        rs = [a[key] / b[key] for a, b in zip(raw[wl][t], raw[wl]["nginx"]) if b[key]]
+        return statistics.median(rs) if rs else None
+
+    commit = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()
+    dirty = " (dirty)" if sh(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]).stdout.strip() else ""
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%MZ")
+    versions = {
+        "nginx": sh("nginx -v 2>&1").stdout.strip() or sh("nginx -v").stderr.strip(),
+        "haproxy": sh("haproxy -v").stdout.splitlines()[0] if shutil.which("haproxy") else "",
+        "wrk": sh("wrk -v 2>&1 | head -1").stdout.strip(),
+    }
+    lines = [f"# Load benchmark {stamp}", "",
+             f"- commit: `{commit}`{dirty}", f"- machine: {platform.node()}, {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}",
+             f"- command: `benches/load/run.sh {' '.join(sys.argv[1:])}`",
+             f"- topology: proxy alone on CPU 1 (1 worker); origin nginx (1 worker) and load generator on CPU 0; loopback",
+             f"- peers: {versions['nginx']} (upstream keepalive {args.nginx_keepalive}), {versions['haproxy']} (nbthread 1, retries 0, http-reuse always); {versions['wrk']}",
+             f"- {args.reps} repetitions x {args.duration} s per cell, order rotated; medians; ratios are medians of per-repetition ratios to nginx",
+             f"- total time {time.time() - started:.0f} s", "",
+             "| workload | target | req/s | x nginx | proxy CPU us/req | x nginx | p50 ms | p99 ms | p99.9 ms | x nginx p99 | RSS MiB | non-2xx | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for wl in workloads:
+        for t in targets:
+            r = results[wl][t]
+            fmt = lambda v: "" if v is None else f"{v:.2f}"
+            lines.append(f"| {wl} | {t} | {r['rps']:,.0f} | {fmt(ratio(wl, t, 'rps'))} | {r['cpu_us_per_req']:.1f} | "
+                         f"{fmt(ratio(wl, t, 'cpu_us_per_req'))} | {r['p50'] / 1000:.3f} | {r['p99'] / 1000:.3f} | {r['p999'] / 1000:.3f} | "
+                         f"{fmt(ratio(wl, t, 'p99'))} | {r['rss_kb'] / 1024:.1f} | {r['non2xx']} | {r['errors']} |")
+    if idle:
+        lines += ["", f"Idle keep-alive connections ({args.idle_conns}, one request each): RSS growth per connection", "",
+                  "| target | bytes/conn |", "|---|---|"] + [f"| {t} | {v:,.0f} |" for t, v in idle.items()]
+    lines += ["", "dead-* workloads: the upstream port has no listener; every answer is a 502/503 (counted as non-2xx by design).", ""]
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, f"{stamp}-{args.label}-{commit}")
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(lines))
+    with open(base + ".json", "w") as f:
+        json.dump({"raw": raw, "idle": idle, "args": vars(args)}, f, indent=1)
+    svg_chart(results, targets, workloads, base + ".svg")
+    print("\n".join(lines))
+    print(f"\nwrote {base}.md, .json, .svg")
+
+
+if __name__ == "__main__":
+    main()

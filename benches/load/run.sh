@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One command for the load benchmark: installs what it needs (Debian: wrk, nginx,
+# haproxy; crates.io: oha), builds ringlb in release mode, then runs the matrix
+# with ringlb, nginx and HAProxy in the same run and topology (run.py --help).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v haproxy >/dev/null || need+=(haproxy)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Debian starts the packaged daemons where systemd runs; they must not share the CPUs.
+(systemctl stop nginx haproxy 2>/dev/null || true)
+command -v oha >/dev/null || cargo install oha --locked
+cargo build --release --quiet
+exec python3 benches/load/run.py "$@"
