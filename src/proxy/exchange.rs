@@ -82,10 +82,13 @@ pub async fn forward(
         .take(&inbuf.data()[req.head_len..])
         .map_err(|e| Failure::before_response(ProxyError::BadRequest(e.reason()), false))?;
     let initial = req.head_len + initial_body;
-    let server = upstream.pick().ok_or(Failure::before_response(
-        ProxyError::NoHealthyServer,
-        body_done,
-    ))?;
+    let Some(server) = upstream.pick() else {
+        inbuf.consume(initial);
+        return Err(Failure::before_response(
+            ProxyError::NoHealthyServer,
+            body_done,
+        ));
+    };
     let write_timeout = ctx.client.write_timeout;
 
     // Only an idempotent request whose bytes are all still in `inbuf` may be
@@ -94,7 +97,15 @@ pub async fn forward(
     let mut fresh_only = false;
     loop {
         let (mut up, reused) =
-            upstream_conn(ctx, upstream, server, fresh_only, !retryable, body_done).await?;
+            match upstream_conn(ctx, upstream, server, fresh_only, !retryable).await {
+                Ok(c) => c,
+                Err(error) => {
+                    // Nothing was sent: the request is consumed and answered, and the
+                    // client connection stays usable if its body was fully read.
+                    inbuf.consume(initial);
+                    return Err(Failure::before_response(error, body_done));
+                }
+            };
         if up
             .writer
             .write_front_keep(inbuf, initial, write_timeout)
@@ -106,7 +117,11 @@ pub async fn forward(
                 continue;
             }
             note_upstream(upstream, server, ProxyError::UpstreamConnect);
-            return Err(Failure::before_response(ProxyError::UpstreamConnect, false));
+            inbuf.consume(initial);
+            return Err(Failure::before_response(
+                ProxyError::UpstreamConnect,
+                body_done,
+            ));
         }
 
         if body_done {
@@ -248,8 +263,7 @@ async fn upstream_conn(
     server: &Server,
     fresh_only: bool,
     probe: bool,
-    client_reusable: bool,
-) -> Result<(Conn, bool), Failure> {
+) -> Result<(Conn, bool), ProxyError> {
     if !fresh_only {
         loop {
             let pooled = ctx.pool.borrow_mut().checkout(server.pool_slot);
@@ -269,13 +283,16 @@ async fn upstream_conn(
             };
             if let ConnectError::Failed(io_err) = &e {
                 crate::log::rate_limited(format_args!(
-                    "upstream {} server {}: connect failed: {io_err}",
-                    upstream.name, server.addr
+                    "upstream {} server {}: connect failed: {:?} (os error {})",
+                    upstream.name,
+                    server.addr,
+                    io_err.kind(),
+                    io_err.raw_os_error().unwrap_or(0)
                 ));
             } else {
                 note_upstream(upstream, server, error);
             }
-            Err(Failure::before_response(error, client_reusable))
+            Err(error)
         }
     }
 }

@@ -1,0 +1,137 @@
+//! The hot path allocates nothing in steady state: ringlb runs in-process under a
+//! counting allocator that counts only on worker threads; after warm-up, N more
+//! proxied requests must not allocate at all.
+
+mod common;
+
+use common::client::Client;
+use common::origin::{dead_addr, Origin};
+use ringlb::config::Config;
+use ringlb::runtime::{self, Shutdown};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: delegates to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if runtime::in_worker() {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if runtime::in_worker() {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if runtime::in_worker() {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// One ringlb for all cases (tests in this file run one at a time through this lock).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn start(config: &str) -> (Arc<Shutdown>, runtime::Running) {
+    let config = Config::parse(config, "alloc-test").unwrap();
+    let shutdown = Arc::new(Shutdown::default());
+    let running = runtime::start(config, shutdown.clone()).unwrap();
+    (shutdown, running)
+}
+
+fn count_over(
+    addr: SocketAddr,
+    request: &[u8],
+    head_request: bool,
+    expect: u16,
+    warmup: usize,
+    n: usize,
+) -> u64 {
+    let mut c = Client::connect(addr);
+    for _ in 0..warmup {
+        c.send(request);
+        assert_eq!(c.read_response(head_request).status, expect);
+    }
+    let before = ALLOCS.load(Ordering::SeqCst);
+    for _ in 0..n {
+        c.send(request);
+        assert_eq!(c.read_response(head_request).status, expect);
+    }
+    ALLOCS.load(Ordering::SeqCst) - before
+}
+
+fn proxied(servers: &str) -> String {
+    format!(
+        "workers = 1\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+         [[listener.route]]\npath_prefix = \"/direct\"\nstatus = 200\nbody = \"direct\"\n\
+         [[upstream]]\nname = \"app\"\nservers = [{servers}]\n"
+    )
+}
+
+#[test]
+fn steady_state_requests_do_not_allocate() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let origin = Origin::start();
+    let (shutdown, running) = start(&proxied(&format!("\"{}\"", origin.addr)));
+    let addr = running.bound[0];
+    let big = format!("GET /bytes/{} HTTP/1.1\r\nHost: x\r\n\r\n", 64 * 1024);
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("13 B GET, Content-Length", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
+        ("64 KiB response", big.into_bytes(), false),
+        ("chunked response", b"GET /chunked HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
+        ("HEAD", b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), true),
+        ("POST with Content-Length body", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".to_vec(), false),
+        (
+            "POST with chunked body",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+            false,
+        ),
+        ("direct response", b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
+    ];
+    let mut report = Vec::new();
+    for (name, req, head) in &cases {
+        let n = count_over(addr, req, *head, 200, 200, 1000);
+        report.push(format!("{name}: {n} allocations in 1000 requests"));
+    }
+    shutdown.request();
+    running.wait();
+    let text = report.join("\n");
+    eprintln!("{text}");
+    assert!(
+        report.iter().all(|l| l.contains(": 0 allocations")),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_gateway_path_does_not_allocate() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (shutdown, running) = start(&proxied(&format!("\"{}\"", dead_addr())));
+    let n = count_over(
+        running.bound[0],
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        false,
+        502,
+        200,
+        1000,
+    );
+    shutdown.request();
+    running.wait();
+    assert_eq!(n, 0, "allocations on the 502 path: {n}");
+}
