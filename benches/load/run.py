@@ -70,8 +70,9 @@ def wait_port(port, timeout=10.0):
 
 
 class Setup:
-    def __init__(self, tmp, upstream_port, nginx_keepalive):
+    def __init__(self, tmp, upstream_port, nginx_keepalive, ringlb_extra=""):
         self.tmp, self.procs = tmp, {}
+        self.ringlb_extra = ringlb_extra
         self.upstream_port = upstream_port
         self.nginx_keepalive = nginx_keepalive
 
@@ -113,6 +114,7 @@ http {{
         port, up = PORTS[name], self.upstream_port
         if name == "ringlb":
             conf = self.write("ringlb.toml", f"""workers = 1
+{self.ringlb_extra}
 [[listener]]
 listen = "127.0.0.1:{port}"
 upstream = "origin"
@@ -280,6 +282,7 @@ def main():
     ap.add_argument("--idle-conns", type=int, default=5000, help="idle keep-alive connections for RSS (0: skip)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
     ap.add_argument("--label", default="load")
+    ap.add_argument("--ringlb-extra", default="", help="top-level TOML lines added to ringlb's config, e.g. 'io = \"epoll\"'")
     args = ap.parse_args()
     workloads = [w for w in args.workloads.split(",") if w]
     targets = [t for t in args.targets.split(",") if t]
@@ -294,8 +297,9 @@ def main():
     results = {wl: {t: None for t in targets} for wl in workloads}
     raw = {wl: {t: [] for t in targets} for wl in workloads}
     started = time.time()
-    live = Setup(tmp, ORIGIN_PORT, args.nginx_keepalive)
-    dead = Setup(tmp, DEAD_PORT, args.nginx_keepalive)
+    extra = args.ringlb_extra.replace("\\n", "\n")
+    live = Setup(tmp, ORIGIN_PORT, args.nginx_keepalive, extra)
+    dead = Setup(tmp, DEAD_PORT, args.nginx_keepalive, extra)
     idle = {}
     try:
         live.start_origin()
@@ -351,6 +355,7 @@ def main():
     lines = [f"# Load benchmark {stamp}", "",
              f"- commit: `{commit}`{dirty}", f"- machine: {platform.node()}, {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}",
              f"- command: `benches/load/run.sh {' '.join(sys.argv[1:])}`",
+             f"- ringlb extra config: `{args.ringlb_extra or '(none)'}`",
              f"- topology: proxy alone on CPU 1 (1 worker); origin nginx (1 worker) and load generator on CPU 0; loopback",
              f"- peers: {versions['nginx']} (upstream keepalive {args.nginx_keepalive}), {versions['haproxy']} (nbthread 1, retries 0, http-reuse always); {versions['wrk']}",
              f"- {args.reps} repetitions x {args.duration} s per cell, order rotated; medians; ratios are medians of per-repetition ratios to nginx",

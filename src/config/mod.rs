@@ -5,6 +5,7 @@ mod demo;
 mod duration;
 mod raw;
 
+pub use crate::runtime::driver::UringSetup;
 pub use demo::DEMO_CONFIG;
 pub use duration::parse_duration;
 
@@ -31,6 +32,7 @@ pub struct Config {
     pub workers: usize,
     pub io: IoMode,
     pub ring_entries: u32,
+    pub uring_setup: UringSetup,
     pub drain_timeout: Duration,
     pub client: ClientSettings,
     pub listeners: Vec<ListenerConfig>,
@@ -278,6 +280,21 @@ impl Ctx<'_> {
             },
         };
         let ring_entries = self.int(&raw.ring_entries, "ring_entries", 256, 32768, 1024)? as u32;
+        let uring_setup = match &raw.uring_setup {
+            None => UringSetup::Coop,
+            Some(s) => match s.get_ref().as_str() {
+                "coop" => UringSetup::Coop,
+                "defer" => UringSetup::Defer,
+                "plain" => UringSetup::Plain,
+                other => {
+                    return Err(self.err(
+                        s.span(),
+                        "uring_setup",
+                        format!("`{other}` is not one of \"coop\", \"defer\", \"plain\""),
+                    ))
+                }
+            },
+        };
         let drain_timeout =
             self.duration(&raw.drain_timeout, "drain_timeout", Duration::from_secs(30))?;
         let client = self.client(raw.client.unwrap_or_default())?;
@@ -320,6 +337,7 @@ impl Ctx<'_> {
             workers,
             io,
             ring_entries,
+            uring_setup,
             drain_timeout,
             client,
             listeners,

@@ -10,6 +10,7 @@ pub struct RawConfig {
     pub workers: Option<Spanned<i64>>,
     pub io: Option<Spanned<String>>,
     pub ring_entries: Option<Spanned<i64>>,
+    pub uring_setup: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
     pub client: Option<RawClient>,
     #[serde(default)]

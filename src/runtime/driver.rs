@@ -6,6 +6,19 @@ use crate::config::IoMode;
 use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, Runtime, RuntimeBuilder};
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// io_uring setup flags. COOP_TASKRUN + SINGLE_ISSUER measured fastest here
+/// (see bench-results); the others stay selectable for measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UringSetup {
+    /// COOP_TASKRUN | SINGLE_ISSUER (default).
+    Coop,
+    /// DEFER_TASKRUN | SINGLE_ISSUER.
+    Defer,
+    /// monoio's default ring (no setup flags).
+    Plain,
+}
 
 pub enum WorkerRuntime {
     Uring(Runtime<TimeDriver<IoUringDriver>>),
@@ -13,10 +26,14 @@ pub enum WorkerRuntime {
 }
 
 impl WorkerRuntime {
-    pub fn name(&self) -> &'static str {
-        match self {
-            WorkerRuntime::Uring(_) => "io_uring (coop_taskrun, single_issuer)",
-            WorkerRuntime::Epoll(_) => "epoll",
+    pub fn name(&self, setup: UringSetup) -> &'static str {
+        match (self, setup) {
+            (WorkerRuntime::Uring(_), UringSetup::Coop) => "io_uring (coop_taskrun, single_issuer)",
+            (WorkerRuntime::Uring(_), UringSetup::Defer) => {
+                "io_uring (defer_taskrun, single_issuer)"
+            }
+            (WorkerRuntime::Uring(_), UringSetup::Plain) => "io_uring (no setup flags)",
+            (WorkerRuntime::Epoll(_), _) => "epoll",
         }
     }
 
@@ -28,9 +45,17 @@ impl WorkerRuntime {
     }
 }
 
-fn uring(entries: u32) -> io::Result<WorkerRuntime> {
+fn uring(entries: u32, setup: UringSetup) -> io::Result<WorkerRuntime> {
     let mut flags = io_uring::IoUring::builder();
-    flags.setup_coop_taskrun().setup_single_issuer();
+    match setup {
+        UringSetup::Coop => {
+            flags.setup_coop_taskrun().setup_single_issuer();
+        }
+        UringSetup::Defer => {
+            flags.setup_defer_taskrun().setup_single_issuer();
+        }
+        UringSetup::Plain => {}
+    }
     RuntimeBuilder::<IoUringDriver>::new()
         .with_entries(entries)
         .uring_builder(flags)
@@ -47,16 +72,24 @@ fn epoll(entries: u32) -> io::Result<WorkerRuntime> {
         .map(WorkerRuntime::Epoll)
 }
 
-/// Builds the runtime for `mode`. Auto logs one line when it falls back.
-pub fn build(mode: IoMode, entries: u32, worker: usize) -> io::Result<WorkerRuntime> {
+static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Builds the runtime for `mode`. Auto logs one line (for all workers) when it
+/// falls back to epoll.
+pub fn build(mode: IoMode, entries: u32, setup: UringSetup) -> io::Result<WorkerRuntime> {
     match mode {
         IoMode::Epoll => epoll(entries),
-        IoMode::Uring => uring(entries)
+        IoMode::Uring => uring(entries, setup)
             .map_err(|e| io::Error::new(e.kind(), format!("io_uring unavailable: {e}"))),
-        IoMode::Auto => match uring(entries) {
+        IoMode::Auto => match uring(entries, setup) {
             Ok(rt) => Ok(rt),
             Err(e) => {
-                crate::warn!("worker {worker}: io_uring unavailable ({e}); falling back to epoll");
+                if !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
+                    crate::warn!(
+                        "io_uring unavailable ({e}; io_uring_disabled sysctl, seccomp or \
+                         RLIMIT_MEMLOCK?): all workers use epoll"
+                    );
+                }
                 epoll(entries)
             }
         },

@@ -94,7 +94,7 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                let rt = match driver::build(config.io, config.ring_entries, id) {
+                let rt = match driver::build(config.io, config.ring_entries, config.uring_setup) {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = ready.send(Err(format!("worker {id}: {e}")));
@@ -103,7 +103,7 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
                 };
                 crate::info!(
                     "worker {id}: {} driver, pinned to {}",
-                    rt.name(),
+                    rt.name(config.uring_setup),
                     core.map_or("no core".to_string(), |c| format!("core {}", c.id))
                 );
                 IN_WORKER.with(|w| w.set(true));

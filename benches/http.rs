@@ -1,0 +1,93 @@
+//! Micro-benchmarks of the request path's pure parts: request-head parse and
+//! validate, head rewrite, chunked decode, balancer pick.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use ringlb::http::chunked::ChunkedDecoder;
+use ringlb::http::request::{self, Limits};
+use ringlb::http::{response, rewrite, MAX_HEADERS};
+use ringlb::upstream::balance::{Balancer, RoundRobin};
+
+const REQUEST: &[u8] = b"GET /api/v1/items?id=42 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: wrk/4.1\r\n\
+Accept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\nX-Forwarded-For: 203.0.113.9\r\n\
+Cookie: session=0123456789abcdef; theme=dark\r\n\r\n";
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Thu, 26 Nov 2026 12:00:00 GMT\r\n\
+Content-Type: text/plain\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\n";
+const LIMITS: Limits = Limits {
+    max_head_bytes: 32768,
+    max_request_line_bytes: 8192,
+};
+
+fn parse_request(c: &mut Criterion) {
+    let mut g = c.benchmark_group("request");
+    g.throughput(Throughput::Bytes(REQUEST.len() as u64));
+    g.bench_function("parse_validate", |b| {
+        b.iter(|| {
+            let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let head = request::parse(black_box(REQUEST), &mut h, &LIMITS)
+                .unwrap()
+                .unwrap();
+            black_box(head.framing);
+        })
+    });
+    let mut out = Vec::with_capacity(4096);
+    g.bench_function("parse_validate_rewrite", |b| {
+        b.iter(|| {
+            let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let head = request::parse(black_box(REQUEST), &mut h, &LIMITS)
+                .unwrap()
+                .unwrap();
+            rewrite::write_request(&head, b"10.0.0.1", &mut out);
+            black_box(out.len());
+        })
+    });
+    g.finish();
+}
+
+fn parse_response(c: &mut Criterion) {
+    let mut out = Vec::with_capacity(4096);
+    c.bench_function("response/parse_validate_rewrite", |b| {
+        b.iter(|| {
+            let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let head = response::parse(black_box(RESPONSE), &mut h, false, 65536)
+                .unwrap()
+                .unwrap();
+            rewrite::write_response(
+                &head,
+                rewrite::BodyOut::Length(13),
+                rewrite::ConnOut::Persistent,
+                &mut out,
+            );
+            black_box(out.len());
+        })
+    });
+}
+
+fn chunked(c: &mut Criterion) {
+    let mut body = Vec::new();
+    for _ in 0..16 {
+        body.extend_from_slice(b"1000\r\n");
+        body.extend(std::iter::repeat_n(b'x', 0x1000));
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let mut g = c.benchmark_group("chunked");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("scan_64KiB_in_4KiB_chunks", |b| {
+        b.iter(|| {
+            let mut d = ChunkedDecoder::new();
+            black_box(d.scan(black_box(&body)).unwrap())
+        })
+    });
+    g.finish();
+}
+
+fn balance(c: &mut Criterion) {
+    let rr = RoundRobin::default();
+    c.bench_function("balance/round_robin_pick_64", |b| {
+        b.iter(|| black_box(rr.pick(black_box(64))))
+    });
+}
+
+criterion_group!(benches, parse_request, parse_response, chunked, balance);
+criterion_main!(benches);
