@@ -12,7 +12,11 @@ import subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ORIGIN_PORT, DEAD_PORT = 18081, 18099
-PORTS = {"ringlb": 18080, "nginx": 18082, "haproxy": 18083}
+PORTS = {"ringlb": 18080, "nginx": 18082, "haproxy": 18083,
+         "ringlb-epoll": 18084, "ringlb-plain": 18085, "ringlb-defer": 18086}
+# ringlb variants that can run as extra targets in the same run (driver comparison).
+VARIANTS = {"ringlb": "", "ringlb-epoll": 'io = "epoll"', "ringlb-plain": 'uring_setup = "plain"',
+            "ringlb-defer": 'uring_setup = "defer"'}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 WORKLOADS = {
@@ -86,6 +90,9 @@ class Setup:
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.tmp, name + ".log"), "w"))
         self.procs[name] = p
         wait_port(port)
+        time.sleep(0.1)
+        if p.poll() is not None:
+            raise RuntimeError(f"{name} exited at start: see {self.tmp}/{name}.log")
         return p
 
     def start_origin(self):
@@ -112,9 +119,10 @@ http {{
 
     def start_proxy(self, name):
         port, up = PORTS[name], self.upstream_port
-        if name == "ringlb":
-            conf = self.write("ringlb.toml", f"""workers = 1
+        if name in VARIANTS:
+            conf = self.write(f"{name}.toml", f"""workers = 1
 {self.ringlb_extra}
+{VARIANTS[name]}
 [[listener]]
 listen = "127.0.0.1:{port}"
 upstream = "origin"
@@ -167,6 +175,18 @@ backend be
         if p:
             p.send_signal(signal.SIGKILL)
             p.wait()
+            # A killed io_uring process releases its sockets only when the kernel
+            # has torn its rings down: wait until the port can be bound again.
+            port = PORTS.get(name, ORIGIN_PORT)
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                try:
+                    with socket.socket() as s:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                        s.bind(("127.0.0.1", port))
+                    break
+                except OSError:
+                    time.sleep(0.05)
 
     def stop_all(self):
         for n in list(self.procs):
@@ -241,7 +261,8 @@ def idle_rss_per_conn(setup, target, n=5000):
 
 def svg_chart(results, targets, workloads, path):
     """Two grouped bar charts: req/s and proxy CPU us/req per workload."""
-    colors = {"ringlb": "#d9480f", "nginx": "#2b8a3e", "haproxy": "#1971c2"}
+    colors = {"ringlb": "#d9480f", "nginx": "#2b8a3e", "haproxy": "#1971c2", "ringlb-epoll": "#f59f00",
+              "ringlb-plain": "#ae3ec9", "ringlb-defer": "#868e96"}
     w, h, pad = 900, 300, 50
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{2 * h + 40}" font-family="sans-serif" font-size="11">']
     for row, (metric, label) in enumerate([("rps", "requests/s (median)"), ("cpu_us_per_req", "proxy CPU us per request (median)")]):
@@ -277,7 +298,8 @@ def main():
     ap.add_argument("--duration", type=int, default=5, help="seconds per run (default 5)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions, order rotated each time (default 3)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of: " + ", ".join(WORKLOADS))
-    ap.add_argument("--targets", default="ringlb,nginx,haproxy")
+    ap.add_argument("--targets", default="ringlb,nginx,haproxy",
+                    help="comma list of: " + ", ".join(PORTS))
     ap.add_argument("--nginx-keepalive", type=int, default=256, help="nginx upstream keepalive (default 256)")
     ap.add_argument("--idle-conns", type=int, default=5000, help="idle keep-alive connections for RSS (0: skip)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
