@@ -80,6 +80,8 @@ pub struct RequestHead<'b, 'h> {
     /// Whether the client asked to keep the connection open afterwards.
     pub keep_alive: bool,
     pub expect_continue: bool,
+    /// A valid Max-Forwards value (meaningful for OPTIONS and TRACE only).
+    pub max_forwards: Option<u64>,
     pub connection: [&'b [u8]; MAX_CONNECTION_FIELDS],
     pub connection_count: usize,
 }
@@ -92,6 +94,12 @@ impl<'b> RequestHead<'b, '_> {
     /// Host without port, for routing.
     pub fn host_name(&self) -> &'b [u8] {
         host_without_port(self.host)
+    }
+
+    /// OPTIONS or TRACE with `Max-Forwards: 0`: ringlb must answer itself
+    /// (RFC 9110 §7.6.2).
+    pub fn answer_locally(&self) -> bool {
+        matches!(self.kind, Method::Options | Method::Trace) && self.max_forwards == Some(0)
     }
 
     /// Path part of the target (before `?`).
@@ -151,6 +159,7 @@ pub fn parse<'b, 'h>(
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
+    let mut max_forwards = None;
     let mut connection: [&'b [u8]; MAX_CONNECTION_FIELDS] = [b""; MAX_CONNECTION_FIELDS];
     let mut connection_count = 0;
 
@@ -197,6 +206,12 @@ pub fn parse<'b, 'h>(
                 connection_count += 1;
                 close |= list_has(value, b"close");
                 keep_alive_token |= list_has(value, b"keep-alive");
+            }
+            12 if eq_ci(name, b"max-forwards") => {
+                let v = trim_ows(value);
+                if !v.is_empty() && !v.contains(&b',') {
+                    max_forwards = parse_content_length(v);
+                }
             }
             6 if eq_ci(name, b"expect") && eq_ci(trim_ows(value), b"100-continue") => {
                 expect_continue = minor_version == 1;
@@ -246,6 +261,7 @@ pub fn parse<'b, 'h>(
         content_length,
         keep_alive,
         expect_continue,
+        max_forwards,
         connection,
         connection_count,
     }))

@@ -5,7 +5,7 @@
 //! written into a caller-owned `Vec<u8>` that is reused, so nothing allocates.
 
 use super::fields::{eq_ci, is_hop_by_hop, listed_in_connection, push_u64};
-use super::request::RequestHead;
+use super::request::{Method, RequestHead};
 use super::response::ResponseHead;
 use super::Framing;
 
@@ -66,6 +66,14 @@ pub fn write_request(head: &RequestHead<'_, '_>, client_ip: &[u8], out: &mut Vec
             xff_seen = true;
             continue;
         }
+        if let (Some(n @ 1..), true) = (head.max_forwards, eq_ci(name, b"max-forwards")) {
+            if matches!(head.kind, Method::Options | Method::Trace) {
+                out.extend_from_slice(b"Max-Forwards: ");
+                push_u64(out, n - 1);
+                out.extend_from_slice(b"\r\n");
+                continue;
+            }
+        }
         push_field(out, name, h.value);
     }
     match head.framing {
@@ -96,6 +104,40 @@ pub fn write_request(head: &RequestHead<'_, '_>, client_ip: &[u8], out: &mut Vec
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
     out.extend_from_slice(VIA);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The answer to OPTIONS or TRACE with `Max-Forwards: 0`: OPTIONS lists the
+/// methods; TRACE reflects the request head (minus credentials) as message/http.
+pub fn write_local_answer(head: &RequestHead<'_, '_>, out: &mut Vec<u8>) {
+    out.clear();
+    if head.kind == Method::Options {
+        out.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\nAllow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH\r\n\
+              Content-Length: 0\r\nVia: 1.1 ringlb\r\n\r\n",
+        );
+        return;
+    }
+    let mut body_len = head.method.len() + 1 + head.target.len() + 11;
+    let reflected = |name: &[u8]| {
+        !(eq_ci(name, b"cookie") || eq_ci(name, b"authorization") || eq_ci(name, b"proxy-authorization"))
+    };
+    for h in head.headers.iter().filter(|h| reflected(h.name.as_bytes())) {
+        body_len += h.name.len() + 2 + h.value.len() + 2;
+    }
+    body_len += 2;
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: ");
+    push_u64(out, body_len as u64);
+    out.extend_from_slice(b"\r\nVia: 1.1 ringlb\r\n\r\n");
+    let start = out.len();
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(if head.minor_version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
+    for h in head.headers.iter().filter(|h| reflected(h.name.as_bytes())) {
+        push_field(out, h.name.as_bytes(), h.value);
+    }
+    out.extend_from_slice(b"\r\n");
+    debug_assert_eq!(out.len() - start, body_len);
 }
 
 /// Writes the response head for the client.

@@ -47,6 +47,7 @@ pub async fn serve(ctx: Rc<WorkerCtx>, listener: usize, stream: TcpStream, peer:
             RouteAction::Respond(direct) => {
                 answer_directly(&ctx, &mut client, &mut inbuf, &req, direct).await
             }
+            RouteAction::Local => answer_locally(&ctx, &mut client, &mut inbuf, &req).await,
             RouteAction::Proxy(upstream) => {
                 match exchange::forward(&ctx, upstream, &mut client, &mut inbuf, &req).await {
                     Ok(keep) => keep,
@@ -105,6 +106,18 @@ fn prepare(
             Ok(None) => return (Ok(None), None),
             Err(e) => return (Err(e), None),
         };
+        if head.answer_locally() {
+            rewrite::write_local_answer(&head, scratch);
+            let req = Prepared {
+                action: RouteAction::Local,
+                head_len: scratch.len(),
+                framing: head.framing,
+                method: head.kind,
+                keep_alive: head.keep_alive,
+                minor_version: head.minor_version,
+            };
+            return (Ok(Some(req)), Some(head.head_len));
+        }
         let action = ctx.routes[listener].select(head.host_name(), head.path());
         let mut req = Prepared {
             action,
@@ -120,7 +133,7 @@ fn prepare(
                 req.head_len = scratch.len();
                 (Ok(Some(req)), Some(head.head_len))
             }
-            RouteAction::Respond(_) => (Ok(Some(req)), None),
+            RouteAction::Respond(_) | RouteAction::Local => (Ok(Some(req)), None),
         }
     })
 }
@@ -159,6 +172,21 @@ async fn answer_directly(
         .await
         .is_ok()
         && keep
+}
+
+/// Sends the answer that `prepare` placed at the front of `inbuf` (OPTIONS or
+/// TRACE with `Max-Forwards: 0`). Returns whether to keep the connection.
+async fn answer_locally(ctx: &WorkerCtx, client: &mut Conn, inbuf: &mut Buffer, req: &Prepared) -> bool {
+    let sent = client.writer.write_front(inbuf, req.head_len, ctx.client.write_timeout).await.is_ok();
+    let body_read = match req.framing {
+        Framing::None => true,
+        Framing::Length(n) if n <= inbuf.len() as u64 => {
+            inbuf.consume(n as usize);
+            true
+        }
+        _ => false,
+    };
+    sent && body_read && req.keep_alive && req.minor_version == 1 && !ctx.draining.get()
 }
 
 /// Answers a failed request with its canned status. Returns whether to keep the connection.

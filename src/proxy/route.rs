@@ -50,6 +50,8 @@ impl Direct {
 pub enum RouteAction {
     Proxy(usize),
     Respond(&'static Direct),
+    /// ringlb answers itself (Max-Forwards: 0); the answer is already rendered.
+    Local,
 }
 
 #[derive(Debug)]
