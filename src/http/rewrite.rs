@@ -119,7 +119,9 @@ pub fn write_local_answer(head: &RequestHead<'_, '_>, out: &mut Vec<u8>) {
     }
     let mut body_len = head.method.len() + 1 + head.target.len() + 11;
     let reflected = |name: &[u8]| {
-        !(eq_ci(name, b"cookie") || eq_ci(name, b"authorization") || eq_ci(name, b"proxy-authorization"))
+        !(eq_ci(name, b"cookie")
+            || eq_ci(name, b"authorization")
+            || eq_ci(name, b"proxy-authorization"))
     };
     for h in head.headers.iter().filter(|h| reflected(h.name.as_bytes())) {
         body_len += h.name.len() + 2 + h.value.len() + 2;
@@ -132,7 +134,11 @@ pub fn write_local_answer(head: &RequestHead<'_, '_>, out: &mut Vec<u8>) {
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
-    out.extend_from_slice(if head.minor_version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
+    out.extend_from_slice(if head.minor_version == 0 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
     for h in head.headers.iter().filter(|h| reflected(h.name.as_bytes())) {
         push_field(out, h.name.as_bytes(), h.value);
     }

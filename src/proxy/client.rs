@@ -176,8 +176,17 @@ async fn answer_directly(
 
 /// Sends the answer that `prepare` placed at the front of `inbuf` (OPTIONS or
 /// TRACE with `Max-Forwards: 0`). Returns whether to keep the connection.
-async fn answer_locally(ctx: &WorkerCtx, client: &mut Conn, inbuf: &mut Buffer, req: &Prepared) -> bool {
-    let sent = client.writer.write_front(inbuf, req.head_len, ctx.client.write_timeout).await.is_ok();
+async fn answer_locally(
+    ctx: &WorkerCtx,
+    client: &mut Conn,
+    inbuf: &mut Buffer,
+    req: &Prepared,
+) -> bool {
+    let sent = client
+        .writer
+        .write_front(inbuf, req.head_len, ctx.client.write_timeout)
+        .await
+        .is_ok();
     let body_read = match req.framing {
         Framing::None => true,
         Framing::Length(n) if n <= inbuf.len() as u64 => {

@@ -100,7 +100,10 @@ fn max_forwards_is_decremented_for_options_and_trace_only() {
 #[test]
 fn local_answers() {
     let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let limits = Limits { max_head_bytes: 8192, max_request_line_bytes: 1024 };
+    let limits = Limits {
+        max_head_bytes: 8192,
+        max_request_line_bytes: 1024,
+    };
     let raw = b"TRACE /t HTTP/1.1\r\nHost: a\r\nCookie: secret\r\nMax-Forwards: 0\r\n\r\n";
     let head = request::parse(raw, &mut h, &limits).unwrap().unwrap();
     assert!(head.answer_locally());
@@ -108,7 +111,13 @@ fn local_answers() {
     write_local_answer(&head, &mut out);
     let text = String::from_utf8(out).unwrap();
     let (resp_head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(resp_head.contains(&format!("Content-Length: {}", body.len())), "{text}");
-    assert!(body.starts_with("TRACE /t HTTP/1.1\r\nHost: a\r\n"), "{body}");
+    assert!(
+        resp_head.contains(&format!("Content-Length: {}", body.len())),
+        "{text}"
+    );
+    assert!(
+        body.starts_with("TRACE /t HTTP/1.1\r\nHost: a\r\n"),
+        "{body}"
+    );
     assert!(!body.contains("secret"));
 }
