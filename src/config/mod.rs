@@ -50,6 +50,8 @@ pub struct ClientSettings {
     pub body_timeout: Duration,
     /// Longest stall while writing to the client.
     pub write_timeout: Duration,
+    /// Longest silence on both sides of an upgraded (WebSocket) tunnel.
+    pub tunnel_idle_timeout: Duration,
     /// Largest request head (request line + fields); larger is 431.
     pub max_head_bytes: usize,
     /// Longest request line; longer is 414.
@@ -63,6 +65,7 @@ impl Default for ClientSettings {
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(300),
             max_head_bytes: 32 * 1024,
             max_request_line_bytes: 8 * 1024,
         }
@@ -352,6 +355,11 @@ impl Ctx<'_> {
             idle_timeout: self.duration(&c.idle_timeout, "idle_timeout", d.idle_timeout)?,
             body_timeout: self.duration(&c.body_timeout, "body_timeout", d.body_timeout)?,
             write_timeout: self.duration(&c.write_timeout, "write_timeout", d.write_timeout)?,
+            tunnel_idle_timeout: self.duration(
+                &c.tunnel_idle_timeout,
+                "tunnel_idle_timeout",
+                d.tunnel_idle_timeout,
+            )?,
             max_head_bytes: self.int(
                 &c.max_head_bytes,
                 "max_head_bytes",

@@ -26,6 +26,7 @@ pub struct RawClient {
     pub idle_timeout: Option<Spanned<String>>,
     pub body_timeout: Option<Spanned<String>>,
     pub write_timeout: Option<Spanned<String>>,
+    pub tunnel_idle_timeout: Option<Spanned<String>>,
     pub max_head_bytes: Option<Spanned<i64>>,
     pub max_request_line_bytes: Option<Spanned<i64>>,
 }

@@ -79,6 +79,9 @@ pub struct RequestHead<'b, 'h> {
     pub content_length: Option<u64>,
     /// Whether the client asked to keep the connection open afterwards.
     pub keep_alive: bool,
+    /// HTTP/1.1 request without a body asking to switch protocols (`Upgrade`
+    /// listed in Connection): forwarded with its Upgrade field, tunnelled on 101.
+    pub upgrade: bool,
     pub expect_continue: bool,
     /// A valid Max-Forwards value (meaningful for OPTIONS and TRACE only).
     pub max_forwards: Option<u64>,
@@ -160,6 +163,8 @@ pub fn parse<'b, 'h>(
     let mut keep_alive_token = false;
     let mut expect_continue = false;
     let mut max_forwards = None;
+    let mut upgrade_token = false;
+    let mut upgrade_field = false;
     let mut connection: [&'b [u8]; MAX_CONNECTION_FIELDS] = [b""; MAX_CONNECTION_FIELDS];
     let mut connection_count = 0;
 
@@ -206,7 +211,9 @@ pub fn parse<'b, 'h>(
                 connection_count += 1;
                 close |= list_has(value, b"close");
                 keep_alive_token |= list_has(value, b"keep-alive");
+                upgrade_token |= list_has(value, b"upgrade");
             }
+            7 if eq_ci(name, b"upgrade") => upgrade_field = true,
             12 if eq_ci(name, b"max-forwards") => {
                 let v = trim_ows(value);
                 if !v.is_empty() && !v.contains(&b',') {
@@ -248,6 +255,7 @@ pub fn parse<'b, 'h>(
         }
     };
     let keep_alive = !close && (minor_version == 1 || keep_alive_token);
+    let upgrade = upgrade_field && upgrade_token && minor_version == 1 && framing == Framing::None;
     Ok(Some(RequestHead {
         method,
         kind,
@@ -260,6 +268,7 @@ pub fn parse<'b, 'h>(
         framing,
         content_length,
         keep_alive,
+        upgrade,
         expect_continue,
         max_forwards,
         connection,

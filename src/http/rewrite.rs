@@ -55,10 +55,12 @@ pub fn write_request(head: &RequestHead<'_, '_>, client_ip: &[u8], out: &mut Vec
     let mut xff_seen = false;
     for h in head.headers {
         let name = h.name.as_bytes();
-        if is_hop_by_hop(name)
-            || (!conn.is_empty() && listed_in_connection(name, conn))
-            || (head.absolute_form && eq_ci(name, b"host"))
-            || eq_ci(name, b"x-forwarded-proto")
+        let kept_upgrade = head.upgrade && eq_ci(name, b"upgrade");
+        if !kept_upgrade
+            && (is_hop_by_hop(name)
+                || (!conn.is_empty() && listed_in_connection(name, conn))
+                || (head.absolute_form && eq_ci(name, b"host"))
+                || eq_ci(name, b"x-forwarded-proto"))
         {
             continue;
         }
@@ -88,6 +90,9 @@ pub fn write_request(head: &RequestHead<'_, '_>, client_ip: &[u8], out: &mut Vec
                 out.extend_from_slice(b"Content-Length: 0\r\n");
             }
         }
+    }
+    if head.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
     if xff_seen {
@@ -191,6 +196,24 @@ pub fn write_informational(head: &ResponseHead<'_, '_>, out: &mut Vec<u8>) {
     out.clear();
     write_status_line(head, out);
     write_end_to_end_fields(head, out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a `101 Switching Protocols` for the client: end-to-end fields plus the
+/// upgrade's own Upgrade field and `Connection: upgrade`.
+pub fn write_switching_protocols(head: &ResponseHead<'_, '_>, out: &mut Vec<u8>) {
+    out.clear();
+    write_status_line(head, out);
+    write_end_to_end_fields(head, out);
+    for h in head
+        .headers
+        .iter()
+        .filter(|h| eq_ci(h.name.as_bytes(), b"upgrade"))
+    {
+        push_field(out, b"Upgrade", h.value);
+    }
+    out.extend_from_slice(b"Connection: upgrade\r\n");
+    out.extend_from_slice(VIA);
     out.extend_from_slice(b"\r\n");
 }
 

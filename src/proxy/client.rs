@@ -115,6 +115,7 @@ fn prepare(
                 method: head.kind,
                 keep_alive: head.keep_alive,
                 minor_version: head.minor_version,
+                upgrade: false,
             };
             return (Ok(Some(req)), Some(head.head_len));
         }
@@ -126,6 +127,7 @@ fn prepare(
             method: head.kind,
             keep_alive: head.keep_alive,
             minor_version: head.minor_version,
+            upgrade: head.upgrade,
         };
         match action {
             RouteAction::Proxy(_) => {

@@ -32,6 +32,8 @@ pub struct Prepared {
     pub method: Method,
     pub keep_alive: bool,
     pub minor_version: u8,
+    /// The request asks to switch protocols (tunnel if the upstream answers 101).
+    pub upgrade: bool,
 }
 
 /// A request that failed; `response_started` means the client already has part
@@ -58,6 +60,9 @@ impl Failure {
 struct ResponseDone {
     client_keep: bool,
     upstream_reusable: bool,
+    /// The upstream switched protocols: tunnel, starting with these bytes
+    /// that followed its 101 head.
+    tunnel: Option<Buffer>,
 }
 
 struct ResponseFail {
@@ -143,6 +148,16 @@ pub async fn forward(
                     // held stray bytes that were never a response to this request).
                     fresh_only = true;
                     continue;
+                }
+                Ok(ResponseDone {
+                    tunnel: Some(mut pending),
+                    ..
+                }) => {
+                    inbuf.consume(initial);
+                    let idle = ctx.client.tunnel_idle_timeout;
+                    super::tunnel::run(client, &mut up, inbuf, &mut pending, idle, write_timeout)
+                        .await;
+                    return Ok(false);
                 }
                 Ok(done) => {
                     inbuf.consume(initial);
@@ -335,14 +350,14 @@ fn plan_response(
         };
         if head.is_informational() {
             if head.status == 101 {
-                return (
-                    Err(ProxyError::UpstreamBadResponse(
-                        "101 without an upgrade request",
-                    )),
-                    None,
-                );
+                if !req.upgrade {
+                    let e = ProxyError::UpstreamBadResponse("101 without an upgrade request");
+                    return (Err(e), None);
+                }
+                rewrite::write_switching_protocols(&head, scratch);
+            } else {
+                rewrite::write_informational(&head, scratch);
             }
-            rewrite::write_informational(&head, scratch);
             let plan = ResponsePlan {
                 head_len: scratch.len(),
                 informational: true,
@@ -410,6 +425,18 @@ async fn relay_response(
             // Garbage as the very first bytes on a connection counts as "silent":
             // nothing of it answers this request.
             Err(e) => return Err(fail(e, first_read)),
+            Ok(Some(p)) if p.status == 101 => {
+                started.set(true);
+                client
+                    .write_front(&mut rb, p.head_len, write_timeout)
+                    .await
+                    .map_err(|_| fail(ProxyError::ClientGone, false))?;
+                return Ok(ResponseDone {
+                    client_keep: false,
+                    upstream_reusable: false,
+                    tunnel: Some(rb),
+                });
+            }
             Ok(Some(p)) if p.informational => {
                 if req.minor_version == 1 && p.status != 102 {
                     client
@@ -518,6 +545,7 @@ async fn relay_response(
     }
     let leftover = !rb.is_empty();
     Ok(ResponseDone {
+        tunnel: None,
         client_keep: plan.conn_out != ConnOut::Close,
         upstream_reusable: plan.upstream_keep_alive
             && !leftover

@@ -10,6 +10,7 @@ pub mod body;
 pub mod client;
 pub mod exchange;
 pub mod route;
+pub mod tunnel;
 
 use crate::buf::Buffer;
 use crate::config::ClientSettings;
