@@ -41,8 +41,15 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes the request head to forward upstream.
-pub fn write_request(head: &RequestHead<'_, '_>, client_ip: &[u8], out: &mut Vec<u8>) {
+/// Writes the request head to forward upstream. `default_host` becomes the Host
+/// of an HTTP/1.0 request that had none (the request goes out as HTTP/1.1,
+/// which requires one): the address of the listener the client reached.
+pub fn write_request(
+    head: &RequestHead<'_, '_>,
+    client_ip: &[u8],
+    default_host: &[u8],
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
@@ -50,6 +57,8 @@ pub fn write_request(head: &RequestHead<'_, '_>, client_ip: &[u8], out: &mut Vec
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if head.absolute_form {
         push_field(out, b"Host", head.host);
+    } else if head.host.is_empty() {
+        push_field(out, b"Host", default_host);
     }
     let conn = head.connection_values();
     let mut xff_seen = false;

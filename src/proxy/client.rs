@@ -131,7 +131,8 @@ fn prepare(
         };
         match action {
             RouteAction::Proxy(_) => {
-                rewrite::write_request(&head, ip.as_bytes(), scratch);
+                let authority = ctx.routes[listener].authority();
+                rewrite::write_request(&head, ip.as_bytes(), authority, scratch);
                 req.head_len = scratch.len();
                 (Ok(Some(req)), Some(head.head_len))
             }

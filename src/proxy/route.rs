@@ -65,6 +65,8 @@ struct Route {
 pub struct ListenerRoutes {
     routes: Vec<Route>,
     default: RouteAction,
+    /// The listener's bound address, the Host for requests that carry none.
+    authority: Box<[u8]>,
 }
 
 fn action(a: &Action) -> RouteAction {
@@ -75,8 +77,10 @@ fn action(a: &Action) -> RouteAction {
 }
 
 impl ListenerRoutes {
-    pub fn new(cfg: &ListenerConfig) -> ListenerRoutes {
+    /// Routes of one listener; `bound` is its actual address (port 0 resolved).
+    pub fn new(cfg: &ListenerConfig, bound: std::net::SocketAddr) -> ListenerRoutes {
         ListenerRoutes {
+            authority: bound.to_string().into_bytes().into(),
             routes: cfg
                 .routes
                 .iter()
@@ -88,6 +92,10 @@ impl ListenerRoutes {
                 .collect(),
             default: action(&cfg.default_action),
         }
+    }
+
+    pub fn authority(&self) -> &[u8] {
+        &self.authority
     }
 
     /// First matching route, else the listener's default.
@@ -159,7 +167,7 @@ servers = ["127.0.0.1:2"]
             "t",
         )
         .unwrap();
-        let r = ListenerRoutes::new(&c.listeners[0]);
+        let r = ListenerRoutes::new(&c.listeners[0], "127.0.0.1:80".parse().unwrap());
         assert!(matches!(
             r.select(b"api.example", "/v1/x"),
             RouteAction::Proxy(1)

@@ -76,8 +76,14 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
         crate::info!("listening on {addr}");
         bound.push(addr);
     }
-    let routes: Arc<Vec<ListenerRoutes>> =
-        Arc::new(config.listeners.iter().map(ListenerRoutes::new).collect());
+    let routes: Arc<Vec<ListenerRoutes>> = Arc::new(
+        config
+            .listeners
+            .iter()
+            .zip(&bound)
+            .map(|(l, &b)| ListenerRoutes::new(l, b))
+            .collect(),
+    );
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let config = Arc::new(config);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();

@@ -12,7 +12,7 @@ fn forward(raw: &str) -> String {
         .unwrap()
         .unwrap();
     let mut out = Vec::new();
-    write_request(&head, b"10.1.2.3", &mut out);
+    write_request(&head, b"10.1.2.3", b"lb.example:80", &mut out);
     String::from_utf8(out).unwrap()
 }
 
@@ -120,4 +120,13 @@ fn local_answers() {
         "{body}"
     );
     assert!(!body.contains("secret"));
+}
+
+#[test]
+fn http10_request_without_host_gets_the_listener_authority() {
+    let out = forward("GET / HTTP/1.0\r\n\r\n");
+    assert!(
+        out.starts_with("GET / HTTP/1.1\r\nHost: lb.example:80\r\n"),
+        "{out}"
+    );
 }
