@@ -6,6 +6,7 @@
 //! balancing, connection pool), `buf` (buffer pool), `io` (monoio seam),
 //! `error` (failure origin -> status), `log`.
 
+pub mod admin;
 pub mod buf;
 pub mod cli;
 pub mod config;

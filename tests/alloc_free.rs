@@ -77,10 +77,14 @@ fn count_over(
 }
 
 fn proxied(servers: &str) -> String {
+    proxied_with(servers, "")
+}
+
+fn proxied_with(servers: &str, upstream_extra: &str) -> String {
     format!(
         "workers = 1\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
          [[listener.route]]\npath_prefix = \"/direct\"\nstatus = 200\nbody = \"direct\"\n\
-         [[upstream]]\nname = \"app\"\nservers = [{servers}]\n"
+         [[upstream]]\nname = \"app\"\nservers = [{servers}]\n{upstream_extra}\n"
     )
 }
 
@@ -122,7 +126,12 @@ fn steady_state_requests_do_not_allocate() {
 #[test]
 fn bad_gateway_path_does_not_allocate() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (shutdown, running) = start(&proxied(&format!("\"{}\"", dead_addr())));
+    // Passive ejection off: every request tries the dead server and gets 502.
+    let config = proxied_with(
+        &format!("\"{}\"", dead_addr()),
+        "[upstream.outlier]\nconsecutive_failures = 0",
+    );
+    let (shutdown, running) = start(&config);
     let n = count_over(
         running.bound[0],
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -134,4 +143,31 @@ fn bad_gateway_path_does_not_allocate() {
     shutdown.request();
     running.wait();
     assert_eq!(n, 0, "allocations on the 502 path: {n}");
+}
+
+#[test]
+fn fast_503_for_an_ejected_server_does_not_allocate() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = proxied_with(
+        &format!("\"{}\"", dead_addr()),
+        "[upstream.outlier]\nconsecutive_failures = 3\nbase_ejection = \"1m\"",
+    );
+    let (shutdown, running) = start(&config);
+    let addr = running.bound[0];
+    let mut c = Client::connect(addr);
+    for _ in 0..3 {
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 502);
+    }
+    let n = count_over(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        false,
+        503,
+        200,
+        1000,
+    );
+    shutdown.request();
+    running.wait();
+    assert_eq!(n, 0, "allocations on the 503 path: {n}");
 }

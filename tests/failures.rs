@@ -15,11 +15,20 @@ fn dead_upstream_is_502_and_client_connection_survives() {
     let lb = Ringlb::start(&proxy_config(&[dead_addr()], "", ""));
     let mut c = Client::connect(lb.addr());
     // Many on one connection: each failed request must be consumed, not re-parsed.
-    for _ in 0..100 {
-        c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
-        let r = c.read_response(false);
-        assert_eq!(r.status, 502);
-    }
+    // After 5 consecutive failures passive health ejects the server: fast 503s.
+    let statuses: Vec<u16> = (0..100)
+        .map(|_| {
+            c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+            let r = c.read_response(false);
+            if r.status == 503 {
+                assert_eq!(r.header("retry-after"), Some("1"));
+            }
+            r.status
+        })
+        .collect();
+    assert_eq!(&statuses[..5], &[502; 5]);
+    assert!(statuses[5..].iter().all(|&s| s == 503), "{statuses:?}");
+    assert!(lb.log_contains("up -> ejected"), "{}", lb.log_text());
     assert!(
         lb.log_contains("connect failed: ConnectionRefused"),
         "{}",

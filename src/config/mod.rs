@@ -6,6 +6,8 @@ mod duration;
 mod raw;
 
 pub use crate::runtime::driver::UringSetup;
+pub use crate::upstream::balance::Algorithm;
+pub use crate::upstream::outlier::OutlierConfig;
 pub use demo::DEMO_CONFIG;
 pub use duration::parse_duration;
 
@@ -37,6 +39,8 @@ pub struct Config {
     pub client: ClientSettings,
     pub listeners: Vec<ListenerConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// Admin listener (JSON pool state, /healthz), if configured.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Client-side timeouts and limits.
@@ -104,9 +108,60 @@ pub struct DirectResponse {
 }
 
 #[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    /// Relative weight for weight-aware balancing (`"ADDR weight=N"`), default 1.
+    pub weight: u32,
+}
+
+/// What Maglev hashes to choose a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Path,
+    /// A request header's value (lower-case name).
+    Header(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum HealthCheckKind {
+    Tcp,
+    Http {
+        method: String,
+        path: String,
+        host: Option<String>,
+        expect_status: Vec<std::ops::RangeInclusive<u16>>,
+        body_contains: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
-    pub servers: Vec<SocketAddr>,
+    pub servers: Vec<ServerConfig>,
+    pub balance: Algorithm,
+    pub balance_name: String,
+    pub hash_key: HashKey,
+    /// Further servers tried after a failure that allows a retry.
+    pub retries: u32,
+    pub retry_non_idempotent: bool,
+    /// Retries allowed as a share of requests (token bucket, burst 10).
+    pub retry_budget: f64,
+    /// With every server down, try them anyway instead of answering 503.
+    pub panic_mode: bool,
+    /// Ramp of a returning server's weight; zero disables.
+    pub slow_start: Duration,
+    pub health_check: Option<HealthCheck>,
+    pub outlier: OutlierConfig,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
@@ -336,7 +391,12 @@ impl Ctx<'_> {
             }
             listeners.push(cfg);
         }
+        let admin = match &raw.admin {
+            Some(a) => Some(self.addr(&a.listen, "listen")?),
+            None => None,
+        };
         Ok(Config {
+            admin,
             workers,
             io,
             ring_entries,
@@ -385,17 +445,121 @@ impl Ctx<'_> {
         if up.servers.get_ref().is_empty() {
             return Err(self.err(up.servers.span(), "servers", "needs at least one server"));
         }
+        if up.servers.get_ref().len() > 4096 {
+            return Err(self.err(
+                up.servers.span(),
+                "servers",
+                "at most 4096 servers per upstream",
+            ));
+        }
         let mut servers = Vec::new();
         for s in up.servers.get_ref() {
-            let addr = self.addr(s, "servers")?;
-            if addr.port() == 0 {
-                return Err(self.err(s.span(), "servers", "port 0 is not a valid upstream port"));
-            }
-            servers.push(addr);
+            servers.push(self.server(s)?);
         }
+        let (balance, balance_name) = match &up.balance {
+            None => (Algorithm::RoundRobin, "round_robin".to_string()),
+            Some(b) => match Algorithm::parse(b.get_ref()) {
+                Some(a) => (a, b.get_ref().clone()),
+                None => {
+                    return Err(self.err(
+                        b.span(),
+                        "balance",
+                        format!("`{}` is not one of {}", b.get_ref(), Algorithm::NAMES),
+                    ))
+                }
+            },
+        };
+        let hash_key = match &up.hash_key {
+            None => HashKey::ClientIp,
+            Some(k) => match k.get_ref().as_str() {
+                "client_ip" => HashKey::ClientIp,
+                "path" => HashKey::Path,
+                h if h.starts_with("header:") && h.len() > 7 => {
+                    HashKey::Header(h[7..].to_ascii_lowercase())
+                }
+                other => {
+                    return Err(self.err(
+                        k.span(),
+                        "hash_key",
+                        format!("`{other}` is not \"client_ip\", \"path\" or \"header:NAME\""),
+                    ))
+                }
+            },
+        };
+        if let (Some(k), false) = (&up.hash_key, balance == Algorithm::Maglev) {
+            return Err(self.err(k.span(), "hash_key", "only used with balance = \"maglev\""));
+        }
+        let slow_start = match &up.slow_start {
+            None => Duration::ZERO,
+            Some(s) => {
+                let d =
+                    parse_duration(s.get_ref()).map_err(|m| self.err(s.span(), "slow_start", m))?;
+                if !d.is_zero() && matches!(balance, Algorithm::RoundRobin | Algorithm::Maglev) {
+                    return Err(self.err(
+                        s.span(),
+                        "slow_start",
+                        "needs a weight-aware balance (weighted_round_robin, least_inflight, p2c, peak_ewma)",
+                    ));
+                }
+                d
+            }
+        };
+        let retry_budget = match &up.retry_budget {
+            None => 0.2,
+            Some(b) if (0.0..=1.0).contains(b.get_ref()) => *b.get_ref(),
+            Some(b) => {
+                return Err(self.err(
+                    b.span(),
+                    "retry_budget",
+                    "must be a ratio between 0.0 and 1.0",
+                ))
+            }
+        };
+        let health_check = match &up.health_check {
+            None => None,
+            Some(h) => Some(self.health_check(h)?),
+        };
+        let outlier = match &up.outlier {
+            None => OutlierConfig::default(),
+            Some(o) => {
+                let d = OutlierConfig::default();
+                OutlierConfig {
+                    consecutive: self.int(
+                        &o.consecutive_failures,
+                        "consecutive_failures",
+                        0,
+                        1000,
+                        d.consecutive as i64,
+                    )? as u32,
+                    base_ejection: self.duration(
+                        &o.base_ejection,
+                        "base_ejection",
+                        d.base_ejection,
+                    )?,
+                    max_ejection: self.duration(&o.max_ejection, "max_ejection", d.max_ejection)?,
+                    max_ejection_percent: self.int(
+                        &o.max_ejection_percent,
+                        "max_ejection_percent",
+                        0,
+                        100,
+                        d.max_ejection_percent as i64,
+                    )? as u32,
+                }
+            }
+        };
         Ok(UpstreamConfig {
             name,
             servers,
+            balance,
+            balance_name,
+            hash_key,
+            retries: self.int(&up.retries, "retries", 0, 10, 1)? as u32,
+            retry_non_idempotent: up.retry_non_idempotent.unwrap_or(false),
+            retry_budget,
+            panic_mode: up.panic_mode.unwrap_or(false),
+            slow_start,
+            health_check,
+            outlier,
             connect_timeout: self.duration(
                 &up.connect_timeout,
                 "connect_timeout",
@@ -413,6 +577,114 @@ impl Ctx<'_> {
             )?,
             max_idle: self.int(&up.max_idle, "max_idle", 0, 100_000, 256)? as usize,
         })
+    }
+
+    /// `"ADDR"` or `"ADDR weight=N"`.
+    fn server(&self, s: &Spanned<String>) -> Result<ServerConfig, ConfigError> {
+        let mut parts = s.get_ref().split_whitespace();
+        let addr_text = parts.next().unwrap_or("");
+        let addr_spanned = Spanned::new(s.span(), addr_text.to_string());
+        let addr = self.addr(&addr_spanned, "servers")?;
+        if addr.port() == 0 {
+            return Err(self.err(s.span(), "servers", "port 0 is not a valid upstream port"));
+        }
+        let mut weight = 1;
+        for p in parts {
+            match p
+                .strip_prefix("weight=")
+                .and_then(|w| w.parse::<u32>().ok())
+            {
+                Some(w) if (1..=1000).contains(&w) => weight = w,
+                _ => {
+                    return Err(self.err(
+                        s.span(),
+                        "servers",
+                        format!("`{p}`: only `weight=N` (1-1000) may follow the address"),
+                    ))
+                }
+            }
+        }
+        Ok(ServerConfig { addr, weight })
+    }
+
+    fn health_check(&self, h: &Spanned<raw::RawHealthCheck>) -> Result<HealthCheck, ConfigError> {
+        let r = h.get_ref();
+        let kind = match r.kind.as_ref().map(|k| k.get_ref().as_str()) {
+            None | Some("http") => {
+                let path = match &r.path {
+                    None => "/".to_string(),
+                    Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+                    Some(p) => return Err(self.err(p.span(), "path", "must start with `/`")),
+                };
+                let expect_status = match &r.expect_status {
+                    None => vec![200..=399],
+                    Some(e) => self.status_ranges(e)?,
+                };
+                HealthCheckKind::Http {
+                    method: r.method.clone().unwrap_or_else(|| "GET".to_string()),
+                    path,
+                    host: r.host.clone(),
+                    expect_status,
+                    body_contains: r.body_contains.clone(),
+                }
+            }
+            Some("tcp") => HealthCheckKind::Tcp,
+            Some(other) => {
+                let k = r.kind.as_ref().unwrap();
+                return Err(self.err(
+                    k.span(),
+                    "type",
+                    format!("`{other}` is not \"http\" or \"tcp\""),
+                ));
+            }
+        };
+        let interval = self.duration(&r.interval, "interval", Duration::from_secs(2))?;
+        let timeout = self.duration(&r.timeout, "timeout", Duration::from_secs(1))?;
+        if timeout > interval {
+            return Err(self.err(h.span(), "timeout", "must not exceed the check interval"));
+        }
+        Ok(HealthCheck {
+            kind,
+            interval,
+            timeout,
+            rise: self.int(&r.rise, "rise", 1, 100, 2)? as u32,
+            fall: self.int(&r.fall, "fall", 1, 100, 3)? as u32,
+        })
+    }
+
+    /// `"200-399"`, `"200,204"`, `"2xx"`.
+    fn status_ranges(
+        &self,
+        e: &Spanned<String>,
+    ) -> Result<Vec<std::ops::RangeInclusive<u16>>, ConfigError> {
+        let mut out = Vec::new();
+        for part in e.get_ref().split(',').map(str::trim) {
+            let range = if let Some(c) = part.strip_suffix("xx").and_then(|c| c.parse::<u16>().ok())
+            {
+                Some(c * 100..=c * 100 + 99)
+            } else if let Some((a, b)) = part.split_once('-') {
+                a.trim()
+                    .parse()
+                    .ok()
+                    .zip(b.trim().parse().ok())
+                    .map(|(a, b)| a..=b)
+            } else {
+                part.parse().ok().map(|s| s..=s)
+            };
+            match range {
+                Some(r) if *r.start() >= 100 && *r.end() <= 599 && r.start() <= r.end() => {
+                    out.push(r)
+                }
+                _ => {
+                    return Err(self.err(
+                        e.span(),
+                        "expect_status",
+                        format!("`{part}` is not a status, range (200-399) or class (2xx)"),
+                    ))
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn action(

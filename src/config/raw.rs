@@ -13,6 +13,7 @@ pub struct RawConfig {
     pub uring_setup: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
     pub client: Option<RawClient>,
+    pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
     #[serde(default)]
@@ -63,4 +64,44 @@ pub struct RawUpstream {
     pub response_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub max_idle: Option<Spanned<i64>>,
+    pub balance: Option<Spanned<String>>,
+    pub hash_key: Option<Spanned<String>>,
+    pub retries: Option<Spanned<i64>>,
+    pub retry_non_idempotent: Option<bool>,
+    pub retry_budget: Option<Spanned<f64>>,
+    pub panic_mode: Option<bool>,
+    pub slow_start: Option<Spanned<String>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub outlier: Option<RawOutlier>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub method: Option<String>,
+    pub path: Option<Spanned<String>>,
+    pub host: Option<String>,
+    pub expect_status: Option<Spanned<String>>,
+    pub body_contains: Option<String>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<Spanned<i64>>,
+    pub base_ejection: Option<Spanned<String>>,
+    pub max_ejection: Option<Spanned<String>>,
+    pub max_ejection_percent: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Spanned<String>,
 }

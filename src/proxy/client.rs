@@ -5,10 +5,12 @@ use super::exchange::{self, Failure, Prepared};
 use super::route::RouteAction;
 use super::{rewrite_head, ClientIp, WorkerCtx, HEADROOM};
 use crate::buf::Buffer;
+use crate::config::HashKey;
 use crate::error::ProxyError;
-use crate::http::request::{self, Method};
+use crate::http::request::{self, Method, RequestHead};
 use crate::http::{canned, rewrite, Framing, MAX_HEADERS};
 use crate::io::{Conn, ReadOutcome};
+use crate::upstream::balance::maglev_hash;
 use monoio::net::TcpStream;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -116,6 +118,7 @@ fn prepare(
                 keep_alive: head.keep_alive,
                 minor_version: head.minor_version,
                 upgrade: false,
+                hash_key: 0,
             };
             return (Ok(Some(req)), Some(head.head_len));
         }
@@ -128,9 +131,13 @@ fn prepare(
             keep_alive: head.keep_alive,
             minor_version: head.minor_version,
             upgrade: head.upgrade,
+            hash_key: 0,
         };
         match action {
-            RouteAction::Proxy(_) => {
+            RouteAction::Proxy(up) => {
+                if let Some(key) = &ctx.upstreams[up].hash_key {
+                    req.hash_key = hash_key(key, &head, ip);
+                }
                 let authority = ctx.routes[listener].authority();
                 rewrite::write_request(&head, ip.as_bytes(), authority, scratch);
                 req.head_len = scratch.len();
@@ -139,6 +146,21 @@ fn prepare(
             RouteAction::Respond(_) | RouteAction::Local => (Ok(Some(req)), None),
         }
     })
+}
+
+/// The consistent-hashing key of a request (a missing header falls back to
+/// the client address).
+fn hash_key(key: &HashKey, head: &RequestHead<'_, '_>, ip: &ClientIp) -> u64 {
+    let bytes = match key {
+        HashKey::ClientIp => ip.as_bytes(),
+        HashKey::Path => head.path().as_bytes(),
+        HashKey::Header(name) => head
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map_or(ip.as_bytes(), |h| h.value),
+    };
+    maglev_hash(bytes)
 }
 
 /// Answers from a direct-response route. Returns whether to keep the connection.

@@ -11,16 +11,17 @@ use super::body::{self, BodyState, RelayError};
 use super::route::RouteAction;
 use super::{rewrite_head, WorkerCtx, HEADROOM};
 use crate::buf::{Buffer, BUF_SIZE};
-use crate::error::ProxyError;
+use crate::error::{Origin, ProxyError};
 use crate::http::request::Method;
 use crate::http::rewrite::{self, BodyOut, ConnOut};
 use crate::http::{response, Framing, MAX_HEADERS};
 use crate::io::{self, Conn, ConnectError, ReadOutcome, Reader, Writer};
-use crate::upstream::{Server, Upstream};
+use crate::upstream::{Outcome, Server, Upstream};
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::task::Poll;
+use std::time::Instant;
 
 /// What the client connection learned from its request head.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +35,8 @@ pub struct Prepared {
     pub minor_version: u8,
     /// The request asks to switch protocols (tunnel if the upstream answers 101).
     pub upgrade: bool,
+    /// Consistent-hashing key (Maglev pools only).
+    pub hash_key: u64,
 }
 
 /// A request that failed; `response_started` means the client already has part
@@ -63,6 +66,7 @@ struct ResponseDone {
     /// The upstream switched protocols: tunnel, starting with these bytes
     /// that followed its 101 head.
     tunnel: Option<Buffer>,
+    status: u16,
 }
 
 struct ResponseFail {
@@ -70,6 +74,18 @@ struct ResponseFail {
     started: bool,
     /// Nothing at all came back from the upstream (retry candidate).
     silent: bool,
+}
+
+/// How one attempt on one server ended.
+enum Attempt {
+    /// Final: the request is answered (or failed for good) on this server.
+    Done(Result<bool, Failure>, Outcome),
+    /// The server failed before any response byte; another server may take the
+    /// request. `nothing_sent`: not a byte of it reached the server.
+    Elsewhere {
+        error: ProxyError,
+        nothing_sent: bool,
+    },
 }
 
 /// Forwards the request at the front of `inbuf`. Returns whether the client
@@ -87,28 +103,83 @@ pub async fn forward(
         .take(&inbuf.data()[req.head_len..])
         .map_err(|e| Failure::before_response(ProxyError::BadRequest(e.reason()), false))?;
     let initial = req.head_len + initial_body;
-    let Some(server) = upstream.pick() else {
-        inbuf.consume(initial);
-        return Err(Failure::before_response(
-            ProxyError::NoHealthyServer,
-            body_done,
-        ));
-    };
-    let write_timeout = ctx.client.write_timeout;
+    upstream.note_request();
+    // A request whose bytes all sit in `inbuf` can be sent again: on a fresh
+    // connection after the keep-alive race, or to another server.
+    let resendable = body_done && (req.method.is_idempotent() || upstream.retry_non_idempotent);
+    let mut tried = 0u64;
+    let mut retries_left = upstream.retries;
+    let mut last_error = ProxyError::NoHealthyServer;
+    loop {
+        let Some(si) = upstream.pick(req.hash_key, tried) else {
+            inbuf.consume(initial);
+            return Err(Failure::before_response(last_error, body_done));
+        };
+        if si < 64 {
+            tried |= 1 << si;
+        }
+        let server = &upstream.servers[si];
+        upstream.start(si);
+        let started_at = Instant::now();
+        let attempt = attempt(
+            ctx, upstream, server, client, inbuf, req, initial, body_done, resendable, &mut body,
+        )
+        .await;
+        match attempt {
+            Attempt::Done(result, outcome) => {
+                upstream.finish(si, outcome, started_at);
+                if result.is_ok() || matches!(outcome, Outcome::Success | Outcome::Neutral) {
+                    return result;
+                }
+                if let Err(f) = &result {
+                    note_upstream(upstream, server, f.error);
+                }
+                return result;
+            }
+            Attempt::Elsewhere {
+                error,
+                nothing_sent,
+            } => {
+                upstream.finish(si, Outcome::Failure, started_at);
+                let may_retry =
+                    (nothing_sent || resendable) && retries_left > 0 && upstream.try_retry();
+                if !may_retry {
+                    note_upstream(upstream, server, error);
+                    inbuf.consume(initial);
+                    return Err(Failure::before_response(error, body_done));
+                }
+                retries_left -= 1;
+                last_error = error;
+            }
+        }
+    }
+}
 
-    // Only an idempotent request whose bytes are all still in `inbuf` may be
-    // re-sent; any other request gets a pooled connection that was probed first.
-    let retryable = body_done && req.method.is_idempotent();
+/// Sends the request to one server and relays its answer.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    ctx: &WorkerCtx,
+    upstream: &Upstream,
+    server: &Server,
+    client: &mut Conn,
+    inbuf: &mut Buffer,
+    req: &Prepared,
+    initial: usize,
+    body_done: bool,
+    resendable: bool,
+    body: &mut BodyState,
+) -> Attempt {
+    let write_timeout = ctx.client.write_timeout;
     let mut fresh_only = false;
     loop {
         let (mut up, reused) =
-            match upstream_conn(ctx, upstream, server, fresh_only, !retryable).await {
+            match upstream_conn(ctx, upstream, server, fresh_only, !resendable).await {
                 Ok(c) => c,
                 Err(error) => {
-                    // Nothing was sent: the request is consumed and answered, and the
-                    // client connection stays usable if its body was fully read.
-                    inbuf.consume(initial);
-                    return Err(Failure::before_response(error, body_done));
+                    return Attempt::Elsewhere {
+                        error,
+                        nothing_sent: true,
+                    }
                 }
             };
         if up
@@ -117,69 +188,95 @@ pub async fn forward(
             .await
             .is_err()
         {
-            if reused && !fresh_only && retryable {
+            if reused && !fresh_only && resendable {
                 fresh_only = true;
                 continue;
             }
-            note_upstream(upstream, server, ProxyError::UpstreamConnect);
-            inbuf.consume(initial);
-            return Err(Failure::before_response(
-                ProxyError::UpstreamConnect,
-                body_done,
-            ));
+            return Attempt::Elsewhere {
+                error: ProxyError::UpstreamConnect,
+                nothing_sent: false,
+            };
         }
-
-        if body_done {
-            let sent = Cell::new(true);
-            let started = Cell::new(false);
-            let result = relay_response(
-                ctx,
-                upstream,
-                &mut up.reader,
-                &mut client.writer,
-                req,
-                &sent,
-                &started,
-            )
-            .await;
-            match result {
-                Err(f) if f.silent && reused && !fresh_only && retryable => {
-                    // The keep-alive race: the pooled connection died idle (or
-                    // held stray bytes that were never a response to this request).
-                    fresh_only = true;
-                    continue;
+        if !body_done {
+            inbuf.consume(initial);
+            let result =
+                forward_streaming(ctx, upstream, server, client, inbuf, req, up, body).await;
+            let outcome = outcome_of(&result);
+            return Attempt::Done(result.map(|(keep, _)| keep), outcome);
+        }
+        let sent = Cell::new(true);
+        let started = Cell::new(false);
+        let result = relay_response(
+            ctx,
+            upstream,
+            &mut up.reader,
+            &mut client.writer,
+            req,
+            &sent,
+            &started,
+        )
+        .await;
+        match result {
+            Err(f) if f.silent && reused && !fresh_only && resendable => {
+                // The keep-alive race: the pooled connection died idle (or held
+                // stray bytes that were never a response to this request).
+                fresh_only = true;
+            }
+            Err(f) if f.silent && !f.started => {
+                return Attempt::Elsewhere {
+                    error: f.error,
+                    nothing_sent: false,
+                };
+            }
+            Ok(ResponseDone {
+                tunnel: Some(mut pending),
+                ..
+            }) => {
+                inbuf.consume(initial);
+                let idle = ctx.client.tunnel_idle_timeout;
+                super::tunnel::run(client, &mut up, inbuf, &mut pending, idle, write_timeout).await;
+                return Attempt::Done(Ok(false), Outcome::Success);
+            }
+            Ok(done) => {
+                inbuf.consume(initial);
+                if done.upstream_reusable {
+                    ctx.pool.borrow_mut().checkin(server.pool_slot, up);
                 }
-                Ok(ResponseDone {
-                    tunnel: Some(mut pending),
-                    ..
-                }) => {
-                    inbuf.consume(initial);
-                    let idle = ctx.client.tunnel_idle_timeout;
-                    super::tunnel::run(client, &mut up, inbuf, &mut pending, idle, write_timeout)
-                        .await;
-                    return Ok(false);
-                }
-                Ok(done) => {
-                    inbuf.consume(initial);
-                    if done.upstream_reusable {
-                        ctx.pool.borrow_mut().checkin(server.pool_slot, up);
-                    }
-                    return Ok(done.client_keep);
-                }
-                Err(f) => {
-                    inbuf.consume(initial);
-                    note_upstream(upstream, server, f.error);
-                    return Err(Failure {
-                        error: f.error,
-                        response_started: f.started,
-                        client_reusable: true,
-                    });
-                }
+                return Attempt::Done(Ok(done.client_keep), status_outcome(done.status));
+            }
+            Err(f) => {
+                inbuf.consume(initial);
+                let failure = Failure {
+                    error: f.error,
+                    response_started: f.started,
+                    client_reusable: true,
+                };
+                return Attempt::Done(Err(failure), error_outcome(f.error));
             }
         }
+    }
+}
 
-        inbuf.consume(initial);
-        return forward_streaming(ctx, upstream, server, client, inbuf, req, up, body).await;
+/// 502/503/504 from a server count against it (passive health).
+fn status_outcome(status: u16) -> Outcome {
+    if matches!(status, 502..=504) {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    }
+}
+
+fn error_outcome(e: ProxyError) -> Outcome {
+    match e.origin() {
+        Origin::Upstream => Outcome::Failure,
+        _ => Outcome::Neutral,
+    }
+}
+
+fn outcome_of(r: &Result<(bool, u16), Failure>) -> Outcome {
+    match r {
+        Ok((_, status)) => status_outcome(*status),
+        Err(f) => error_outcome(f.error),
     }
 }
 
@@ -193,8 +290,8 @@ async fn forward_streaming(
     inbuf: &mut Buffer,
     req: &Prepared,
     mut up: Conn,
-    mut body: BodyState,
-) -> Result<bool, Failure> {
+    body: &mut BodyState,
+) -> Result<(bool, u16), Failure> {
     let sent = Cell::new(false);
     let started = Cell::new(false);
     let mut pump_result: Option<Result<(), RelayError>> = None;
@@ -207,7 +304,7 @@ async fn forward_streaming(
             &mut client.reader,
             up_writer,
             inbuf,
-            &mut body,
+            body,
             ctx.client.body_timeout,
             ctx.client.write_timeout,
         );
@@ -258,7 +355,7 @@ async fn forward_streaming(
             if done.upstream_reusable && body_complete {
                 ctx.pool.borrow_mut().checkin(server.pool_slot, up);
             }
-            Ok(done.client_keep && body_complete)
+            Ok((done.client_keep && body_complete, done.status))
         }
         Some(Err(f)) => {
             note_upstream(upstream, server, f.error);
@@ -435,6 +532,7 @@ async fn relay_response(
                     client_keep: false,
                     upstream_reusable: false,
                     tunnel: Some(rb),
+                    status: 101,
                 });
             }
             Ok(Some(p)) if p.informational => {
@@ -546,6 +644,7 @@ async fn relay_response(
     let leftover = !rb.is_empty();
     Ok(ResponseDone {
         tunnel: None,
+        status: plan.status,
         client_keep: plan.conn_out != ConnOut::Close,
         upstream_reusable: plan.upstream_keep_alive
             && !leftover

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::http::request::Limits;
 use crate::proxy::route::ListenerRoutes;
 use crate::proxy::{client, WorkerCtx};
+use crate::upstream::health::{self, Health};
 use crate::upstream::pool::ConnPool;
 use crate::upstream::Upstream;
 use monoio::io::Canceller;
@@ -76,6 +77,16 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
         crate::info!("listening on {addr}");
         bound.push(addr);
     }
+    let health = Health::new(&config);
+    let admin = match config.admin {
+        Some(addr) => {
+            let (mut sockets, bound_admin) = listener::bind_all(addr, 1)?;
+            crate::info!("admin listening on {bound_admin}");
+            sockets.pop()
+        }
+        None => None,
+    };
+    start_health_thread(&config, health.clone(), admin, shutdown.clone())?;
     let routes: Arc<Vec<ListenerRoutes>> = Arc::new(
         config
             .listeners
@@ -94,6 +105,7 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
         let routes = routes.clone();
         let shutdown = shutdown.clone();
         let ready = ready_tx.clone();
+        let health = health.clone();
         let t = std::thread::Builder::new()
             .name(format!("ringlb-w{id}"))
             .spawn(move || {
@@ -114,7 +126,7 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
                 );
                 IN_WORKER.with(|w| w.set(true));
                 Buffer::prefill(64);
-                let ctx = worker_ctx(&config, routes);
+                let ctx = worker_ctx(&config, routes, &health, id);
                 rt.block_on(worker_main(
                     id,
                     ctx,
@@ -140,14 +152,57 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
     Ok(Running { bound, threads })
 }
 
-fn worker_ctx(config: &Config, routes: Arc<Vec<ListenerRoutes>>) -> Rc<WorkerCtx> {
+/// The health thread: active checks for every upstream that has them, and the
+/// admin listener, in one small epoll event loop of their own.
+fn start_health_thread(
+    config: &Config,
+    health: Arc<Health>,
+    admin: Option<std::net::TcpListener>,
+    shutdown: Arc<Shutdown>,
+) -> std::io::Result<()> {
+    if admin.is_none() && config.upstreams.iter().all(|u| u.health_check.is_none()) {
+        return Ok(());
+    }
+    let configs = Arc::new(config.upstreams.clone());
+    std::thread::Builder::new()
+        .name("ringlb-health".into())
+        .spawn(move || {
+            let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build();
+            let Ok(mut rt) = rt else {
+                crate::error!("health thread: cannot build its event loop; active checks are off");
+                return;
+            };
+            rt.block_on(async move {
+                if let Some(socket) = admin {
+                    match TcpListener::from_std(socket) {
+                        Ok(l) => {
+                            monoio::spawn(crate::admin::serve(l, health.clone(), configs.clone()));
+                        }
+                        Err(e) => crate::error!("admin listener: {e}"),
+                    }
+                }
+                health::run_checks(health, configs.to_vec(), shutdown).await;
+            });
+        })?;
+    Ok(())
+}
+
+fn worker_ctx(
+    config: &Config,
+    routes: Arc<Vec<ListenerRoutes>>,
+    health: &Arc<Health>,
+    id: usize,
+) -> Rc<WorkerCtx> {
     let mut pool = ConnPool::default();
     let mut next_slot = 0;
     let upstreams = config
         .upstreams
         .iter()
-        .map(|u| {
-            let up = Upstream::new(u, &mut next_slot);
+        .enumerate()
+        .map(|(i, u)| {
+            let up = Upstream::new(u, i, health.clone(), id, &mut next_slot);
             for _ in &up.servers {
                 pool.add_slot(u.max_idle, u.idle_timeout);
             }

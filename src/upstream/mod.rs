@@ -1,57 +1,296 @@
-//! Upstream pools as a worker sees them: the servers, how one is chosen, and the
-//! idle connections kept to each. All of it is per worker (no locks, no atomics).
+//! Upstream pools as a worker sees them: servers, balancing, passive health,
+//! retry budget, and the idle connections kept to each server.
+//!
+//! Per worker (no locks, no shared writes on the request path): balancer state,
+//! in-flight counts, latency estimates, passive ejections, the retry budget, the
+//! connection pool. Shared through atomics (`health::Health`): active health
+//! (written by the checker thread), and passive ejections, published only when
+//! they change, for the admin view.
 
 pub mod balance;
+pub mod health;
+pub mod outlier;
 pub mod pool;
+pub mod retry;
 
-use crate::config::UpstreamConfig;
-use balance::{Balancer, RoundRobin};
+use crate::config::{HashKey, UpstreamConfig};
+use balance::{Algorithm, Balancer, PeakEwma, Servers};
+use health::Health;
+use outlier::{Change, Outlier, OutlierConfig};
+use retry::RetryBudget;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// One upstream as seen by one worker.
+/// One server of a pool, as seen by one worker.
+pub struct Server {
+    pub addr: SocketAddr,
+    /// Index into the worker's connection pool.
+    pub pool_slot: usize,
+    pub weight: u32,
+    identity: u64,
+    inflight: Cell<u32>,
+    ewma: Cell<PeakEwma>,
+    outlier: RefCell<Outlier>,
+    /// When the server came back from an ejection (slow start).
+    returned_at: Cell<Option<Instant>>,
+}
+
+/// One upstream pool as seen by one worker.
 pub struct Upstream {
     pub name: String,
     pub servers: Vec<Server>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
-    balancer: RoundRobin,
+    pub retries: u32,
+    pub retry_non_idempotent: bool,
+    pub hash_key: Option<HashKey>,
+    panic_mode: bool,
+    slow_start: Duration,
+    algorithm: Algorithm,
+    balancer: RefCell<Balancer>,
+    budget: RefCell<RetryBudget>,
+    outlier_cfg: OutlierConfig,
+    health: Arc<Health>,
+    index: usize,
+    worker: usize,
+    local_generation: Cell<u64>,
+    ejected: Cell<usize>,
+    next_expiry: Cell<Option<Instant>>,
 }
 
-pub struct Server {
-    pub addr: SocketAddr,
-    /// Index into the worker's connection pool.
-    pub pool_slot: usize,
+/// How one attempt on a server ended, for passive health and latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Connect failure, timeout, 502/503/504, broken response.
+    Failure,
+    /// The attempt ended for reasons that say nothing about the server.
+    Neutral,
+}
+
+struct View<'a> {
+    up: &'a Upstream,
+    now: Instant,
+}
+
+impl Servers for View<'_> {
+    #[inline]
+    fn len(&self) -> usize {
+        self.up.servers.len()
+    }
+
+    #[inline]
+    fn available(&self, i: usize) -> bool {
+        self.up.shared(i).is_healthy() && !self.up.servers[i].outlier.borrow().is_ejected(self.now)
+    }
+
+    #[inline]
+    fn weight(&self, i: usize) -> u32 {
+        let s = &self.up.servers[i];
+        let base = s.weight * 100;
+        if self.up.slow_start.is_zero() {
+            return base;
+        }
+        let shared_up = self.up.shared(i).up_since(self.up.health.epoch());
+        let since = s.returned_at.get().map_or(shared_up, |r| r.max(shared_up));
+        let elapsed = self.now.saturating_duration_since(since);
+        if since == self.up.health.epoch() || elapsed >= self.up.slow_start {
+            return base; // up since start-up, or ramp complete
+        }
+        let ramp = (elapsed.as_secs_f64() / self.up.slow_start.as_secs_f64()).max(0.1);
+        ((f64::from(base) * ramp) as u32).max(1)
+    }
+
+    #[inline]
+    fn inflight(&self, i: usize) -> u32 {
+        self.up.servers[i].inflight.get()
+    }
+
+    #[inline]
+    fn cost(&self, i: usize) -> f64 {
+        let s = &self.up.servers[i];
+        s.ewma.get().estimate_ns() * f64::from(s.inflight.get() + 1)
+    }
+
+    #[inline]
+    fn generation(&self) -> u64 {
+        (self.up.health.upstreams[self.up.index].generation() << 32)
+            ^ self.up.local_generation.get()
+    }
+
+    #[inline]
+    fn identity(&self, i: usize) -> u64 {
+        self.up.servers[i].identity
+    }
 }
 
 impl Upstream {
     /// Builds the worker-local view; `next_slot` hands out pool slots.
-    pub fn new(cfg: &UpstreamConfig, next_slot: &mut usize) -> Upstream {
+    pub fn new(
+        cfg: &UpstreamConfig,
+        index: usize,
+        health: Arc<Health>,
+        worker: usize,
+        next_slot: &mut usize,
+    ) -> Upstream {
         let servers = cfg
             .servers
             .iter()
-            .map(|&addr| {
-                let s = Server {
-                    addr,
-                    pool_slot: *next_slot,
-                };
+            .map(|s| {
+                let slot = *next_slot;
                 *next_slot += 1;
-                s
+                Server {
+                    addr: s.addr,
+                    pool_slot: slot,
+                    weight: s.weight,
+                    identity: balance::maglev_hash(s.addr.to_string().as_bytes()),
+                    inflight: Cell::new(0),
+                    ewma: Cell::new(PeakEwma::default()),
+                    outlier: RefCell::new(Outlier::default()),
+                    returned_at: Cell::new(None),
+                }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(worker as u64 + 1) ^ index as u64;
         Upstream {
             name: cfg.name.clone(),
+            balancer: RefCell::new(Balancer::new(cfg.balance, servers.len(), seed)),
             servers,
             connect_timeout: cfg.connect_timeout,
             response_timeout: cfg.response_timeout,
-            balancer: RoundRobin::default(),
+            retries: cfg.retries,
+            retry_non_idempotent: cfg.retry_non_idempotent,
+            hash_key: (cfg.balance == Algorithm::Maglev).then(|| cfg.hash_key.clone()),
+            panic_mode: cfg.panic_mode,
+            slow_start: cfg.slow_start,
+            algorithm: cfg.balance,
+            budget: RefCell::new(RetryBudget::new(cfg.retry_budget, 10)),
+            outlier_cfg: cfg.outlier,
+            health,
+            index,
+            worker,
+            local_generation: Cell::new(0),
+            ejected: Cell::new(0),
+            next_expiry: Cell::new(None),
         }
     }
 
-    /// Chooses the server for the next request.
-    pub fn pick(&self) -> Option<&Server> {
-        self.balancer
-            .pick(self.servers.len())
-            .map(|i| &self.servers[i])
+    #[inline]
+    fn shared(&self, i: usize) -> &health::SharedServer {
+        &self.health.upstreams[self.index].servers[i]
+    }
+
+    /// Chooses a server for a request, skipping servers in `tried` (a bitmask of
+    /// the first 64). None: no server can take it (503).
+    pub fn pick(&self, key: u64, tried: u64) -> Option<usize> {
+        let now = Instant::now();
+        if self.next_expiry.get().is_some_and(|t| now >= t) {
+            self.expire_ejections(now);
+        }
+        let view = View { up: self, now };
+        let mut balancer = self.balancer.borrow_mut();
+        for _ in 0..self.servers.len().min(8) {
+            match balancer.pick(&view, key) {
+                Some(i) if i < 64 && tried & (1 << i) != 0 => continue,
+                Some(i) => return Some(i),
+                None => break,
+            }
+        }
+        // Retries may need a scan to find an untried server; panic mode ignores health.
+        let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
+        if tried != 0 {
+            if let Some(i) = (0..self.servers.len()).find(|&i| untried(i) && view.available(i)) {
+                return Some(i);
+            }
+        }
+        if self.panic_mode {
+            let start = (key as usize) % self.servers.len();
+            return (0..self.servers.len())
+                .map(|k| (start + k) % self.servers.len())
+                .find(|&i| untried(i));
+        }
+        None
+    }
+
+    /// Counts a request toward the retry budget.
+    #[inline]
+    pub fn note_request(&self) {
+        self.budget.borrow_mut().on_request();
+    }
+
+    /// Takes a retry token, if the budget allows one more retry.
+    pub fn try_retry(&self) -> bool {
+        self.budget.borrow_mut().try_retry()
+    }
+
+    #[inline]
+    pub fn start(&self, i: usize) {
+        let s = &self.servers[i];
+        s.inflight.set(s.inflight.get() + 1);
+    }
+
+    /// Ends an attempt started with `start`.
+    pub fn finish(&self, i: usize, outcome: Outcome, started: Instant) {
+        let s = &self.servers[i];
+        s.inflight.set(s.inflight.get().saturating_sub(1));
+        if outcome == Outcome::Neutral {
+            return;
+        }
+        let now = Instant::now();
+        if self.algorithm == Algorithm::PeakEwma {
+            let mut e = s.ewma.get();
+            match outcome {
+                Outcome::Success => e.observe(now.saturating_duration_since(started), now),
+                _ => e.observe_failure(now),
+            }
+            s.ewma.set(e);
+        }
+        let mut o = s.outlier.borrow_mut();
+        if outcome == Outcome::Success {
+            o.record_success(now, &self.outlier_cfg);
+            return;
+        }
+        let may_eject = self.ejected.get() < self.outlier_cfg.max_ejected(self.servers.len());
+        if let Change::Ejected(d) = o.record_failure(now, &self.outlier_cfg, may_eject) {
+            self.ejected.set(self.ejected.get() + 1);
+            self.shared(i).ejected_by.fetch_add(1, Ordering::Relaxed);
+            self.local_generation.set(self.local_generation.get() + 1);
+            let until = now + d;
+            self.next_expiry
+                .set(Some(self.next_expiry.get().map_or(until, |t| t.min(until))));
+            crate::warn!(
+                "worker {}: upstream {} server {}: up -> ejected for {:?} ({} consecutive failures)",
+                self.worker,
+                self.name,
+                s.addr,
+                d,
+                self.outlier_cfg.consecutive
+            );
+        }
+    }
+
+    fn expire_ejections(&self, now: Instant) {
+        let mut next: Option<Instant> = None;
+        for (i, s) in self.servers.iter().enumerate() {
+            let mut o = s.outlier.borrow_mut();
+            if o.expire(now) {
+                self.ejected.set(self.ejected.get().saturating_sub(1));
+                self.shared(i).ejected_by.fetch_sub(1, Ordering::Relaxed);
+                self.local_generation.set(self.local_generation.get() + 1);
+                s.returned_at.set(Some(now));
+                crate::info!(
+                    "worker {}: upstream {} server {}: ejected -> up (ejection ran out)",
+                    self.worker,
+                    self.name,
+                    s.addr
+                );
+            } else if let Some(t) = o.ejected_until() {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        }
+        self.next_expiry.set(next);
     }
 }
