@@ -59,6 +59,10 @@ pub struct Upstream {
     local_generation: Cell<u64>,
     ejected: Cell<usize>,
     next_expiry: Cell<Option<Instant>>,
+    /// Shared health generation last looked at (to un-eject servers that
+    /// active checks saw come back).
+    seen_generation: Cell<u64>,
+    retry_cursor: Cell<usize>,
 }
 
 /// How one attempt on a server ended, for passive health and latency.
@@ -175,6 +179,8 @@ impl Upstream {
             local_generation: Cell::new(0),
             ejected: Cell::new(0),
             next_expiry: Cell::new(None),
+            seen_generation: Cell::new(0),
+            retry_cursor: Cell::new(worker),
         }
     }
 
@@ -187,30 +193,35 @@ impl Upstream {
     /// the first 64). None: no server can take it (503).
     pub fn pick(&self, key: u64, tried: u64) -> Option<usize> {
         let now = Instant::now();
-        if self.next_expiry.get().is_some_and(|t| now >= t) {
+        let generation = self.health.upstreams[self.index].generation();
+        if self.next_expiry.get().is_some_and(|t| now >= t)
+            || generation != self.seen_generation.get()
+        {
+            self.seen_generation.set(generation);
             self.expire_ejections(now);
         }
         let view = View { up: self, now };
-        let mut balancer = self.balancer.borrow_mut();
-        for _ in 0..self.servers.len().min(8) {
-            match balancer.pick(&view, key) {
-                Some(i) if i < 64 && tried & (1 << i) != 0 => continue,
-                Some(i) => return Some(i),
-                None => break,
-            }
-        }
-        // Retries may need a scan to find an untried server; panic mode ignores health.
+        let n = self.servers.len();
         let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
-        if tried != 0 {
-            if let Some(i) = (0..self.servers.len()).find(|&i| untried(i) && view.available(i)) {
+        if tried == 0 {
+            if let Some(i) = self.balancer.borrow_mut().pick(&view, key) {
+                return Some(i);
+            }
+        } else {
+            // A retry: any other available server, without disturbing the
+            // balancer's state (a skipped pick would skew weighted rotation).
+            let start = self.retry_cursor.get();
+            self.retry_cursor.set(start.wrapping_add(1));
+            if let Some(i) = (0..n)
+                .map(|k| (start + k) % n)
+                .find(|&i| untried(i) && view.available(i))
+            {
                 return Some(i);
             }
         }
         if self.panic_mode {
-            let start = (key as usize) % self.servers.len();
-            return (0..self.servers.len())
-                .map(|k| (start + k) % self.servers.len())
-                .find(|&i| untried(i));
+            let start = (key as usize) % n;
+            return (0..n).map(|k| (start + k) % n).find(|&i| untried(i));
         }
         None
     }
@@ -276,16 +287,24 @@ impl Upstream {
         let mut next: Option<Instant> = None;
         for (i, s) in self.servers.iter().enumerate() {
             let mut o = s.outlier.borrow_mut();
-            if o.expire(now) {
+            let shared = self.shared(i);
+            let back =
+                shared.is_healthy() && o.uneject_if_up_since(shared.up_since(self.health.epoch()));
+            if back || o.expire(now) {
                 self.ejected.set(self.ejected.get().saturating_sub(1));
                 self.shared(i).ejected_by.fetch_sub(1, Ordering::Relaxed);
                 self.local_generation.set(self.local_generation.get() + 1);
                 s.returned_at.set(Some(now));
                 crate::info!(
-                    "worker {}: upstream {} server {}: ejected -> up (ejection ran out)",
+                    "worker {}: upstream {} server {}: ejected -> up ({})",
                     self.worker,
                     self.name,
-                    s.addr
+                    s.addr,
+                    if back {
+                        "active checks saw it come back"
+                    } else {
+                        "ejection ran out"
+                    }
                 );
             } else if let Some(t) = o.ejected_until() {
                 next = Some(next.map_or(t, |n: Instant| n.min(t)));

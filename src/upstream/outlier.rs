@@ -41,6 +41,7 @@ pub struct Outlier {
     failures: u32,
     ejections: u32,
     ejected_until: Option<Instant>,
+    ejected_at: Option<Instant>,
 }
 
 /// What a recorded outcome changed.
@@ -63,6 +64,17 @@ impl Outlier {
     pub fn expire(&mut self, now: Instant) -> bool {
         if self.ejected_until.is_some_and(|t| now >= t) {
             self.ejected_until = None;
+            return true;
+        }
+        false
+    }
+
+    /// Clears the ejection if active checks saw the server come up after it
+    /// was ejected (a restarted server need not sit out its backoff).
+    pub fn uneject_if_up_since(&mut self, up_since: Instant) -> bool {
+        if self.ejected_until.is_some() && self.ejected_at.is_some_and(|at| up_since > at) {
+            self.ejected_until = None;
+            self.failures = 0;
             return true;
         }
         false
@@ -98,6 +110,7 @@ impl Outlier {
             .saturating_mul(factor)
             .min(cfg.max_ejection);
         self.ejected_until = Some(now + d);
+        self.ejected_at = Some(now);
         Change::Ejected(d)
     }
 }

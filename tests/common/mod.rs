@@ -67,6 +67,7 @@ impl Ringlb {
                 let log = r.log.lock().unwrap();
                 let addrs: Vec<SocketAddr> = log
                     .iter()
+                    .filter(|l| !l.contains("admin"))
                     .filter_map(|l| l.split("listening on ").nth(1))
                     .map(|a| a.trim().parse().unwrap())
                     .collect();
@@ -139,6 +140,15 @@ impl Ringlb {
 
     pub fn log_contains(&self, needle: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// The admin listener's address, if one was configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.log.lock().unwrap().iter().find_map(|l| {
+            l.split("admin listening on ")
+                .nth(1)
+                .and_then(|a| a.trim().parse().ok())
+        })
     }
 
     pub fn log_text(&self) -> String {

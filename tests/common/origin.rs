@@ -17,6 +17,8 @@ use std::time::Duration;
 pub struct Stats {
     pub connections: AtomicUsize,
     pub requests: AtomicUsize,
+    /// Set by `Origin::kill`.
+    pub killed: AtomicBool,
     /// Raw heads received, in order.
     pub heads: Mutex<Vec<String>>,
 }
@@ -41,7 +43,34 @@ impl Origin {
     }
 
     pub fn with_handler(handler: Handler) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Origin::with_handler_on("127.0.0.1:0".parse().unwrap(), handler)
+    }
+
+    /// The default origin on a given address (to bring a killed one back).
+    pub fn start_on(addr: SocketAddr) -> Origin {
+        Origin::with_handler_on(addr, Arc::new(|s, stats| serve_http(s, stats, None)))
+    }
+
+    /// Stops accepting and makes every open connection close unanswered.
+    pub fn kill(&self) {
+        self.stats.killed.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn with_handler_on(addr: SocketAddr, handler: Handler) -> Origin {
+        let listener = {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match TcpListener::bind(addr) {
+                    Ok(l) => break l,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => panic!("bind {addr}: {e}"),
+                }
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -185,6 +214,9 @@ pub fn serve_http(mut s: TcpStream, stats: &Stats, close_idle_after: Option<Dura
         let Some(head) = read_head(&mut s, &mut buf) else {
             return;
         };
+        if stats.killed.load(Ordering::SeqCst) {
+            return; // a crashed server answers nothing
+        }
         stats.requests.fetch_add(1, Ordering::SeqCst);
         stats.heads.lock().unwrap().push(head.clone());
         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
