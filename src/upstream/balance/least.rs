@@ -12,20 +12,23 @@ impl LeastInflight {
     #[inline]
     pub fn pick<S: Servers>(&mut self, s: &S) -> Option<usize> {
         let n = s.len();
-        let mut best: Option<(usize, u64)> = None;
-        for k in 0..n {
-            let i = (self.start + k) % n;
+        let start = if self.start >= n { 0 } else { self.start };
+        // (index, inflight, weight) of the best so far; inflight/weight is compared
+        // by cross-multiplication (no division), scanning from `start` round.
+        let mut best: Option<(usize, u64, u64)> = None;
+        let mut consider = |i: usize| {
             if !s.available(i) {
-                continue;
+                return;
             }
-            // Compare inflight/weight without division: scale by 2^16 / weight.
-            let score = (u64::from(s.inflight(i)) << 16) / u64::from(s.weight(i).max(1));
-            if best.is_none_or(|(_, b)| score < b) {
-                best = Some((i, score));
+            let (f, w) = (u64::from(s.inflight(i)), u64::from(s.weight(i).max(1)));
+            if best.is_none_or(|(_, bf, bw)| f * bw < bf * w) {
+                best = Some((i, f, w));
             }
-        }
+        };
+        (start..n).for_each(&mut consider);
+        (0..start).for_each(&mut consider);
         // Start after the last choice: equal servers take turns.
-        let (i, _) = best?;
+        let (i, _, _) = best?;
         self.start = i + 1;
         Some(i)
     }

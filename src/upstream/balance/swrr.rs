@@ -18,21 +18,25 @@ impl SmoothWeighted {
     #[inline]
     pub fn pick<S: Servers>(&mut self, s: &S) -> Option<usize> {
         let mut total = 0i64;
-        let mut best: Option<usize> = None;
-        for i in 0..s.len().min(self.current.len()) {
+        let mut best = usize::MAX;
+        let mut best_value = i64::MIN;
+        for (i, current) in self.current.iter_mut().enumerate().take(s.len()) {
             if !s.available(i) {
                 continue;
             }
             let w = i64::from(s.weight(i).max(1));
-            self.current[i] += w;
+            *current += w;
             total += w;
-            if best.is_none_or(|b| self.current[i] > self.current[b]) {
-                best = Some(i);
+            if *current > best_value {
+                best_value = *current;
+                best = i;
             }
         }
-        let b = best?;
-        self.current[b] -= total;
-        Some(b)
+        if best == usize::MAX {
+            return None;
+        }
+        self.current[best] -= total;
+        Some(best)
     }
 }
 
