@@ -13,7 +13,7 @@ use std::cell::RefCell;
 pub const BUF_SIZE: usize = 64 * 1024;
 
 /// Free buffers kept per worker beyond which returned buffers are freed.
-const MAX_FREE: usize = 4096;
+const MAX_FREE: usize = 256;
 
 thread_local! {
     static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };

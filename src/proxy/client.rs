@@ -23,14 +23,8 @@ pub async fn serve(ctx: Rc<WorkerCtx>, listener: usize, stream: TcpStream, peer:
     let ip = ClientIp::new(peer.ip());
     let mut inbuf = Buffer::placeholder();
     loop {
-        if inbuf.is_empty() {
-            // Idle: give the buffer back and wait for readiness only.
-            drop(std::mem::replace(&mut inbuf, Buffer::placeholder()));
-            if ctx.draining.get() || !client.reader.wait_readable(ctx.client.idle_timeout).await {
-                return;
-            }
-            inbuf = Buffer::take();
-            inbuf.reset_with_headroom(HEADROOM);
+        if inbuf.is_empty() && !wait_for_request(&ctx, &mut client, &mut inbuf).await {
+            return;
         }
         let _busy = ctx.busy_guard();
         let req = match read_head(&ctx, listener, &ip, &mut client, &mut inbuf).await {
@@ -62,6 +56,41 @@ pub async fn serve(ctx: Rc<WorkerCtx>, listener: usize, stream: TcpStream, peer:
             return;
         }
     }
+}
+
+/// Waits for the next request's first bytes. A busy connection keeps its buffer
+/// posted for `idle_buffer_hold` (the next request usually arrives sooner, and
+/// one read beats a readiness wait plus a read); past that, the buffer goes back
+/// to the pool and the connection waits for readiness alone, so an idle
+/// keep-alive connection pins no buffer. False: close the connection.
+async fn wait_for_request(ctx: &WorkerCtx, client: &mut Conn, inbuf: &mut Buffer) -> bool {
+    if ctx.draining.get() {
+        return false;
+    }
+    let hold = ctx.client.idle_buffer_hold.min(ctx.client.idle_timeout);
+    if !hold.is_zero() {
+        if inbuf.capacity() == 0 {
+            *inbuf = Buffer::take();
+        }
+        inbuf.reset_with_headroom(HEADROOM);
+        match client.reader.read(inbuf, hold).await {
+            ReadOutcome::Data(_) => return true,
+            ReadOutcome::TimedOut => {}
+            ReadOutcome::Eof | ReadOutcome::Failed(_) => return false,
+        }
+    }
+    drop(std::mem::replace(inbuf, Buffer::placeholder()));
+    if ctx.draining.get()
+        || !client
+            .reader
+            .wait_readable(ctx.client.idle_timeout - hold)
+            .await
+    {
+        return false;
+    }
+    *inbuf = Buffer::take();
+    inbuf.reset_with_headroom(HEADROOM);
+    true
 }
 
 /// Reads until a complete head is parsed. `Ok(None)`: the client went away.
