@@ -207,8 +207,8 @@ def run_wrk(port, path, conns, duration, lua):
 
 
 def run_oha_rate(port, path, conns, duration, rate=10000):
-    cmd = ["taskset", "-c", "0", "oha", "--no-tui", "-j", "-c", str(conns), "-q", str(rate), "-z", f"{duration}s",
-           f"http://127.0.0.1:{port}{path}"]
+    cmd = ["taskset", "-c", "0", "oha", "--no-tui", "--output-format", "json", "--latency-correction",
+           "-c", str(conns), "-q", str(rate), "-z", f"{duration}s", f"http://127.0.0.1:{port}{path}"]
     out = sh(cmd, timeout=duration + 60).stdout
     j = json.loads(out)
     codes = j.get("statusCodeDistribution", {})
@@ -216,7 +216,7 @@ def run_oha_rate(port, path, conns, duration, rate=10000):
     ok = sum(int(v) for k, v in codes.items() if k.startswith("2"))
     pct = j["latencyPercentiles"]
     return {"requests": total, "rps": j["summary"]["requestsPerSec"], "non2xx": total - ok,
-            "errors": sum(int(v) for v in j.get("errorDistribution", {}).values()),
+            "errors": sum(int(v) for k, v in j.get("errorDistribution", {}).items() if "deadline" not in k),
             "p50": pct["p50"] * 1e6, "p99": pct["p99"] * 1e6, "p999": pct.get("p99.9", pct["p99"]) * 1e6}
 
 
@@ -333,7 +333,12 @@ def main():
                     s.start_proxy(t)
                     # warm-up: fill pools, fault in buffers
                     run_wrk(PORTS[t], WORKLOADS[wl][0], WORKLOADS[wl][1], 1, lua)
-                    r = measure(s, t, wl, args.duration, lua)
+                    try:
+                        r = measure(s, t, wl, args.duration, lua)
+                    except Exception as e:  # keep the rest of the matrix
+                        print(f"[{time.time() - started:5.0f}s] {wl} {t}: measurement failed: {e}", flush=True)
+                        s.stop(t)
+                        continue
                     raw[wl][t].append(r)
                     s.stop(t)
                     print(f"[{time.time() - started:5.0f}s] {wl:10} rep {rep + 1}/{args.reps} {t:8} "
@@ -350,6 +355,7 @@ def main():
         live.stop_all()
         dead.stop_all()
 
+    workloads = [wl for wl in workloads if all(raw[wl][t] for t in targets)]
     for wl in workloads:
         for t in targets:
             runs = raw[wl][t]

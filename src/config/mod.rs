@@ -55,7 +55,8 @@ pub struct ClientSettings {
     /// Longest stall while writing to the client.
     pub write_timeout: Duration,
     /// How long a keep-alive connection keeps its read buffer posted after a
-    /// request before it waits for readiness without one (zero: never).
+    /// request before it waits for readiness without one (default zero: an idle
+    /// connection never pins a buffer).
     pub idle_buffer_hold: Duration,
     /// Longest silence on both sides of an upgraded (WebSocket) tunnel.
     pub tunnel_idle_timeout: Duration,
@@ -73,7 +74,7 @@ impl Default for ClientSettings {
             body_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(60),
             tunnel_idle_timeout: Duration::from_secs(300),
-            idle_buffer_hold: Duration::from_millis(100),
+            idle_buffer_hold: Duration::ZERO,
             max_head_bytes: 32 * 1024,
             max_request_line_bytes: 8 * 1024,
         }
