@@ -63,6 +63,8 @@ pub struct Upstream {
     /// active checks saw come back).
     seen_generation: Cell<u64>,
     retry_cursor: Cell<usize>,
+    /// Until when some server's slow-start ramp runs (weights move).
+    ramp_until: Cell<Option<Instant>>,
 }
 
 /// How one attempt on a server ended, for passive health and latency.
@@ -129,6 +131,11 @@ impl Servers for View<'_> {
     fn identity(&self, i: usize) -> u64 {
         self.up.servers[i].identity
     }
+
+    #[inline]
+    fn weights_changing(&self) -> bool {
+        self.up.ramp_until.get().is_some_and(|t| self.now < t)
+    }
 }
 
 impl Upstream {
@@ -181,6 +188,7 @@ impl Upstream {
             next_expiry: Cell::new(None),
             seen_generation: Cell::new(0),
             retry_cursor: Cell::new(worker),
+            ramp_until: Cell::new(None),
         }
     }
 
@@ -199,6 +207,7 @@ impl Upstream {
         {
             self.seen_generation.set(generation);
             self.expire_ejections(now);
+            self.update_ramp(now);
         }
         let view = View { up: self, now };
         let n = self.servers.len();
@@ -281,6 +290,30 @@ impl Upstream {
                 self.outlier_cfg.consecutive
             );
         }
+    }
+
+    /// Recomputes until when slow start moves some server's weight.
+    fn update_ramp(&self, now: Instant) {
+        if self.slow_start.is_zero() {
+            return;
+        }
+        let epoch = self.health.epoch();
+        let until = (0..self.servers.len())
+            .map(|i| {
+                let shared_up = self.shared(i).up_since(epoch);
+                let since = self.servers[i]
+                    .returned_at
+                    .get()
+                    .map_or(shared_up, |r| r.max(shared_up));
+                if since == epoch {
+                    epoch
+                } else {
+                    since + self.slow_start
+                }
+            })
+            .filter(|&t| t > now)
+            .max();
+        self.ramp_until.set(until);
     }
 
     fn expire_ejections(&self, now: Instant) {

@@ -32,8 +32,13 @@ pub trait Servers {
     fn inflight(&self, i: usize) -> u32;
     /// Peak-EWMA cost: latency estimate x (in-flight + 1).
     fn cost(&self, i: usize) -> f64;
-    /// Changes whenever the set of available servers may have changed.
+    /// Changes whenever the set of available servers (or a static weight) may
+    /// have changed.
     fn generation(&self) -> u64;
+    /// True while some weight moves on its own (slow start ramping).
+    fn weights_changing(&self) -> bool {
+        false
+    }
     /// Stable identity of server `i` for consistent hashing.
     fn identity(&self, i: usize) -> u64;
 }
@@ -119,6 +124,7 @@ pub(crate) mod testing {
         pub inflight: Vec<u32>,
         pub costs: Vec<f64>,
         pub generation: Cell<u64>,
+        pub changing: bool,
     }
 
     impl Table {
@@ -129,6 +135,7 @@ pub(crate) mod testing {
                 inflight: vec![0; n],
                 costs: vec![1.0; n],
                 generation: Cell::new(0),
+                changing: false,
             }
         }
     }
@@ -154,6 +161,9 @@ pub(crate) mod testing {
         }
         fn identity(&self, i: usize) -> u64 {
             (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        }
+        fn weights_changing(&self) -> bool {
+            self.changing
         }
     }
 }
