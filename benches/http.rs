@@ -5,7 +5,8 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use ringlb::http::chunked::ChunkedDecoder;
 use ringlb::http::request::{self, Limits};
 use ringlb::http::{response, rewrite, MAX_HEADERS};
-use ringlb::upstream::balance::{Algorithm, Balancer, Servers};
+use ringlb::upstream::balance::testing::Table;
+use ringlb::upstream::balance::{Algorithm, Balancer};
 
 const REQUEST: &[u8] = b"GET /api/v1/items?id=42 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: wrk/4.1\r\n\
 Accept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\nX-Forwarded-For: 203.0.113.9\r\n\
@@ -82,43 +83,12 @@ fn chunked(c: &mut Criterion) {
     g.finish();
 }
 
-/// 64 servers, all up, varied load: what a busy worker's pool looks like.
-struct Table {
-    weights: Vec<u32>,
-    inflight: Vec<u32>,
-    costs: Vec<f64>,
-}
-
-impl Servers for Table {
-    fn len(&self) -> usize {
-        self.weights.len()
-    }
-    fn available(&self, _i: usize) -> bool {
-        true
-    }
-    fn weight(&self, i: usize) -> u32 {
-        self.weights[i]
-    }
-    fn inflight(&self, i: usize) -> u32 {
-        self.inflight[i]
-    }
-    fn cost(&self, i: usize) -> f64 {
-        self.costs[i]
-    }
-    fn generation(&self) -> u64 {
-        0
-    }
-    fn identity(&self, i: usize) -> u64 {
-        i as u64 * 0x9E37_79B9_7F4A_7C15
-    }
-}
-
 fn balance(c: &mut Criterion) {
-    let t = Table {
-        weights: (0..64).map(|i| 100 + i % 3 * 100).collect(),
-        inflight: (0..64).map(|i| i % 7).collect(),
-        costs: (0..64).map(|i| 1e6 + f64::from(i) * 1e4).collect(),
-    };
+    // 64 servers, all up, varied weights and load.
+    let mut t = Table::new(64);
+    t.weights = (0..64).map(|i| 100 + i % 3 * 100).collect();
+    t.inflight = (0..64).map(|i| i % 7).collect();
+    t.costs = (0..64).map(|i| 1e6 + f64::from(i) * 1e4).collect();
     let mut g = c.benchmark_group("balance_pick_64_servers");
     for (name, algo) in [
         ("round_robin", Algorithm::RoundRobin),

@@ -201,15 +201,7 @@ async fn answer_directly(
     direct: &'static super::route::Direct,
 ) -> bool {
     inbuf.consume(req.head_len);
-    let body_read = match req.framing {
-        Framing::None => true,
-        Framing::Length(n) if n <= inbuf.len() as u64 => {
-            inbuf.consume(n as usize);
-            true
-        }
-        _ => false,
-    };
-    let keep = body_read && req.keep_alive && req.minor_version == 1 && !ctx.draining.get();
+    let keep = consume_buffered_body(inbuf, req.framing) && may_keep_alive(ctx, req);
     let (bytes, head_len) = if keep {
         (direct.keep_alive, direct.keep_alive_head)
     } else {
@@ -241,15 +233,25 @@ async fn answer_locally(
         .write_front(inbuf, req.head_len, ctx.client.write_timeout)
         .await
         .is_ok();
-    let body_read = match req.framing {
+    sent && consume_buffered_body(inbuf, req.framing) && may_keep_alive(ctx, req)
+}
+
+/// For requests ringlb answers itself: consumes a body already in the buffer.
+/// False when the body is not all there (the connection must then close).
+fn consume_buffered_body(inbuf: &mut Buffer, framing: Framing) -> bool {
+    match framing {
         Framing::None => true,
         Framing::Length(n) if n <= inbuf.len() as u64 => {
             inbuf.consume(n as usize);
             true
         }
         _ => false,
-    };
-    sent && body_read && req.keep_alive && req.minor_version == 1 && !ctx.draining.get()
+    }
+}
+
+/// Whether a locally answered request leaves the connection reusable.
+fn may_keep_alive(ctx: &WorkerCtx, req: &Prepared) -> bool {
+    req.keep_alive && req.minor_version == 1 && !ctx.draining.get()
 }
 
 /// Answers a failed request with its canned status. Returns whether to keep the connection.

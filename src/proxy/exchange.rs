@@ -607,38 +607,21 @@ async fn relay_response(
                     .map_err(body_fail)?;
             }
         }
-        (Framing::Chunked, _) => {
+        (upstream_framing, body_out) => {
+            // Re-framed bodies: the head goes out alone, then the body relay.
             client
                 .write_front(&mut rb, plan.head_len, write_timeout)
                 .await
                 .map_err(sink_fail)?;
-            body::relay_dechunked(up, client, &mut rb, read_timeout, write_timeout)
-                .await
-                .map_err(body_fail)?;
-        }
-        (_, BodyOut::Chunked) => {
-            client
-                .write_front(&mut rb, plan.head_len, write_timeout)
-                .await
-                .map_err(sink_fail)?;
-            body::relay_close_delimited_as_chunked(
-                up,
-                client,
-                &mut rb,
-                read_timeout,
-                write_timeout,
-            )
-            .await
-            .map_err(body_fail)?;
-        }
-        _ => {
-            client
-                .write_front(&mut rb, plan.head_len, write_timeout)
-                .await
-                .map_err(sink_fail)?;
-            body::relay_until_close(up, client, &mut rb, read_timeout, write_timeout)
-                .await
-                .map_err(body_fail)?;
+            let (r, w, b) = (read_timeout, write_timeout, &mut rb);
+            let relayed = match (upstream_framing, body_out) {
+                (Framing::Chunked, _) => body::relay_dechunked(up, client, b, r, w).await,
+                (_, BodyOut::Chunked) => {
+                    body::relay_close_delimited_as_chunked(up, client, b, r, w).await
+                }
+                _ => body::relay_until_close(up, client, b, r, w).await,
+            };
+            relayed.map_err(body_fail)?;
         }
     }
     let leftover = !rb.is_empty();

@@ -118,6 +118,16 @@ impl Ringlb {
             .unwrap_or_else(|| panic!("{field} not in /proc status"))
     }
 
+    /// CPU time the process has used so far (all threads, from schedstat), in ns.
+    pub fn cpu_ns(&self) -> u64 {
+        let dir = format!("/proc/{}/task", self.pid());
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     pub fn signal(&self, sig: i32) {
         unsafe {
             libc::kill(self.pid() as i32, sig);

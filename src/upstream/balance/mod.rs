@@ -112,12 +112,12 @@ impl Balancer {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod testing {
+/// A plain server table, for algorithm tests and benches.
+#[doc(hidden)]
+pub mod testing {
     use super::Servers;
     use std::cell::Cell;
 
-    /// A plain server table for algorithm tests.
     pub struct Table {
         pub up: Vec<bool>,
         pub weights: Vec<u32>,
