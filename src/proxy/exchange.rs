@@ -200,7 +200,11 @@ async fn attempt(
         if !body_done {
             inbuf.consume(initial);
             let result =
-                forward_streaming(ctx, upstream, server, client, inbuf, req, up, body).await;
+                // Boxed: this state (two relays side by side) is the largest of a
+                // connection's future; keeping it out of line keeps every idle
+                // connection small. One allocation per request whose body is
+                // still arriving.
+                Box::pin(forward_streaming(ctx, upstream, server, client, inbuf, req, up, body)).await;
             let outcome = outcome_of(&result);
             return Attempt::Done(result.map(|(keep, _)| keep), outcome);
         }
@@ -234,7 +238,16 @@ async fn attempt(
             }) => {
                 inbuf.consume(initial);
                 let idle = ctx.client.tunnel_idle_timeout;
-                super::tunnel::run(client, &mut up, inbuf, &mut pending, idle, write_timeout).await;
+                // Boxed for the same reason (one allocation per upgraded connection).
+                Box::pin(super::tunnel::run(
+                    client,
+                    &mut up,
+                    inbuf,
+                    &mut pending,
+                    idle,
+                    write_timeout,
+                ))
+                .await;
                 return Attempt::Done(Ok(false), Outcome::Success);
             }
             Ok(done) => {
