@@ -128,10 +128,7 @@ pub async fn forward(
         match attempt {
             Attempt::Done(result, outcome) => {
                 upstream.finish(si, outcome, started_at);
-                if result.is_ok() || matches!(outcome, Outcome::Success | Outcome::Neutral) {
-                    return result;
-                }
-                if let Err(f) = &result {
+                if let (Err(f), Outcome::Failure) = (&result, outcome) {
                     note_upstream(upstream, server, f.error);
                 }
                 return result;

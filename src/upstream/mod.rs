@@ -229,7 +229,9 @@ impl Upstream {
             }
         }
         if self.panic_mode {
-            let start = (key as usize) % n;
+            // Every server is down: spread the attempts anyway (documented choice).
+            let start = self.retry_cursor.get();
+            self.retry_cursor.set(start.wrapping_add(1));
             return (0..n).map(|k| (start + k) % n).find(|&i| untried(i));
         }
         None
