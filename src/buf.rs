@@ -143,9 +143,9 @@ impl Buffer {
     pub fn reset_with_headroom(&mut self, headroom: usize) {
         self.bytes.clear();
         let headroom = headroom.min(self.bytes.capacity());
-        // SAFETY: headroom <= capacity; the bytes are never read before being
-        // overwritten, because `pos` starts after them.
-        unsafe { self.bytes.set_len(headroom) };
+        // Zeroed (a few hundred bytes) rather than left uninitialised: the
+        // headroom is later written through ordinary slices.
+        self.bytes.resize(headroom, 0);
         self.pos = headroom;
     }
 
@@ -161,12 +161,9 @@ impl Buffer {
         }
         let tail = self.bytes.len() - end;
         let new_len = new.len() + tail;
-        if self.bytes.capacity() < new_len {
-            self.bytes.reserve(new_len - self.bytes.len());
+        if self.bytes.len() < new_len {
+            self.bytes.resize(new_len, 0);
         }
-        // SAFETY: capacity >= new_len was ensured; the grown region is fully
-        // written by the copies below before anything reads it.
-        unsafe { self.bytes.set_len(new_len.max(self.bytes.len())) };
         self.bytes.copy_within(end..end + tail, new.len());
         self.bytes[..new.len()].copy_from_slice(new);
         self.bytes.truncate(new_len);
