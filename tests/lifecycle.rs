@@ -19,19 +19,25 @@ fn version_and_help() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[test]
-fn check_accepts_a_good_file_and_pinpoints_a_bad_one() {
-    let good = temp_path("good.toml");
-    std::fs::write(
-        &good,
-        "[[listener]]\nlisten = \"127.0.0.1:8080\"\nupstream = \"app\"\n\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]\n",
-    )
-    .unwrap();
+/// Runs `ringlb check` on a config text written to a temporary file.
+fn check(name: &str, text: &str) -> (std::path::PathBuf, std::process::Output) {
+    let path = temp_path(name);
+    std::fs::write(&path, text).unwrap();
     let out = Command::new(bin())
         .args(["check", "--config"])
-        .arg(&good)
+        .arg(&path)
         .output()
         .unwrap();
+    (path, out)
+}
+
+#[test]
+fn check_accepts_a_good_file_and_pinpoints_a_bad_one() {
+    let head = "[[listener]]\nlisten = \"127.0.0.1:8080\"\nupstream = \"app\"\n\n[[upstream]]\nname = \"app\"\n";
+    let (good, out) = check(
+        "good.toml",
+        &format!("{head}servers = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]\n"),
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -39,17 +45,10 @@ fn check_accepts_a_good_file_and_pinpoints_a_bad_one() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let bad = temp_path("bad.toml");
-    std::fs::write(
-        &bad,
-        "[[listener]]\nlisten = \"127.0.0.1:8080\"\nupstream = \"app\"\n\n[[upstream]]\nname = \"app\"\nsrevers = [\"127.0.0.1:9001\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let (bad, out) = check(
+        "bad.toml",
+        &format!("{head}srevers = [\"127.0.0.1:9001\"]\n"),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:7:", bad.display())), "{err}");

@@ -212,12 +212,16 @@ async fn answer_directly(
     } else {
         bytes
     };
-    client
+    send_static(ctx, client, bytes, keep).await
+}
+
+/// Writes a pre-rendered answer; true if it went out and the connection stays.
+async fn send_static(ctx: &WorkerCtx, client: &mut Conn, bytes: &'static [u8], keep: bool) -> bool {
+    let sent = client
         .writer
         .write_static(bytes, ctx.client.write_timeout)
-        .await
-        .is_ok()
-        && keep
+        .await;
+    sent.is_ok() && keep
 }
 
 /// Sends the answer that `prepare` placed at the front of `inbuf` (OPTIONS or
@@ -270,12 +274,7 @@ async fn answer_failure(ctx: &WorkerCtx, client: &mut Conn, req: &Prepared, f: F
     } else {
         canned.close
     };
-    client
-        .writer
-        .write_static(bytes, ctx.client.write_timeout)
-        .await
-        .is_ok()
-        && keep
+    send_static(ctx, client, bytes, keep).await
 }
 
 /// Answers a rejected request head and closes in stages: half-close, then drain
