@@ -13,10 +13,12 @@ import subprocess, sys, tempfile, time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ORIGIN_PORT, DEAD_PORT = 18081, 18099
 PORTS = {"ringlb": 18080, "nginx": 18082, "haproxy": 18083,
-         "ringlb-epoll": 18084, "ringlb-plain": 18085, "ringlb-defer": 18086}
+         "ringlb-epoll": 18084, "ringlb-plain": 18085, "ringlb-defer": 18086, "ringlb-b": 18087}
 # ringlb variants that can run as extra targets in the same run (driver comparison).
 VARIANTS = {"ringlb": "", "ringlb-epoll": 'io = "epoll"', "ringlb-plain": 'uring_setup = "plain"',
-            "ringlb-defer": 'uring_setup = "defer"'}
+            "ringlb-defer": 'uring_setup = "defer"', "ringlb-b": ""}
+# Binary of the "ringlb-b" target (another build, for A/B comparisons): --ringlb-b PATH.
+RINGLB_B = None
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 WORKLOADS = {
@@ -132,7 +134,8 @@ name = "origin"
 servers = ["127.0.0.1:{up}"]
 max_idle = 1024
 """)
-            cmd = ["taskset", "-c", "1", os.path.join(ROOT, "target/release/ringlb"), "--config", conf]
+            binary = RINGLB_B if name == "ringlb-b" else os.path.join(ROOT, "target/release/ringlb")
+            cmd = ["taskset", "-c", "1", binary, "--config", conf]
         elif name == "nginx":
             conf = self.write("nginx-proxy.conf", f"""
 daemon off; master_process off; worker_processes 1; pid {self.tmp}/proxy.pid;
@@ -262,7 +265,7 @@ def idle_rss_per_conn(setup, target, n=5000):
 def svg_chart(results, targets, workloads, path):
     """Two grouped bar charts: req/s and proxy CPU us/req per workload."""
     colors = {"ringlb": "#d9480f", "nginx": "#2b8a3e", "haproxy": "#1971c2", "ringlb-epoll": "#f59f00",
-              "ringlb-plain": "#ae3ec9", "ringlb-defer": "#868e96"}
+              "ringlb-plain": "#ae3ec9", "ringlb-defer": "#868e96", "ringlb-b": "#f08c00"}
     w, h, pad = 900, 300, 50
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{2 * h + 40}" font-family="sans-serif" font-size="11">']
     for row, (metric, label) in enumerate([("rps", "requests/s (median)"), ("cpu_us_per_req", "proxy CPU us per request (median)")]):
@@ -304,8 +307,11 @@ def main():
     ap.add_argument("--idle-conns", type=int, default=5000, help="idle keep-alive connections for RSS (0: skip)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
     ap.add_argument("--label", default="load")
+    ap.add_argument("--ringlb-b", help="another ringlb binary, run as target ringlb-b (A/B comparison)")
     ap.add_argument("--ringlb-extra", default="", help="top-level TOML lines added to ringlb's config, e.g. 'io = \"epoll\"'")
     args = ap.parse_args()
+    global RINGLB_B
+    RINGLB_B = args.ringlb_b
     workloads = [w for w in args.workloads.split(",") if w]
     targets = [t for t in args.targets.split(",") if t]
     if shutil.which("oha") is None:
