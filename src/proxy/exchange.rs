@@ -121,8 +121,14 @@ pub async fn forward(
         let server = &upstream.servers[si];
         upstream.start(si);
         let started_at = Instant::now();
+        let leg = Leg {
+            ctx,
+            upstream,
+            server,
+            req,
+        };
         let attempt = attempt(
-            ctx, upstream, server, client, inbuf, req, initial, body_done, resendable, &mut body,
+            leg, client, inbuf, initial, body_done, resendable, &mut body,
         )
         .await;
         match attempt {
@@ -152,20 +158,31 @@ pub async fn forward(
     }
 }
 
+/// What stays fixed while one request is tried on one server.
+#[derive(Clone, Copy)]
+struct Leg<'a> {
+    ctx: &'a WorkerCtx,
+    upstream: &'a Upstream,
+    server: &'a Server,
+    req: &'a Prepared,
+}
+
 /// Sends the request to one server and relays its answer.
-#[allow(clippy::too_many_arguments)]
 async fn attempt(
-    ctx: &WorkerCtx,
-    upstream: &Upstream,
-    server: &Server,
+    leg: Leg<'_>,
     client: &mut Conn,
     inbuf: &mut Buffer,
-    req: &Prepared,
     initial: usize,
     body_done: bool,
     resendable: bool,
     body: &mut BodyState,
 ) -> Attempt {
+    let Leg {
+        ctx,
+        upstream,
+        server,
+        req,
+    } = leg;
     let write_timeout = ctx.client.write_timeout;
     let mut fresh_only = false;
     loop {
@@ -201,7 +218,7 @@ async fn attempt(
                 // connection's future; keeping it out of line keeps every idle
                 // connection small. One allocation per request whose body is
                 // still arriving.
-                Box::pin(forward_streaming(ctx, upstream, server, client, inbuf, req, up, body)).await;
+                Box::pin(forward_streaming(leg, client, inbuf, up, body)).await;
             let outcome = outcome_of(&result);
             return Attempt::Done(result.map(|(keep, _)| keep), outcome);
         }
@@ -291,17 +308,19 @@ fn outcome_of(r: &Result<(bool, u16), Failure>) -> Outcome {
 }
 
 /// The request body is still arriving: pump it while relaying the response.
-#[allow(clippy::too_many_arguments)]
 async fn forward_streaming(
-    ctx: &WorkerCtx,
-    upstream: &Upstream,
-    server: &Server,
+    leg: Leg<'_>,
     client: &mut Conn,
     inbuf: &mut Buffer,
-    req: &Prepared,
     mut up: Conn,
     body: &mut BodyState,
 ) -> Result<(bool, u16), Failure> {
+    let Leg {
+        ctx,
+        upstream,
+        server,
+        req,
+    } = leg;
     let sent = Cell::new(false);
     let started = Cell::new(false);
     let mut pump_result: Option<Result<(), RelayError>> = None;
