@@ -6,31 +6,28 @@ pub struct Canned {
     pub close: &'static [u8],
 }
 
+/// Status line and fields shared by both variants of a canned response.
+macro_rules! head {
+    ($code:literal, $reason:literal, $extra:literal, $len:literal) => {
+        concat!(
+            "HTTP/1.1 ",
+            $code,
+            " ",
+            $reason,
+            "\r\nContent-Type: text/plain\r\nContent-Length: ",
+            $len,
+            "\r\n",
+            $extra
+        )
+    };
+}
+
 macro_rules! define {
     ($name:ident, $code:literal, $reason:literal, $extra:literal, $body:literal, $len:literal) => {
         pub const $name: Canned = Canned {
-            keep_alive: concat!(
-                "HTTP/1.1 ",
-                $code,
-                " ",
-                $reason,
-                "\r\nContent-Type: text/plain\r\nContent-Length: ",
-                $len,
-                "\r\n",
-                $extra,
-                "\r\n",
-                $body
-            )
-            .as_bytes(),
+            keep_alive: concat!(head!($code, $reason, $extra, $len), "\r\n", $body).as_bytes(),
             close: concat!(
-                "HTTP/1.1 ",
-                $code,
-                " ",
-                $reason,
-                "\r\nContent-Type: text/plain\r\nContent-Length: ",
-                $len,
-                "\r\n",
-                $extra,
+                head!($code, $reason, $extra, $len),
                 "Connection: close\r\n\r\n",
                 $body
             )
