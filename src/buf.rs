@@ -190,6 +190,16 @@ impl Buffer {
     }
 }
 
+/// Frees pooled buffers beyond `keep` (after a burst, see `memory::trim`).
+pub fn trim(keep: usize) {
+    let surplus: Vec<BytesMut> = FREE.with(|f| {
+        let mut f = f.borrow_mut();
+        let keep = keep.min(f.len());
+        f.split_off(keep)
+    });
+    drop(surplus);
+}
+
 impl Drop for Buffer {
     fn drop(&mut self) {
         let mut bytes = std::mem::take(&mut self.bytes);

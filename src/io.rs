@@ -1,17 +1,15 @@
 //! The thin seam between ringlb and monoio: a connection split into a reader and
-//! a writer that can be used at the same time, reads that time out without ever
-//! losing bytes (cancel, then await the same op), and bounded writes.
+//! a writer that can be used at the same time, each with its own reusable
+//! deadline (`deadline::Timer`) bounding every operation. An operation that times
+//! out is dropped, which cancels it in the ring; the connection is then finished
+//! with (every caller closes it), so bytes the cancel raced with do not matter.
 
 use crate::buf::Buffer;
+use crate::deadline::Timer;
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{
-    AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, OwnedReadHalf, OwnedWriteHalf, Splitable,
-};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
-use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::pin;
-use std::task::Poll;
 use std::time::Duration;
 
 /// Result of one read.
@@ -27,11 +25,12 @@ pub enum ReadOutcome {
 
 pub struct Reader {
     half: OwnedReadHalf<TcpStream>,
-    canceller: Canceller,
+    timer: Timer,
 }
 
 pub struct Writer {
     half: OwnedWriteHalf<TcpStream>,
+    timer: Timer,
 }
 
 /// A TCP connection as a (reader, writer) pair.
@@ -46,9 +45,12 @@ impl Conn {
         Conn {
             reader: Reader {
                 half: r,
-                canceller: Canceller::new(),
+                timer: Timer::new(),
             },
-            writer: Writer { half: w },
+            writer: Writer {
+                half: w,
+                timer: Timer::new(),
+            },
         }
     }
 
@@ -89,13 +91,15 @@ impl Reader {
     /// to the kernel. Returns false on timeout or error.
     pub async fn wait_readable(&self, timeout: Duration) -> bool {
         matches!(
-            monoio::time::timeout(timeout, self.stream().readable(true)).await,
-            Ok(Ok(()))
+            self.timer
+                .within(timeout, self.stream().readable(true))
+                .await,
+            Some(Ok(()))
         )
     }
 
     /// Appends to `buf` (which must have spare room). On timeout the read is
-    /// cancelled and awaited, so bytes that raced the timer are kept, not lost.
+    /// cancelled and `buf` is left empty without capacity: close the connection.
     pub async fn read(&mut self, buf: &mut Buffer, timeout: Duration) -> ReadOutcome {
         self.read_leaving(buf, timeout, 0).await
     }
@@ -107,40 +111,87 @@ impl Reader {
         timeout: Duration,
         tail: usize,
     ) -> ReadOutcome {
-        let mut owned = std::mem::replace(buf, Buffer::placeholder());
-        let start = owned.bytes_init();
-        let end = owned.bytes_total() - tail;
-        debug_assert!(end > start, "read into a full buffer");
-        let op = self
-            .half
-            .cancelable_read(owned.slice_mut(start..end), self.canceller.handle());
-        let mut op = pin!(op);
-        let mut timer = pin!(monoio::time::sleep(timeout));
-        let raced = poll_fn(|cx| {
-            if let Poll::Ready(r) = op.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            Poll::Pending
-        })
-        .await;
-        let (timed_out, (res, slice)) = match raced {
-            Some(r) => (false, r),
-            None => {
-                self.canceller = std::mem::take(&mut self.canceller).cancel();
-                (true, op.await)
-            }
+        self.timer.arm(timeout);
+        let outcome = read_racing(&mut self.half, buf, tail, &self.timer).await;
+        self.timer.disarm();
+        outcome
+    }
+
+    /// Sets this reader's deadline for the `read_armed` calls that follow.
+    pub fn arm(&self, timeout: Duration) {
+        self.timer.arm(timeout);
+    }
+
+    /// Clears the deadline set by `arm`.
+    pub fn disarm(&self) {
+        self.timer.disarm();
+    }
+
+    /// Reads until the deadline set by `arm` passes (one deadline for several reads).
+    pub async fn read_armed(&mut self, buf: &mut Buffer) -> ReadOutcome {
+        read_racing(&mut self.half, buf, 0, &self.timer).await
+    }
+
+    /// Reads until `timer` (armed and re-armed by the caller) fires: for a
+    /// deadline shared by several operations, such as a tunnel's idle timeout.
+    pub async fn read_within(&mut self, buf: &mut Buffer, timer: &Timer) -> ReadOutcome {
+        read_racing(&mut self.half, buf, 0, timer).await
+    }
+
+    /// Reads what the socket holds right now with a plain non-blocking
+    /// `recv(2)`, without a round trip through the ring (for use right after
+    /// readiness). `None`: nothing to read yet.
+    pub fn read_now(&mut self, buf: &mut Buffer) -> Option<ReadOutcome> {
+        let start = buf.bytes_init();
+        let room = buf.bytes_total() - start;
+        debug_assert!(room > 0, "read into a full buffer");
+        // SAFETY: recv writes at most `room` bytes into the buffer's spare
+        // capacity, which `buf` owns and nothing else references meanwhile;
+        // set_init then covers exactly the bytes the kernel wrote.
+        let n = unsafe {
+            libc::recv(
+                self.fd(),
+                buf.write_ptr().add(start).cast(),
+                room,
+                libc::MSG_DONTWAIT,
+            )
         };
-        owned = slice.into_inner();
-        *buf = owned;
-        match res {
-            Ok(0) => ReadOutcome::Eof,
-            Ok(n) => ReadOutcome::Data(n),
-            Err(_) if timed_out => ReadOutcome::TimedOut,
-            Err(e) => ReadOutcome::Failed(e),
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+                _ => Some(ReadOutcome::Failed(e)),
+            };
         }
+        // SAFETY: the kernel initialised `n` bytes after `start`.
+        unsafe { buf.set_init(start + n as usize) };
+        Some(outcome(Ok(n as usize)))
+    }
+}
+
+/// One read into the spare room of `buf` (less `tail` bytes), raced against `timer`.
+async fn read_racing(
+    half: &mut OwnedReadHalf<TcpStream>,
+    buf: &mut Buffer,
+    tail: usize,
+    timer: &Timer,
+) -> ReadOutcome {
+    let mut owned = std::mem::replace(buf, Buffer::placeholder());
+    let start = owned.bytes_init();
+    let end = owned.bytes_total() - tail;
+    debug_assert!(end > start, "read into a full buffer");
+    let Some((res, slice)) = timer.race(half.read(owned.slice_mut(start..end))).await else {
+        return ReadOutcome::TimedOut;
+    };
+    *buf = slice.into_inner();
+    outcome(res)
+}
+
+fn outcome(res: io::Result<usize>) -> ReadOutcome {
+    match res {
+        Ok(0) => ReadOutcome::Eof,
+        Ok(n) => ReadOutcome::Data(n),
+        Err(e) => ReadOutcome::Failed(e),
     }
 }
 
@@ -174,12 +225,12 @@ impl Writer {
         let write = self
             .half
             .write_all(monoio::buf::IoBuf::slice(owned, start..start + n));
-        match monoio::time::timeout(timeout, write).await {
-            Ok((res, slice)) => {
+        match self.timer.within(timeout, write).await {
+            Some((res, slice)) => {
                 *buf = slice.into_inner();
                 res.map(|_| ())
             }
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+            None => Err(timed_out()),
         }
     }
 
@@ -189,9 +240,9 @@ impl Writer {
         bytes: &'static [u8],
         timeout: Duration,
     ) -> io::Result<()> {
-        match monoio::time::timeout(timeout, self.half.write_all(bytes)).await {
-            Ok((res, _)) => res.map(|_| ()),
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+        match self.timer.within(timeout, self.half.write_all(bytes)).await {
+            Some((res, _)) => res.map(|_| ()),
+            None => Err(timed_out()),
         }
     }
 
@@ -209,6 +260,10 @@ impl Writer {
         // SAFETY: see Reader::stream; only the fd number is read.
         unsafe { &*self.half.0.get() }.as_raw_fd()
     }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "write timed out")
 }
 
 /// Connects with a timeout; the socket gets TCP_NODELAY.
@@ -240,21 +295,25 @@ pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> Result<Co
         }
     }
     let stream = TcpStream::from_std(socket.into()).map_err(ConnectError::Failed)?;
+    let conn = Conn::new(stream);
     if pending {
-        match monoio::time::timeout(timeout, stream.writable(false)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(ConnectError::Failed(e)),
-            Err(_) => return Err(ConnectError::TimedOut),
+        let writer = &conn.writer;
+        // SAFETY: see Reader::stream; `writable` only needs a shared reference.
+        let stream = unsafe { &*writer.half.0.get() };
+        match writer.timer.within(timeout, stream.writable(false)).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(ConnectError::Failed(e)),
+            None => return Err(ConnectError::TimedOut),
         }
-        use std::os::fd::{AsRawFd, BorrowedFd};
-        // SAFETY: the fd belongs to `stream`, which outlives this borrow.
-        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        use std::os::fd::BorrowedFd;
+        // SAFETY: the fd belongs to `conn`, which outlives this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(writer.fd()) };
         match socket2::SockRef::from(&fd).take_error() {
             Ok(None) => {}
             Ok(Some(e)) | Err(e) => return Err(ConnectError::Failed(e)),
         }
     }
-    Ok(Conn::new(stream))
+    Ok(conn)
 }
 
 /// Zero-timeout poll(2) for writability (or error) of a connecting socket.

@@ -1,6 +1,7 @@
 //! The hot path allocates nothing in steady state: ringlb runs in-process under a
 //! counting allocator that counts only on worker threads; after warm-up, N more
-//! proxied requests must not allocate at all.
+//! proxied requests must not allocate at all. The same allocator tracks live
+//! heap bytes, which bounds what an idle keep-alive connection costs.
 
 mod common;
 
@@ -10,33 +11,48 @@ use ringlb::config::Config;
 use ringlb::runtime::{self, Shutdown};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// Heap bytes allocated minus freed on worker threads.
+static LIVE: AtomicI64 = AtomicI64::new(0);
+/// Highest `LIVE` seen since the last reset.
+static PEAK: AtomicI64 = AtomicI64::new(0);
+
+fn grow_live(by: i64) {
+    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
 
 // SAFETY: delegates to the system allocator; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if runtime::in_worker() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
+            grow_live(layout.size() as i64);
         }
         System.alloc(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if runtime::in_worker() {
+            LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        }
         System.dealloc(ptr, layout)
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if runtime::in_worker() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
+            grow_live(layout.size() as i64);
         }
         System.alloc_zeroed(layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if runtime::in_worker() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
+            grow_live(new_size as i64 - layout.size() as i64);
         }
         System.realloc(ptr, layout, new_size)
     }
@@ -170,4 +186,82 @@ fn fast_503_for_an_ejected_server_does_not_allocate() {
     shutdown.request();
     running.wait();
     assert_eq!(n, 0, "allocations on the 503 path: {n}");
+}
+
+/// Opens `n` keep-alive connections, one request each, and leaves them idle.
+fn idle_connections(addr: SocketAddr, n: usize) -> Vec<Client> {
+    let mut conns: Vec<Client> = (0..n).map(|_| Client::connect(addr)).collect();
+    for c in &mut conns {
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    for c in &mut conns {
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    conns
+}
+
+/// Waits (bounded) until the worker's live heap has not changed for 400 ms
+/// (past the worker's post-burst trim, which comes ~150 ms after it goes quiet).
+fn settled_live_bytes() -> i64 {
+    let mut last = LIVE.load(Ordering::SeqCst);
+    let mut stable = 0;
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = LIVE.load(Ordering::SeqCst);
+        stable = if now == last { stable + 1 } else { 0 };
+        if stable == 4 {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
+#[test]
+fn an_idle_keep_alive_connection_holds_under_1_kib_of_heap() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let origin = Origin::start();
+    let (shutdown, running) = start(&proxied(&format!("\"{}\"", origin.addr)));
+    let addr = running.bound[0];
+    const N: usize = 500;
+    // Warm-up: grow the per-worker tables (ring op slab, timer wheel, pools) once.
+    drop(idle_connections(addr, N));
+    let before = settled_live_bytes();
+    let conns = idle_connections(addr, N);
+    let after = settled_live_bytes();
+    let per_conn = (after - before) as f64 / N as f64;
+    drop(conns);
+    shutdown.request();
+    running.wait();
+    eprintln!("live heap per idle keep-alive connection: {per_conn:.0} bytes");
+    assert!(per_conn > 0.0, "the measurement must see the connections");
+    assert!(
+        per_conn <= 1024.0,
+        "{per_conn:.0} bytes per idle connection"
+    );
+}
+
+#[test]
+fn clients_closing_at_once_do_not_each_take_a_buffer() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let origin = Origin::start();
+    let (shutdown, running) = start(&proxied(&format!("\"{}\"", origin.addr)));
+    let addr = running.bound[0];
+    const N: usize = 500;
+    drop(idle_connections(addr, N));
+    let conns = idle_connections(addr, N);
+    let before = settled_live_bytes();
+    PEAK.store(before, Ordering::SeqCst);
+    drop(conns); // every connection becomes readable (EOF) in the same instant
+    let after = settled_live_bytes();
+    let peak_per_conn = (PEAK.load(Ordering::SeqCst) - before) as f64 / N as f64;
+    shutdown.request();
+    running.wait();
+    eprintln!("heap peak while {N} idle clients closed: {peak_per_conn:.0} bytes per connection");
+    assert!(after < before, "closed connections were freed");
+    // A read posted per readable connection would lend each a 64 KiB buffer.
+    assert!(
+        peak_per_conn < 4096.0,
+        "{peak_per_conn:.0} bytes per closing connection"
+    );
 }

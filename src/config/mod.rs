@@ -54,10 +54,6 @@ pub struct ClientSettings {
     pub body_timeout: Duration,
     /// Longest stall while writing to the client.
     pub write_timeout: Duration,
-    /// How long a keep-alive connection keeps its read buffer posted after a
-    /// request before it waits for readiness without one (default zero: an idle
-    /// connection never pins a buffer).
-    pub idle_buffer_hold: Duration,
     /// Longest silence on both sides of an upgraded (WebSocket) tunnel.
     pub tunnel_idle_timeout: Duration,
     /// Largest request head (request line + fields); larger is 431.
@@ -74,7 +70,6 @@ impl Default for ClientSettings {
             body_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(60),
             tunnel_idle_timeout: Duration::from_secs(300),
-            idle_buffer_hold: Duration::ZERO,
             max_head_bytes: 32 * 1024,
             max_request_line_bytes: 8 * 1024,
         }
@@ -420,12 +415,6 @@ impl Ctx<'_> {
             idle_timeout: self.duration(&c.idle_timeout, "idle_timeout", d.idle_timeout)?,
             body_timeout: self.duration(&c.body_timeout, "body_timeout", d.body_timeout)?,
             write_timeout: self.duration(&c.write_timeout, "write_timeout", d.write_timeout)?,
-            idle_buffer_hold: match &c.idle_buffer_hold {
-                Some(s) if s.get_ref().trim() == "0" || s.get_ref().trim() == "0ms" => {
-                    Duration::ZERO
-                }
-                _ => self.duration(&c.idle_buffer_hold, "idle_buffer_hold", d.idle_buffer_hold)?,
-            },
             tunnel_idle_timeout: self.duration(
                 &c.tunnel_idle_timeout,
                 "tunnel_idle_timeout",

@@ -28,7 +28,6 @@ pub struct RawClient {
     pub body_timeout: Option<Spanned<String>>,
     pub write_timeout: Option<Spanned<String>>,
     pub tunnel_idle_timeout: Option<Spanned<String>>,
-    pub idle_buffer_hold: Option<Spanned<String>>,
     pub max_head_bytes: Option<Spanned<i64>>,
     pub max_request_line_bytes: Option<Spanned<i64>>,
 }

@@ -10,87 +10,113 @@ use crate::error::ProxyError;
 use crate::http::request::{self, Method, RequestHead};
 use crate::http::{canned, rewrite, Framing, MAX_HEADERS};
 use crate::io::{Conn, ReadOutcome};
+use crate::pooled::Pooled;
 use crate::upstream::balance::maglev_hash;
 use monoio::net::TcpStream;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Serves one accepted client connection until it closes.
-pub async fn serve(ctx: Rc<WorkerCtx>, listener: usize, stream: TcpStream, peer: SocketAddr) {
+///
+/// This task only waits between requests; each request runs in a `Pooled`
+/// future, so an idle keep-alive connection costs this small future alone.
+pub fn serve(
+    ctx: Rc<WorkerCtx>,
+    listener: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> {
+    // Set up outside the async body: what is moved into `Conn` here (the
+    // stream, the peer address) would otherwise stay in the task's state.
     let _ = stream.set_nodelay(true);
-    let mut client = Conn::new(stream);
-    let ip = ClientIp::new(peer.ip());
+    connection(ctx, listener, Conn::new(stream), ClientIp::new(peer.ip()))
+}
+
+async fn connection(ctx: Rc<WorkerCtx>, listener: usize, mut client: Conn, ip: ClientIp) {
     let mut inbuf = Buffer::placeholder();
     loop {
-        if inbuf.is_empty() && !wait_for_request(&ctx, &mut client, &mut inbuf).await {
-            return;
-        }
-        let _busy = ctx.busy_guard();
-        let req = match read_head(&ctx, listener, &ip, &mut client, &mut inbuf).await {
-            Ok(Some(req)) => req,
-            Ok(None) => return,
-            Err(e) => {
-                crate::log::rate_limited(format_args!(
-                    "client {peer}: {} {e}",
-                    e.status().unwrap_or(0)
-                ));
-                reject(&ctx, &mut client, e).await;
+        if inbuf.is_empty() {
+            drop(std::mem::replace(&mut inbuf, Buffer::placeholder()));
+            if !wait_for_request(&ctx, &mut client, &mut inbuf).await {
                 return;
             }
-        };
-        let keep = match req.action {
-            RouteAction::Respond(direct) => {
-                answer_directly(&ctx, &mut client, &mut inbuf, &req, direct).await
-            }
-            RouteAction::Local => answer_locally(&ctx, &mut client, &mut inbuf, &req).await,
-            RouteAction::Proxy(upstream) => {
-                match exchange::forward(&ctx, upstream, &mut client, &mut inbuf, &req).await {
-                    Ok(keep) => keep,
-                    Err(f) => answer_failure(&ctx, &mut client, &req, f).await,
-                }
-            }
-        };
-        if !keep || ctx.draining.get() {
+        }
+        let request = pooled_request(&ctx, listener, &ip, &mut client, &mut inbuf);
+        if !request.await || ctx.draining.get() {
             client.writer.shutdown_write();
             return;
         }
     }
 }
 
-/// Waits for the next request's first bytes. A busy connection keeps its buffer
-/// posted for `idle_buffer_hold` (the next request usually arrives sooner, and
-/// one read beats a readiness wait plus a read); past that, the buffer goes back
-/// to the pool and the connection waits for readiness alone, so an idle
-/// keep-alive connection pins no buffer. False: close the connection.
+/// Places the request's future in a pooled block. A plain function on purpose:
+/// built inside `serve`, the future would also take space in `serve`'s own state.
+fn pooled_request<'a>(
+    ctx: &'a WorkerCtx,
+    listener: usize,
+    ip: &'a ClientIp,
+    client: &'a mut Conn,
+    inbuf: &'a mut Buffer,
+) -> Pooled<impl std::future::Future<Output = bool> + 'a> {
+    Pooled::new(handle_request(ctx, listener, ip, client, inbuf))
+}
+
+/// Reads, answers or forwards one request. Returns whether to keep the connection.
+async fn handle_request(
+    ctx: &WorkerCtx,
+    listener: usize,
+    ip: &ClientIp,
+    client: &mut Conn,
+    inbuf: &mut Buffer,
+) -> bool {
+    let _busy = ctx.busy_guard();
+    let req = match read_head(ctx, listener, ip, client, inbuf).await {
+        Ok(Some(req)) => req,
+        Ok(None) => return false,
+        Err(e) => {
+            crate::log::rate_limited(format_args!(
+                "client {}: {} {e}",
+                ip.as_str(),
+                e.status().unwrap_or(0)
+            ));
+            reject(ctx, client, e).await;
+            return false;
+        }
+    };
+    match req.action {
+        RouteAction::Respond(direct) => answer_directly(ctx, client, inbuf, &req, direct).await,
+        RouteAction::Local => answer_locally(ctx, client, inbuf, &req).await,
+        RouteAction::Proxy(upstream) => {
+            match exchange::forward(ctx, upstream, client, inbuf, &req).await {
+                Ok(keep) => keep,
+                Err(f) => answer_failure(ctx, client, &req, f).await,
+            }
+        }
+    }
+}
+
+/// Waits for the next request's first bytes without lending a buffer to the
+/// kernel: readiness first, then a pooled buffer and a direct `recv`. An idle
+/// keep-alive connection pins no buffer, and a burst of clients closing their
+/// connections at once returns each buffer as soon as its EOF is read.
+/// False: close the connection.
 async fn wait_for_request(ctx: &WorkerCtx, client: &mut Conn, inbuf: &mut Buffer) -> bool {
-    if ctx.draining.get() {
-        return false;
-    }
-    let hold = ctx.client.idle_buffer_hold.min(ctx.client.idle_timeout);
-    if !hold.is_zero() {
-        if inbuf.capacity() == 0 {
-            *inbuf = Buffer::take();
+    loop {
+        if ctx.draining.get() || !client.reader.wait_readable(ctx.client.idle_timeout).await {
+            return false;
         }
-        inbuf.reset_with_headroom(HEADROOM);
-        match client.reader.read(inbuf, hold).await {
-            ReadOutcome::Data(_) => return true,
-            ReadOutcome::TimedOut => {}
-            ReadOutcome::Eof | ReadOutcome::Failed(_) => return false,
+        let mut buf = Buffer::take();
+        buf.reset_with_headroom(HEADROOM);
+        match client.reader.read_now(&mut buf) {
+            Some(ReadOutcome::Data(_)) => {
+                *inbuf = buf;
+                return true;
+            }
+            None => continue, // readiness without data (spurious wakeup)
+            Some(_) => return false,
         }
     }
-    drop(std::mem::replace(inbuf, Buffer::placeholder()));
-    if ctx.draining.get()
-        || !client
-            .reader
-            .wait_readable(ctx.client.idle_timeout - hold)
-            .await
-    {
-        return false;
-    }
-    *inbuf = Buffer::take();
-    inbuf.reset_with_headroom(HEADROOM);
-    true
 }
 
 /// Reads until a complete head is parsed. `Ok(None)`: the client went away.
@@ -101,20 +127,16 @@ async fn read_head(
     client: &mut Conn,
     inbuf: &mut Buffer,
 ) -> Result<Option<Prepared>, ProxyError> {
-    let deadline = Instant::now() + ctx.client.head_timeout;
+    client.reader.arm(ctx.client.head_timeout);
     loop {
         if let Some(req) = prepare(ctx, listener, ip, inbuf)? {
+            client.reader.disarm();
             return Ok(Some(req));
         }
         if inbuf.spare() < 1024 {
             inbuf.reserve(4096);
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client
-            .reader
-            .read(inbuf, left.max(Duration::from_millis(1)))
-            .await
-        {
+        match client.reader.read_armed(inbuf).await {
             ReadOutcome::Data(_) => {}
             ReadOutcome::TimedOut => return Err(ProxyError::ClientHeadTimeout),
             ReadOutcome::Eof | ReadOutcome::Failed(_) => return Ok(None),
@@ -292,16 +314,29 @@ async fn reject(ctx: &WorkerCtx, client: &mut Conn, e: ProxyError) {
     }
     client.writer.shutdown_write();
     let mut sink = Buffer::take();
-    let deadline = Instant::now() + Duration::from_secs(2);
+    client.reader.arm(Duration::from_secs(2));
     for _ in 0..64 {
         sink.clear();
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match client.reader.read(&mut sink, left).await {
+        match client.reader.read_armed(&mut sink).await {
             ReadOutcome::Data(_) => {}
             _ => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Size of the future an `async fn` returns, from the function itself.
+    fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle keep-alive connection costs its task's future: it must stay small
+    /// (the request path runs in a pooled block, not inline).
+    #[test]
+    fn the_connection_task_stays_small() {
+        let task = future_size(super::connection);
+        eprintln!("connection task future: {task} bytes");
+        assert!(task <= 512, "connection future grew to {task} bytes");
     }
 }

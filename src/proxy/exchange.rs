@@ -11,6 +11,7 @@ use super::body::{self, BodyState, RelayError};
 use super::route::RouteAction;
 use super::{rewrite_head, WorkerCtx, HEADROOM};
 use crate::buf::{Buffer, BUF_SIZE};
+use crate::deadline::Timer;
 use crate::error::{Origin, ProxyError};
 use crate::http::request::Method;
 use crate::http::rewrite::{self, BodyOut, ConnOut};
@@ -222,16 +223,14 @@ async fn attempt(
             let outcome = outcome_of(&result);
             return Attempt::Done(result.map(|(keep, _)| keep), outcome);
         }
-        let sent = Cell::new(true);
-        let started = Cell::new(false);
+        let progress = Progress::new(true);
         let result = relay_response(
             ctx,
             upstream,
             &mut up.reader,
             &mut client.writer,
             req,
-            &sent,
-            &started,
+            &progress,
         )
         .await;
         match result {
@@ -321,8 +320,7 @@ async fn forward_streaming(
         server,
         req,
     } = leg;
-    let sent = Cell::new(false);
-    let started = Cell::new(false);
+    let progress = Progress::new(false);
     let mut pump_result: Option<Result<(), RelayError>> = None;
     let outcome = {
         let Conn {
@@ -337,24 +335,18 @@ async fn forward_streaming(
             ctx.client.body_timeout,
             ctx.client.write_timeout,
         );
-        let relay = relay_response(
-            ctx,
-            upstream,
-            up_reader,
-            &mut client.writer,
-            req,
-            &sent,
-            &started,
-        );
+        let relay = relay_response(ctx, upstream, up_reader, &mut client.writer, req, &progress);
         let mut pump = pin!(pump);
         let mut relay = pin!(relay);
         poll_fn(|cx| {
             if pump_result.is_none() {
                 if let Poll::Ready(r) = pump.as_mut().poll(cx) {
                     match r {
-                        Ok(()) => sent.set(true),
-                        // The upstream stopped reading: it may still answer.
-                        Err(RelayError::Sink) => sent.set(true),
+                        // The upstream stopped reading (Sink): it may still answer.
+                        Ok(()) | Err(RelayError::Sink) => {
+                            progress.request_sent.set(true);
+                            progress.deadline.arm(upstream.response_timeout);
+                        }
                         Err(_) => {
                             pump_result = Some(r);
                             return Poll::Ready(None);
@@ -376,7 +368,7 @@ async fn forward_streaming(
             };
             Err(Failure {
                 error,
-                response_started: started.get(),
+                response_started: progress.response_started.get(),
                 client_reusable: false,
             })
         }
@@ -523,6 +515,26 @@ fn plan_response(
     })
 }
 
+/// What the request and response sides of one exchange share.
+struct Progress {
+    /// The whole request went upstream: the response timeout runs.
+    request_sent: Cell<bool>,
+    /// Response bytes reached the client: no retry, no error page.
+    response_started: Cell<bool>,
+    /// The upstream response deadline.
+    deadline: Timer,
+}
+
+impl Progress {
+    fn new(request_sent: bool) -> Progress {
+        Progress {
+            request_sent: Cell::new(request_sent),
+            response_started: Cell::new(false),
+            deadline: Timer::new(),
+        }
+    }
+}
+
 /// Reads the upstream response and relays it to the client.
 async fn relay_response(
     ctx: &WorkerCtx,
@@ -530,9 +542,9 @@ async fn relay_response(
     up: &mut Reader,
     client: &mut Writer,
     req: &Prepared,
-    request_sent: &Cell<bool>,
-    started: &Cell<bool>,
+    progress: &Progress,
 ) -> Result<ResponseDone, ResponseFail> {
+    let started = &progress.response_started;
     let write_timeout = ctx.client.write_timeout;
     let read_timeout = upstream.response_timeout;
     let mut rb = Buffer::take();
@@ -582,7 +594,15 @@ async fn relay_response(
                 if rb.spare() == 0 {
                     rb.compact();
                 }
-                match up.read(&mut rb, read_timeout).await {
+                // The response timeout runs once the request is all sent (the
+                // body pump arms it when it finishes); until then only the
+                // body's own timeouts apply.
+                if progress.request_sent.get() {
+                    progress.deadline.arm(read_timeout);
+                } else {
+                    progress.deadline.disarm();
+                }
+                match up.read_within(&mut rb, &progress.deadline).await {
                     ReadOutcome::Data(_) => {
                         first_read = silent;
                         silent = false;
@@ -590,7 +610,6 @@ async fn relay_response(
                     ReadOutcome::Eof | ReadOutcome::Failed(_) => {
                         return Err(fail(ProxyError::UpstreamClosed, silent))
                     }
-                    ReadOutcome::TimedOut if !request_sent.get() => {}
                     ReadOutcome::TimedOut => {
                         return Err(fail(ProxyError::UpstreamResponseTimeout, false))
                     }

@@ -38,11 +38,15 @@ pub struct WorkerCtx {
     pub draining: Cell<bool>,
     /// Requests being processed right now.
     pub busy: Cell<usize>,
+    /// Requests started since the worker began (tells the housekeeping loop
+    /// whether the worker has been quiet).
+    pub started: Cell<u64>,
 }
 
 impl WorkerCtx {
     pub fn busy_guard(&self) -> BusyGuard<'_> {
         self.busy.set(self.busy.get() + 1);
+        self.started.set(self.started.get().wrapping_add(1));
         BusyGuard(&self.busy)
     }
 }
@@ -77,6 +81,10 @@ impl ClientIp {
 
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("?")
     }
 }
 

@@ -3,12 +3,12 @@
 //! on), one side fails, or both stay silent past the idle timeout.
 
 use crate::buf::Buffer;
+use crate::deadline::Timer;
 use crate::io::{Conn, ReadOutcome, Reader, Writer};
-use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Runs the tunnel. `client_pending` / `upstream_pending` hold bytes that each
 /// side sent right after the handshake; they are delivered first.
@@ -23,12 +23,14 @@ pub async fn run(
     if client_pending.capacity() == 0 {
         *client_pending = Buffer::take();
     }
-    let last = Cell::new(Instant::now());
+    // One idle deadline for both directions: traffic either way pushes it back.
+    let idle_timer = Timer::new();
+    idle_timer.arm(idle);
     let up = pump(
         &mut client.reader,
         &mut upstream.writer,
         client_pending,
-        &last,
+        &idle_timer,
         idle,
         write_timeout,
     );
@@ -36,7 +38,7 @@ pub async fn run(
         &mut upstream.reader,
         &mut client.writer,
         upstream_pending,
-        &last,
+        &idle_timer,
         idle,
         write_timeout,
     );
@@ -74,7 +76,7 @@ async fn pump(
     src: &mut Reader,
     dst: &mut Writer,
     buf: &mut Buffer,
-    last: &Cell<Instant>,
+    idle_timer: &Timer,
     idle: Duration,
     write_timeout: Duration,
 ) -> Result<(), ()> {
@@ -84,16 +86,15 @@ async fn pump(
             dst.write_front(buf, n, write_timeout)
                 .await
                 .map_err(|_| ())?;
-            last.set(Instant::now());
+            idle_timer.arm(idle);
         }
         buf.clear();
-        match src.read(buf, idle).await {
-            ReadOutcome::Data(_) => last.set(Instant::now()),
+        match src.read_within(buf, idle_timer).await {
+            ReadOutcome::Data(_) => idle_timer.arm(idle),
             ReadOutcome::Eof => {
                 dst.shutdown_write();
                 return Ok(());
             }
-            ReadOutcome::TimedOut if last.get().elapsed() < idle => {}
             ReadOutcome::TimedOut | ReadOutcome::Failed(_) => return Err(()),
         }
     }

@@ -126,6 +126,7 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
                 );
                 IN_WORKER.with(|w| w.set(true));
                 Buffer::prefill(64);
+                crate::pooled::prefill(64);
                 let ctx = worker_ctx(&config, routes, &health, id);
                 rt.block_on(worker_main(
                     id,
@@ -220,6 +221,7 @@ fn worker_ctx(
         },
         draining: Cell::new(false),
         busy: Cell::new(0),
+        started: Cell::new(0),
     })
 }
 
@@ -247,13 +249,18 @@ async fn worker_main(
     let _ = ready.send(Ok(()));
     drop(ready);
 
-    // Off the request path: poll the shutdown flag and sweep stale pooled connections.
+    // Off the request path: poll the shutdown flag, sweep stale pooled
+    // connections, and give memory back once a burst has passed.
     let mut ticks = 0u32;
+    let mut quiet = crate::memory::QuietWatch::default();
     while !shutdown.is_requested() {
         monoio::time::sleep(Duration::from_millis(50)).await;
         ticks = ticks.wrapping_add(1);
         if ticks % 20 == 0 {
             ctx.pool.borrow_mut().sweep();
+        }
+        if quiet.observe(ctx.started.get(), ctx.busy.get()) {
+            crate::memory::trim();
         }
     }
     ctx.draining.set(true);
