@@ -4,7 +4,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use ringlb::http::chunked::ChunkedDecoder;
 use ringlb::http::request::{self, Limits};
-use ringlb::http::{response, rewrite, MAX_HEADERS};
+use ringlb::http::{response, rewrite};
 use ringlb::upstream::balance::testing::Table;
 use ringlb::upstream::balance::{Algorithm, Balancer};
 
@@ -24,7 +24,7 @@ fn parse_request(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(REQUEST.len() as u64));
     g.bench_function("parse_validate", |b| {
         b.iter(|| {
-            let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut h = ringlb::http::header_slots();
             let head = request::parse(black_box(REQUEST), &mut h, &LIMITS)
                 .unwrap()
                 .unwrap();
@@ -34,7 +34,7 @@ fn parse_request(c: &mut Criterion) {
     let mut out = Vec::with_capacity(4096);
     g.bench_function("parse_validate_rewrite", |b| {
         b.iter(|| {
-            let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut h = ringlb::http::header_slots();
             let head = request::parse(black_box(REQUEST), &mut h, &LIMITS)
                 .unwrap()
                 .unwrap();
@@ -49,7 +49,7 @@ fn parse_response(c: &mut Criterion) {
     let mut out = Vec::with_capacity(4096);
     c.bench_function("response/parse_validate_rewrite", |b| {
         b.iter(|| {
-            let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut h = ringlb::http::header_slots();
             let head = response::parse(black_box(RESPONSE), &mut h, false, 65536)
                 .unwrap()
                 .unwrap();

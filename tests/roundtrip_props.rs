@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use ringlb::http::chunked::ChunkedDecoder;
 use ringlb::http::request::{self, Limits};
-use ringlb::http::{rewrite, Framing, MAX_HEADERS};
+use ringlb::http::{rewrite, Framing};
 
 const LIMITS: Limits = Limits {
     max_head_bytes: 65536,
@@ -100,11 +100,11 @@ proptest! {
     #[test]
     fn rewritten_requests_keep_their_meaning(r in request()) {
         let raw = serialise(&r);
-        let mut h1 = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h1 = ringlb::http::header_slots();
         let first = request::parse(raw.as_bytes(), &mut h1, &LIMITS).unwrap().unwrap();
         let mut out = Vec::new();
         rewrite::write_request(&first, b"192.0.2.1", b"lb:80", &mut out);
-        let mut h2 = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h2 = ringlb::http::header_slots();
         let second = request::parse(&out, &mut h2, &LIMITS).unwrap().unwrap();
         prop_assert_eq!(second.head_len, out.len());
         prop_assert_eq!(first.method, second.method);

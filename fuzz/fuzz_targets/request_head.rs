@@ -11,11 +11,11 @@ const LIMITS: Limits = Limits { max_head_bytes: 16384, max_request_line_bytes: 4
 const ROOMY: Limits = Limits { max_head_bytes: 1 << 20, max_request_line_bytes: 1 << 20 };
 
 fuzz_target!(|data: &[u8]| {
-    let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut h = ringlb::http::header_slots();
     let Ok(Some(head)) = request::parse(data, &mut h, &LIMITS) else { return };
     let mut out = Vec::new();
     rewrite::write_request(&head, b"127.0.0.1", b"lb:80", &mut out);
-    let mut h2 = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut h2 = ringlb::http::header_slots();
     match request::parse(&out, &mut h2, &ROOMY) {
         Ok(Some(again)) => {
             assert_eq!(again.head_len, out.len());

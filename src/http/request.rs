@@ -2,7 +2,7 @@
 //! RFC 9112 asks of a server (and of an intermediary that must not be fooled).
 
 use super::fields::{eq_ci, list_has, parse_content_length, trim_ows};
-use super::{Framing, MAX_HEADERS};
+use super::{Framing, HeaderSlots};
 use crate::error::ProxyError;
 
 /// Size limits for request heads.
@@ -114,11 +114,11 @@ impl<'b> RequestHead<'b, '_> {
 /// Parses a request head from `data`. `Ok(None)`: incomplete, read more.
 pub fn parse<'b, 'h>(
     data: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
+    headers: &'h mut HeaderSlots<'b>,
     limits: &Limits,
 ) -> Result<Option<RequestHead<'b, 'h>>, ProxyError> {
-    let mut req = httparse::Request::new(headers);
-    let head_len = match req.parse(data) {
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(data, headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             let line_end = data

@@ -3,7 +3,7 @@
 
 use super::fields::{eq_ci, list_has, parse_content_length, trim_ows};
 use super::request::MAX_CONNECTION_FIELDS;
-use super::{Framing, MAX_HEADERS};
+use super::{Framing, HeaderSlots};
 use crate::error::ProxyError;
 
 /// A parsed, validated response head borrowing the upstream read buffer.
@@ -39,12 +39,14 @@ impl<'b> ResponseHead<'b, '_> {
 /// Parses a response head. `head_request`: the request was HEAD (no body follows).
 pub fn parse<'b, 'h>(
     data: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
+    headers: &'h mut HeaderSlots<'b>,
     head_request: bool,
     max_head_bytes: usize,
 ) -> Result<Option<ResponseHead<'b, 'h>>, ProxyError> {
-    let mut resp = httparse::Response::new(headers);
-    let head_len = match resp.parse(data) {
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, data, headers);
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if data.len() > max_head_bytes {
@@ -153,7 +155,7 @@ mod tests {
     use super::*;
 
     fn framing(s: &str, head: bool) -> Result<Framing, ProxyError> {
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = crate::http::header_slots();
         parse(s.as_bytes(), &mut h, head, 65536).map(|r| r.unwrap().framing)
     }
 
@@ -215,7 +217,7 @@ mod tests {
 
     #[test]
     fn keep_alive_of_upstream() {
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = crate::http::header_slots();
         let r = parse(
             b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
             &mut h,
@@ -225,7 +227,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(!r.upstream_keep_alive);
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = crate::http::header_slots();
         let r = parse(
             b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
             &mut h,

@@ -8,7 +8,7 @@ use crate::buf::Buffer;
 use crate::config::HashKey;
 use crate::error::ProxyError;
 use crate::http::request::{self, Method, RequestHead};
-use crate::http::{canned, rewrite, Framing, MAX_HEADERS};
+use crate::http::{canned, rewrite, Framing};
 use crate::io::{Conn, ReadOutcome};
 use crate::pooled::Pooled;
 use crate::upstream::balance::maglev_hash;
@@ -153,7 +153,7 @@ fn prepare(
     inbuf: &mut Buffer,
 ) -> Result<Option<Prepared>, ProxyError> {
     rewrite_head(inbuf, |data, scratch| {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = crate::http::header_slots();
         let head = match request::parse(data, &mut headers, &ctx.limits) {
             Ok(Some(h)) => h,
             Ok(None) => return (Ok(None), None),

@@ -15,7 +15,7 @@ use crate::deadline::Timer;
 use crate::error::{Origin, ProxyError};
 use crate::http::request::Method;
 use crate::http::rewrite::{self, BodyOut, ConnOut};
-use crate::http::{response, Framing, MAX_HEADERS};
+use crate::http::{response, Framing};
 use crate::io::{self, Conn, ConnectError, ReadOutcome, Reader, Writer};
 use crate::upstream::{Outcome, Server, Upstream};
 use std::cell::Cell;
@@ -455,7 +455,7 @@ fn plan_response(
     req: &Prepared,
 ) -> Result<Option<ResponsePlan>, ProxyError> {
     rewrite_head(rb, |data, scratch| {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = crate::http::header_slots();
         let head = match response::parse(
             data,
             &mut headers,

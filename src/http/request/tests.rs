@@ -6,7 +6,7 @@ const LIMITS: Limits = Limits {
 };
 
 fn parse_str(s: &str) -> Result<Option<(Framing, bool, String, String)>, ProxyError> {
-    let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut h = crate::http::header_slots();
     parse(s.as_bytes(), &mut h, &LIMITS).map(|o| {
         o.map(|r| {
             (

@@ -1,9 +1,9 @@
 use super::*;
 use crate::http::request::{self, Limits};
-use crate::http::{response, MAX_HEADERS};
+use crate::http::response;
 
 fn forward(raw: &str) -> String {
-    let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut h = crate::http::header_slots();
     let limits = Limits {
         max_head_bytes: 8192,
         max_request_line_bytes: 1024,
@@ -52,7 +52,7 @@ fn http10_request_forwarded_as_11_and_absolute_form_host() {
 }
 
 fn client_head(raw: &str, body: BodyOut, conn: ConnOut, head_req: bool) -> String {
-    let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut h = crate::http::header_slots();
     let head = response::parse(raw.as_bytes(), &mut h, head_req, 8192)
         .unwrap()
         .unwrap();
@@ -99,7 +99,7 @@ fn max_forwards_is_decremented_for_options_and_trace_only() {
 
 #[test]
 fn local_answers() {
-    let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut h = crate::http::header_slots();
     let limits = Limits {
         max_head_bytes: 8192,
         max_request_line_bytes: 1024,
