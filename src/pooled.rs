@@ -102,6 +102,13 @@ impl<F: Future> Pooled<F> {
         }
     }
 
+    /// Like `new`, but builds the future inside this (synchronous) call: awaited
+    /// in an `async fn`, `Pooled::new(big_future())` would also reserve room
+    /// for `big_future()` in the caller's own state, defeating the purpose.
+    pub fn build(make: impl FnOnce() -> F) -> Pooled<F> {
+        Pooled::new(make())
+    }
+
     /// Whether the future lives in a pooled block (false: it had to be boxed).
     pub fn is_pooled(&self) -> bool {
         self.in_block

@@ -111,6 +111,13 @@ fn steady_state_requests_do_not_allocate() {
     let (shutdown, running) = start(&proxied(&format!("\"{}\"", origin.addr)));
     let addr = running.bound[0];
     let big = format!("GET /bytes/{} HTTP/1.1\r\nHost: x\r\n\r\n", 64 * 1024);
+    // Larger than one buffer: the body streams upstream while the response is relayed.
+    let mut upload = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        100 * 1024
+    )
+    .into_bytes();
+    upload.resize(upload.len() + 100 * 1024, b'u');
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
         ("13 B GET, Content-Length", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
         ("64 KiB response", big.into_bytes(), false),
@@ -123,6 +130,7 @@ fn steady_state_requests_do_not_allocate() {
             false,
         ),
         ("direct response", b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
+        ("POST 100 KiB body, streamed", upload, false),
     ];
     let mut report = Vec::new();
     for (name, req, head) in &cases {

@@ -17,6 +17,7 @@ use crate::http::request::Method;
 use crate::http::rewrite::{self, BodyOut, ConnOut};
 use crate::http::{response, Framing};
 use crate::io::{self, Conn, ConnectError, ReadOutcome, Reader, Writer};
+use crate::pooled::Pooled;
 use crate::upstream::{Outcome, Server, Upstream};
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
@@ -214,12 +215,9 @@ async fn attempt(
         }
         if !body_done {
             inbuf.consume(initial);
-            let result =
-                // Boxed: this state (two relays side by side) is the largest of a
-                // connection's future; keeping it out of line keeps every idle
-                // connection small. One allocation per request whose body is
-                // still arriving.
-                Box::pin(forward_streaming(leg, client, inbuf, up, body)).await;
+            // Two relays side by side: the largest state of a request, kept
+            // out of line in its own pooled block (the request's block stays small).
+            let result = Pooled::build(|| forward_streaming(leg, client, inbuf, up, body)).await;
             let outcome = outcome_of(&result);
             return Attempt::Done(result.map(|(keep, _)| keep), outcome);
         }
@@ -251,16 +249,11 @@ async fn attempt(
             }) => {
                 inbuf.consume(initial);
                 let idle = ctx.client.tunnel_idle_timeout;
-                // Boxed for the same reason (one allocation per upgraded connection).
-                Box::pin(super::tunnel::run(
-                    client,
-                    &mut up,
-                    inbuf,
-                    &mut pending,
-                    idle,
-                    write_timeout,
-                ))
-                .await;
+                // Out of line for the same reason.
+                let tunnel = Pooled::build(|| {
+                    super::tunnel::run(client, &mut up, inbuf, &mut pending, idle, write_timeout)
+                });
+                tunnel.await;
                 return Attempt::Done(Ok(false), Outcome::Success);
             }
             Ok(done) => {
