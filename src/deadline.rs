@@ -14,6 +14,7 @@
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -243,6 +244,8 @@ fn ticks_for(timeout: Duration) -> u64 {
 #[derive(Debug)]
 pub struct Timer {
     id: u32,
+    /// The entry lives in this thread's wheel: the timer must not leave the thread.
+    _not_send: PhantomData<*const ()>,
 }
 
 impl Default for Timer {
@@ -255,6 +258,7 @@ impl Timer {
     pub fn new() -> Timer {
         Timer {
             id: WHEEL.with(|w| w.borrow_mut().alloc()),
+            _not_send: PhantomData,
         }
     }
 
