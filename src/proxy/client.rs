@@ -331,6 +331,19 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
+    fn future_size5<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Each request's future must fit a pooled block, or every request would
+    /// allocate (the counting-allocator test would catch it too, less directly).
+    #[test]
+    fn the_request_future_fits_a_pooled_block() {
+        let request = future_size5(super::handle_request);
+        eprintln!("request future: {request} bytes");
+        assert!(request <= crate::pooled::BLOCK_SIZE, "{request} bytes");
+    }
+
     /// An idle keep-alive connection costs its task's future: it must stay small
     /// (the request path runs in a pooled block, not inline).
     #[test]

@@ -675,3 +675,23 @@ async fn relay_response(
             && plan.upstream_framing != Framing::UntilClose,
     })
 }
+#[cfg(test)]
+mod tests {
+    fn size5<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn size6<A, B, C, D, E, G, F>(_: fn(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Streamed uploads and tunnels run in pooled blocks too: they must fit one.
+    #[test]
+    fn streaming_and_tunnel_futures_fit_a_pooled_block() {
+        let streaming = size5(super::forward_streaming);
+        let tunnel = size6(super::super::tunnel::run);
+        eprintln!("streaming exchange future: {streaming} bytes, tunnel: {tunnel} bytes");
+        assert!(streaming <= crate::pooled::BLOCK_SIZE, "{streaming} bytes");
+        assert!(tunnel <= crate::pooled::BLOCK_SIZE, "{tunnel} bytes");
+    }
+}
