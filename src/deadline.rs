@@ -223,15 +223,21 @@ thread_local! {
     static WHEEL: RefCell<Wheel> = RefCell::new(Wheel::new());
 }
 
-/// The current tick from the coarse monotonic clock (a vDSO read, no syscall).
-pub fn now_tick() -> u64 {
+/// Milliseconds of the coarse monotonic clock (a cheap vDSO read, no syscall;
+/// resolution a few milliseconds): for timeouts, not for latency measurements.
+pub fn now_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec we own; COARSE is always available on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    (ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000) / TICK_MS
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// The current wheel tick.
+pub fn now_tick() -> u64 {
+    now_ms() / TICK_MS
 }
 
 /// Ticks to add to the current one so that at least `timeout` passes.

@@ -23,7 +23,6 @@ use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::task::Poll;
-use std::time::Instant;
 
 /// What the client connection learned from its request head.
 #[derive(Debug, Clone, Copy)]
@@ -122,7 +121,7 @@ pub async fn forward(
         }
         let server = &upstream.servers[si];
         upstream.start(si);
-        let started_at = Instant::now();
+        let started_at = upstream.latency_clock();
         let leg = Leg {
             ctx,
             upstream,

@@ -254,15 +254,22 @@ impl Upstream {
         s.inflight.set(s.inflight.get() + 1);
     }
 
-    /// Ends an attempt started with `start`.
-    pub fn finish(&self, i: usize, outcome: Outcome, started: Instant) {
+    /// The clock reading a latency-aware balancer needs at the start of an
+    /// attempt (None for the others: no clock read per request).
+    #[inline]
+    pub fn latency_clock(&self) -> Option<Instant> {
+        (self.algorithm == Algorithm::PeakEwma).then(Instant::now)
+    }
+
+    /// Ends an attempt started with `start`; `started` is `latency_clock()`'s reading.
+    pub fn finish(&self, i: usize, outcome: Outcome, started: Option<Instant>) {
         let s = &self.servers[i];
         s.inflight.set(s.inflight.get().saturating_sub(1));
         if outcome == Outcome::Neutral {
             return;
         }
-        let now = Instant::now();
-        if self.algorithm == Algorithm::PeakEwma {
+        if let Some(started) = started {
+            let now = Instant::now();
             let mut e = s.ewma.get();
             match outcome {
                 Outcome::Success => e.observe(now.saturating_duration_since(started), now),
@@ -270,11 +277,14 @@ impl Upstream {
             }
             s.ewma.set(e);
         }
-        let mut o = s.outlier.borrow_mut();
         if outcome == Outcome::Success {
-            o.record_success(now, &self.outlier_cfg);
+            s.outlier
+                .borrow_mut()
+                .record_success(Instant::now, &self.outlier_cfg);
             return;
         }
+        let now = Instant::now();
+        let mut o = s.outlier.borrow_mut();
         let may_eject = self.ejected.get() < self.outlier_cfg.max_ejected(self.servers.len());
         if let Change::Ejected(d) = o.record_failure(now, &self.outlier_cfg, may_eject) {
             self.ejected.set(self.ejected.get() + 1);

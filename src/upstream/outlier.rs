@@ -80,15 +80,19 @@ impl Outlier {
         false
     }
 
-    pub fn record_success(&mut self, now: Instant, cfg: &OutlierConfig) {
+    /// Records a success. `now` is only asked for when earlier ejections may be
+    /// forgotten, so the common case reads no clock.
+    pub fn record_success(&mut self, now: impl FnOnce() -> Instant, cfg: &OutlierConfig) {
         self.failures = 0;
         // A long healthy stretch forgets earlier ejections.
-        if self.ejections > 0
-            && self
+        if self.ejections > 0 {
+            let now = now();
+            if self
                 .ejected_until
                 .is_none_or(|t| now >= t + cfg.max_ejection)
-        {
-            self.ejections = 0;
+            {
+                self.ejections = 0;
+            }
         }
     }
 
@@ -128,7 +132,7 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Outlier::default();
         assert_eq!(o.record_failure(t0, &cfg, true), Change::None);
-        o.record_success(t0, &cfg);
+        o.record_success(|| t0, &cfg);
         assert_eq!(o.record_failure(t0, &cfg, true), Change::None);
         assert_eq!(o.record_failure(t0, &cfg, true), Change::None);
         assert_eq!(

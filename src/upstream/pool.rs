@@ -2,18 +2,20 @@
 //! Connections older than the idle timeout are dropped on checkout and by a
 //! periodic sweep, so ringlb closes them before typical backends do.
 
+use crate::deadline::now_ms;
 use crate::io::Conn;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Idle {
     conn: Conn,
-    since: Instant,
+    /// Coarse clock (`deadline::now_ms`) at check-in.
+    since_ms: u64,
 }
 
 struct Slot {
     idle: Vec<Idle>,
     max_idle: usize,
-    idle_timeout: Duration,
+    idle_timeout_ms: u64,
 }
 
 #[derive(Default)]
@@ -27,7 +29,7 @@ impl ConnPool {
         self.slots.push(Slot {
             idle: Vec::with_capacity(max_idle.min(1024)),
             max_idle,
-            idle_timeout,
+            idle_timeout_ms: idle_timeout.as_millis() as u64,
         });
         self.slots.len() - 1
     }
@@ -35,9 +37,9 @@ impl ConnPool {
     /// The most recently used idle connection that is still fresh.
     pub fn checkout(&mut self, slot: usize) -> Option<Conn> {
         let s = &mut self.slots[slot];
-        let now = Instant::now();
+        let now = now_ms();
         while let Some(idle) = s.idle.pop() {
-            if now.duration_since(idle.since) < s.idle_timeout {
+            if now.saturating_sub(idle.since_ms) < s.idle_timeout_ms {
                 return Some(idle.conn);
             }
         }
@@ -50,20 +52,20 @@ impl ConnPool {
         if s.idle.len() < s.max_idle {
             s.idle.push(Idle {
                 conn,
-                since: Instant::now(),
+                since_ms: now_ms(),
             });
         }
     }
 
     /// Drops connections idle for longer than their timeout.
     pub fn sweep(&mut self) {
-        let now = Instant::now();
+        let now = now_ms();
         for s in &mut self.slots {
             // LIFO: the oldest are at the front.
             let stale = s
                 .idle
                 .iter()
-                .take_while(|i| now.duration_since(i.since) >= s.idle_timeout)
+                .take_while(|i| now.saturating_sub(i.since_ms) >= s.idle_timeout_ms)
                 .count();
             if stale > 0 {
                 s.idle.drain(..stale);
