@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the request path's pure parts: request-head parse and
-//! validate, head rewrite, chunked decode, balancer pick.
+//! validate, head rewrite, chunked decode, balancer pick, deadline wheel.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use ringlb::http::chunked::ChunkedDecoder;
@@ -110,5 +110,51 @@ fn balance(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse_request, parse_response, chunked, balance);
+fn deadlines(c: &mut Criterion) {
+    use ringlb::deadline::Wheel;
+    let mut g = c.benchmark_group("deadline");
+    // A connection re-arming its deadline for every operation: after the first
+    // link, each arm to a later tick is a store.
+    g.bench_function("rearm_later", |b| {
+        let mut w = Wheel::new();
+        let id = w.alloc();
+        let mut now = 1_000u64;
+        b.iter(|| {
+            now += 1;
+            w.arm(black_box(id), now + 6_000, now);
+            w.disarm(id);
+        });
+    });
+    // One full turn of the wheel (1024 ticks, ~10 s) with 10,000 connections
+    // armed further out: every entry is visited and relinked once.
+    g.bench_function("wheel_turn_10k_armed", |b| {
+        b.iter_batched(
+            || {
+                let mut w = Wheel::new();
+                for i in 0..10_000u64 {
+                    let id = w.alloc();
+                    w.arm(id, 1_000 + 3_000 + i % 997, 1_000);
+                }
+                w
+            },
+            |mut w| {
+                for now in 1_001..=2_024u64 {
+                    w.advance(now);
+                }
+                w
+            },
+            criterion::BatchSize::LargeInput,
+        );
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    parse_request,
+    parse_response,
+    chunked,
+    balance,
+    deadlines
+);
 criterion_main!(benches);
