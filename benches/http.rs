@@ -107,6 +107,14 @@ fn balance(c: &mut Criterion) {
             })
         });
     }
+    // Least in-flight stops at the first idle server; with none idle it scans all.
+    let mut busy = Table::new(64);
+    busy.weights = t.weights.clone();
+    busy.inflight = (0..64).map(|i| 1 + i % 7).collect();
+    let mut b = Balancer::new(Algorithm::LeastInflight, 64, 42);
+    g.bench_function("least_inflight_none_idle", |bench| {
+        bench.iter(|| black_box(b.pick(&busy, 0)))
+    });
     g.finish();
 }
 
