@@ -89,10 +89,15 @@ impl Reader {
 
     /// Waits until the peer sends something (or closes) without lending a buffer
     /// to the kernel. Returns false on timeout or error.
+    ///
+    /// Not "relaxed": the bytes are then taken by `read_now`, behind the
+    /// runtime's back, so under the epoll driver its cached readiness would
+    /// stay set and a relaxed wait would return at once forever (a busy loop
+    /// that starved the worker). On io_uring the flag changes nothing.
     pub async fn wait_readable(&self, timeout: Duration) -> bool {
         matches!(
             self.timer
-                .within(timeout, self.stream().readable(true))
+                .within(timeout, self.stream().readable(false))
                 .await,
             Some(Ok(()))
         )

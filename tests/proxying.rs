@@ -207,3 +207,28 @@ fn balancing_round_robins_over_servers() {
     }
     assert_eq!((a.requests(), b.requests()), (5, 5));
 }
+
+/// An idle keep-alive connection costs no CPU on either driver (readiness is
+/// awaited, never spun on), also right after a request was read.
+#[test]
+fn idle_keep_alive_connections_cost_no_cpu_on_either_driver() {
+    for io in ["uring", "epoll"] {
+        let lb = Ringlb::start(&format!(
+            "workers = 1\nio = \"{io}\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\nstatus = 200\nbody = \"ok\"\n"
+        ));
+        let mut clients: Vec<Client> = (0..20).map(|_| Client::connect(lb.addr())).collect();
+        for c in &mut clients {
+            c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(c.read_response(false).status, 200);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let before = lb.cpu_ns();
+        std::thread::sleep(Duration::from_secs(1));
+        let idle = Duration::from_nanos(lb.cpu_ns() - before);
+        eprintln!("{io}: {idle:?} of CPU in 1 s with 20 idle keep-alive connections");
+        assert!(
+            idle < Duration::from_millis(100),
+            "{io}: {idle:?} busy while idle"
+        );
+    }
+}
