@@ -5,10 +5,11 @@
 //! with (every caller closes it), so bytes the cancel raced with do not matter.
 
 use crate::buf::Buffer;
-use crate::deadline::Timer;
+use crate::deadline::{Race, Timer};
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
+use std::future::Future;
 use std::io;
 use std::time::Duration;
 
@@ -88,19 +89,19 @@ impl Reader {
     }
 
     /// Waits until the peer sends something (or closes) without lending a buffer
-    /// to the kernel. Returns false on timeout or error.
+    /// to the kernel: `Some(Ok(()))` when readable, `None` past `timeout`.
+    /// A plain function returning the raced future (not an `async fn`), which
+    /// keeps the idle connection's task small.
     ///
     /// Not "relaxed": the bytes are then taken by `read_now`, behind the
     /// runtime's back, so under the epoll driver its cached readiness would
     /// stay set and a relaxed wait would return at once forever (a busy loop
     /// that starved the worker). On io_uring the flag changes nothing.
-    pub async fn wait_readable(&self, timeout: Duration) -> bool {
-        matches!(
-            self.timer
-                .within(timeout, self.stream().readable(false))
-                .await,
-            Some(Ok(()))
-        )
+    pub fn readable_within(
+        &self,
+        timeout: Duration,
+    ) -> Race<'_, impl Future<Output = io::Result<()>> + '_> {
+        self.timer.within(timeout, self.stream().readable(false))
     }
 
     /// Appends to `buf` (which must have spare room). On timeout the read is
