@@ -12,7 +12,7 @@
 //! one coarse clock read per arm. Deadlines fire between the timeout and the
 //! timeout plus two ticks; they never fire early.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -284,9 +284,15 @@ fn ticks_for(timeout: Duration) -> u64 {
 }
 
 /// One reusable deadline, owned by one connection side. Awaited by one task at a time.
+///
+/// A timer takes its wheel entry when first armed. A `transient` one gives it
+/// back whenever it is disarmed (for sides that are timed only now and then,
+/// such as a connection's writes: an idle keep-alive connection then holds a
+/// single entry, the one its idle wait needs).
 #[derive(Debug)]
 pub struct Timer {
-    id: u32,
+    id: Cell<u32>,
+    transient: bool,
     /// The entry lives in this thread's wheel: the timer must not leave the thread.
     _not_send: PhantomData<*const ()>,
 }
@@ -298,9 +304,20 @@ impl Default for Timer {
 }
 
 impl Timer {
+    /// A timer that keeps its wheel entry once it has one (cheapest re-arming).
     pub fn new() -> Timer {
         Timer {
-            id: WHEEL.with(|w| w.borrow_mut().alloc()),
+            id: Cell::new(NONE),
+            transient: false,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// A timer that holds a wheel entry only while armed.
+    pub fn transient() -> Timer {
+        Timer {
+            id: Cell::new(NONE),
+            transient: true,
             _not_send: PhantomData,
         }
     }
@@ -310,7 +327,12 @@ impl Timer {
         let now = now_tick();
         let wake_ticker = WHEEL.with(|w| {
             let mut w = w.borrow_mut();
-            w.arm(self.id, now + ticks_for(timeout), now);
+            let mut id = self.id.get();
+            if id == NONE {
+                id = w.alloc();
+                self.id.set(id);
+            }
+            w.arm(id, now + ticks_for(timeout), now);
             if !w.ticker_running {
                 w.ticker_running = true;
                 monoio::spawn(ticker());
@@ -324,7 +346,19 @@ impl Timer {
     }
 
     pub fn disarm(&self) {
-        WHEEL.with(|w| w.borrow_mut().disarm(self.id));
+        let id = self.id.get();
+        if id == NONE {
+            return;
+        }
+        WHEEL.with(|w| {
+            let mut w = w.borrow_mut();
+            if self.transient {
+                w.release(id);
+                self.id.set(NONE);
+            } else {
+                w.disarm(id);
+            }
+        });
     }
 
     /// Runs `f` until it completes (`Some`) or this timer's deadline passes
@@ -367,8 +401,8 @@ impl<F: Future> Future for Race<'_, F> {
         if let Poll::Ready(r) = f.poll(cx) {
             return Poll::Ready(Some(r));
         }
-        let id = this.timer.id;
-        if WHEEL.with(|w| w.borrow_mut().poll_fired(id, cx.waker())) {
+        let id = this.timer.id.get();
+        if id != NONE && WHEEL.with(|w| w.borrow_mut().poll_fired(id, cx.waker())) {
             return Poll::Ready(None);
         }
         Poll::Pending
@@ -385,10 +419,14 @@ impl<F> Drop for Race<'_, F> {
 
 impl Drop for Timer {
     fn drop(&mut self) {
+        let id = self.id.get();
+        if id == NONE {
+            return;
+        }
         // try_with: thread-local teardown may already have dropped the wheel.
         let _ = WHEEL.try_with(|w| {
             if let Ok(mut w) = w.try_borrow_mut() {
-                w.release(self.id);
+                w.release(id);
             }
         });
     }
@@ -530,6 +568,31 @@ mod tests {
         w.advance(107);
         assert_eq!(count.0.load(Ordering::SeqCst), n);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn a_transient_timer_holds_an_entry_only_while_armed() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let linked = || WHEEL.with(|w| w.borrow().linked);
+            let (persistent, transient) = (Timer::new(), Timer::transient());
+            assert_eq!((persistent.id.get(), transient.id.get()), (NONE, NONE));
+            persistent.arm(Duration::from_secs(5));
+            transient.arm(Duration::from_secs(5));
+            assert_eq!(linked(), 2);
+            transient.disarm();
+            assert_eq!(transient.id.get(), NONE, "entry given back");
+            assert_eq!(linked(), 1);
+            persistent.disarm();
+            assert_ne!(persistent.id.get(), NONE, "kept for cheap re-arming");
+            // A transient timer still times out what it races.
+            let late = transient.within(Duration::from_millis(30), std::future::pending::<()>());
+            assert_eq!(late.await, None);
+            assert_eq!(transient.id.get(), NONE);
+        });
     }
 
     #[test]

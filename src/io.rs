@@ -50,7 +50,7 @@ impl Conn {
             },
             writer: Writer {
                 half: w,
-                timer: Timer::new(),
+                timer: Timer::transient(),
             },
         }
     }
