@@ -6,8 +6,8 @@
 
 use crate::{buf, pooled};
 
-/// Free buffers and request blocks kept per worker after a trim (what the
-/// worker pre-fills at start).
+/// Free buffers and request blocks a worker pre-fills at start and keeps
+/// after a trim.
 pub const BASE_FREE: usize = 64;
 
 /// Observations (50 ms apart) without a new request before a trim.

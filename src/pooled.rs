@@ -107,13 +107,6 @@ impl<F: Future> Pooled<F> {
         }
     }
 
-    /// Like `new`, but builds the future inside this (synchronous) call: awaited
-    /// in an `async fn`, `Pooled::new(big_future())` would also reserve room
-    /// for `big_future()` in the caller's own state, defeating the purpose.
-    pub fn build(make: impl FnOnce() -> F) -> Pooled<F> {
-        Pooled::new(make())
-    }
-
     /// Whether the future lives in a pooled block (false: it had to be boxed).
     pub fn is_pooled(&self) -> bool {
         self.in_block
@@ -145,6 +138,23 @@ impl<F: Future> Drop for Pooled<F> {
             // SAFETY: the pointer came from Box::leak in `new`.
             drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
         }
+    }
+}
+
+/// Sizes of the futures `async fn`s return, taken from the functions themselves
+/// (for tests that keep request futures within a block and tasks small).
+#[cfg(test)]
+pub(crate) mod future_size {
+    pub fn of4<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    pub fn of5<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    pub fn of6<A, B, C, D, E, G, F>(_: fn(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
     }
 }
 

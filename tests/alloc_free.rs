@@ -208,6 +208,16 @@ fn idle_connections(addr: SocketAddr, n: usize) -> Vec<Client> {
     conns
 }
 
+/// A proxy in front of a test origin, warmed up by `n` idle clients that came
+/// and went (growing the per-worker tables: ring op slab, timer wheel, pools).
+fn proxy_warmed_by_idle_clients(n: usize) -> (Origin, Arc<Shutdown>, runtime::Running, SocketAddr) {
+    let origin = Origin::start();
+    let (shutdown, running) = start(&proxied(&format!("\"{}\"", origin.addr)));
+    let addr = running.bound[0];
+    drop(idle_connections(addr, n));
+    (origin, shutdown, running, addr)
+}
+
 /// Waits (bounded) until the worker's live heap has not changed for 400 ms
 /// (past the worker's post-burst trim, which comes ~150 ms after it goes quiet).
 fn settled_live_bytes() -> i64 {
@@ -228,12 +238,8 @@ fn settled_live_bytes() -> i64 {
 #[test]
 fn an_idle_keep_alive_connection_holds_under_1_kib_of_heap() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let origin = Origin::start();
-    let (shutdown, running) = start(&proxied(&format!("\"{}\"", origin.addr)));
-    let addr = running.bound[0];
     const N: usize = 500;
-    // Warm-up: grow the per-worker tables (ring op slab, timer wheel, pools) once.
-    drop(idle_connections(addr, N));
+    let (_origin, shutdown, running, addr) = proxy_warmed_by_idle_clients(N);
     let before = settled_live_bytes();
     let conns = idle_connections(addr, N);
     let after = settled_live_bytes();
@@ -252,11 +258,8 @@ fn an_idle_keep_alive_connection_holds_under_1_kib_of_heap() {
 #[test]
 fn clients_closing_at_once_do_not_each_take_a_buffer() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let origin = Origin::start();
-    let (shutdown, running) = start(&proxied(&format!("\"{}\"", origin.addr)));
-    let addr = running.bound[0];
     const N: usize = 500;
-    drop(idle_connections(addr, N));
+    let (_origin, shutdown, running, addr) = proxy_warmed_by_idle_clients(N);
     let conns = idle_connections(addr, N);
     let before = settled_live_bytes();
     PEAK.store(before, Ordering::SeqCst);

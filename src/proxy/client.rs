@@ -59,24 +59,14 @@ async fn connection(ctx: Rc<WorkerCtx>, listener: usize, mut client: Conn, ip: C
                 }
             }
         }
-        let request = pooled_request(&ctx, listener, &ip, &mut client, &mut inbuf);
+        // Built in its own `let`: a temporary held across the `.await` would
+        // also reserve room for the request's future in this task.
+        let request = Pooled::new(handle_request(&ctx, listener, &ip, &mut client, &mut inbuf));
         if !request.await || ctx.draining.get() {
             client.writer.shutdown_write();
             return;
         }
     }
-}
-
-/// Places the request's future in a pooled block. A plain function on purpose:
-/// built inside `serve`, the future would also take space in `serve`'s own state.
-fn pooled_request<'a>(
-    ctx: &'a WorkerCtx,
-    listener: usize,
-    ip: &'a ClientIp,
-    client: &'a mut Conn,
-    inbuf: &'a mut Buffer,
-) -> Pooled<impl std::future::Future<Output = bool> + 'a> {
-    Pooled::new(handle_request(ctx, listener, ip, client, inbuf))
 }
 
 /// Reads, answers or forwards one request. Returns whether to keep the connection.
@@ -334,20 +324,13 @@ async fn reject(ctx: &WorkerCtx, client: &mut Conn, e: ProxyError) {
 
 #[cfg(test)]
 mod tests {
-    /// Size of the future an `async fn` returns, from the function itself.
-    fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    fn future_size5<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
+    use crate::pooled::future_size;
 
     /// Each request's future must fit a pooled block, or every request would
     /// allocate (the counting-allocator test would catch it too, less directly).
     #[test]
     fn the_request_future_fits_a_pooled_block() {
-        let request = future_size5(super::handle_request);
+        let request = future_size::of5(super::handle_request);
         eprintln!("request future: {request} bytes");
         assert!(request <= crate::pooled::BLOCK_SIZE, "{request} bytes");
     }
@@ -356,7 +339,7 @@ mod tests {
     /// (the request path runs in a pooled block, not inline).
     #[test]
     fn the_connection_task_stays_small() {
-        let task = future_size(super::connection);
+        let task = future_size::of4(super::connection);
         eprintln!("connection task future: {task} bytes");
         assert!(task <= 400, "connection future grew to {task} bytes");
     }

@@ -216,7 +216,8 @@ async fn attempt(
             inbuf.consume(initial);
             // Two relays side by side: the largest state of a request, kept
             // out of line in its own pooled block (the request's block stays small).
-            let result = Pooled::build(|| forward_streaming(leg, client, inbuf, up, body)).await;
+            let streaming = Pooled::new(forward_streaming(leg, client, inbuf, up, body));
+            let result = streaming.await;
             let outcome = outcome_of(&result);
             return Attempt::Done(result.map(|(keep, _)| keep), outcome);
         }
@@ -249,9 +250,14 @@ async fn attempt(
                 inbuf.consume(initial);
                 let idle = ctx.client.tunnel_idle_timeout;
                 // Out of line for the same reason.
-                let tunnel = Pooled::build(|| {
-                    super::tunnel::run(client, &mut up, inbuf, &mut pending, idle, write_timeout)
-                });
+                let tunnel = Pooled::new(super::tunnel::run(
+                    client,
+                    &mut up,
+                    inbuf,
+                    &mut pending,
+                    idle,
+                    write_timeout,
+                ));
                 tunnel.await;
                 return Attempt::Done(Ok(false), Outcome::Success);
             }
@@ -674,21 +680,16 @@ async fn relay_response(
             && plan.upstream_framing != Framing::UntilClose,
     })
 }
+
 #[cfg(test)]
 mod tests {
-    fn size5<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    fn size6<A, B, C, D, E, G, F>(_: fn(A, B, C, D, E, G) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
+    use crate::pooled::future_size;
 
     /// Streamed uploads and tunnels run in pooled blocks too: they must fit one.
     #[test]
     fn streaming_and_tunnel_futures_fit_a_pooled_block() {
-        let streaming = size5(super::forward_streaming);
-        let tunnel = size6(super::super::tunnel::run);
+        let streaming = future_size::of5(super::forward_streaming);
+        let tunnel = future_size::of6(super::super::tunnel::run);
         eprintln!("streaming exchange future: {streaming} bytes, tunnel: {tunnel} bytes");
         assert!(streaming <= crate::pooled::BLOCK_SIZE, "{streaming} bytes");
         assert!(tunnel <= crate::pooled::BLOCK_SIZE, "{tunnel} bytes");

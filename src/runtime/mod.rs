@@ -125,8 +125,8 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
                     core.map_or("no core".to_string(), |c| format!("core {}", c.id))
                 );
                 IN_WORKER.with(|w| w.set(true));
-                Buffer::prefill(64);
-                crate::pooled::prefill(64);
+                Buffer::prefill(crate::memory::BASE_FREE);
+                crate::pooled::prefill(crate::memory::BASE_FREE);
                 let ctx = worker_ctx(&config, routes, &health, id);
                 rt.block_on(worker_main(
                     id,

@@ -268,7 +268,8 @@ impl Upstream {
         if outcome == Outcome::Neutral {
             return;
         }
-        if let Some(started) = started {
+        // One clock read at most, and none for a success without history.
+        let ewma_now = started.map(|started| {
             let now = Instant::now();
             let mut e = s.ewma.get();
             match outcome {
@@ -276,14 +277,16 @@ impl Upstream {
                 _ => e.observe_failure(now),
             }
             s.ewma.set(e);
-        }
+            now
+        });
+        let now = || ewma_now.unwrap_or_else(Instant::now);
         if outcome == Outcome::Success {
             s.outlier
                 .borrow_mut()
-                .record_success(Instant::now, &self.outlier_cfg);
+                .record_success(now, &self.outlier_cfg);
             return;
         }
-        let now = Instant::now();
+        let now = now();
         let mut o = s.outlier.borrow_mut();
         let may_eject = self.ejected.get() < self.outlier_cfg.max_ejected(self.servers.len());
         if let Change::Ejected(d) = o.record_failure(now, &self.outlier_cfg, may_eject) {
