@@ -10,10 +10,16 @@ quotes medians of per-repetition ratios to nginx, and proxy CPU per request
 import argparse, datetime, json, os, platform, re, shutil, signal, socket, statistics
 import subprocess, sys, tempfile, time
 
+import targets as targets_report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ORIGIN_PORT, DEAD_PORT = 18081, 18099
 PORTS = {"ringlb": 18080, "nginx": 18082, "haproxy": 18083,
-         "ringlb-epoll": 18084, "ringlb-plain": 18085, "ringlb-defer": 18086, "ringlb-b": 18087}
+         "ringlb-epoll": 18084, "ringlb-plain": 18085, "ringlb-defer": 18086, "ringlb-b": 18087,
+         "direct": ORIGIN_PORT}
+# "direct" is no proxy at all: the load generator talks to the origin. It runs in the
+# fixed-rate workloads only, where its latency is the floor any proxy's hop adds to.
+FLOOR = "direct"
 # ringlb variants that can run as extra targets in the same run (driver comparison).
 VARIANTS = {"ringlb": "", "ringlb-epoll": 'io = "epoll"', "ringlb-plain": 'uring_setup = "plain"',
             "ringlb-defer": 'uring_setup = "defer"', "ringlb-b": ""}
@@ -46,13 +52,16 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True, **kw)
 
 
-def cpu_jiffies(cpu):
+def cpu_times(cpu):
+    """Jiffies of one CPU from /proc/stat: busy (user + kernel + steal), its user
+    and kernel (system, irq, softirq) parts, and the total."""
     with open("/proc/stat") as f:
         for line in f:
             if line.startswith(f"cpu{cpu} "):
                 v = list(map(int, line.split()[1:]))
-                idle = v[3] + v[4]
-                return sum(v[:8]) - idle, sum(v[:8])
+                total = sum(v[:8])
+                return {"busy": total - v[3] - v[4], "user": v[0] + v[1],
+                        "kernel": v[2] + v[5] + v[6], "total": total}
     raise RuntimeError("no cpu line")
 
 
@@ -121,6 +130,8 @@ http {{
 
     def start_proxy(self, name):
         port, up = PORTS[name], self.upstream_port
+        if name == FLOOR:
+            return None
         if name in VARIANTS:
             conf = self.write(f"{name}.toml", f"""workers = 1
 {self.ringlb_extra}
@@ -226,17 +237,22 @@ def run_oha_rate(port, path, conns, duration, rate=10000):
 def measure(setup, target, workload, duration, lua):
     path, conns, kind = WORKLOADS[workload]
     port = PORTS[target]
-    pid = setup.procs[target].pid
-    b0, t0 = cpu_jiffies(1)
+    proc = setup.procs.get(target)
+    p0, g0 = cpu_times(1), cpu_times(0)
     if kind == "oha-rate":
         r = run_oha_rate(port, path, conns, duration)
     else:
         r = run_wrk(port, path, conns, duration, lua)
-    b1, t1 = cpu_jiffies(1)
-    busy_s = (b1 - b0) / CLK_TCK
-    r["cpu_busy"] = (b1 - b0) / max(1, t1 - t0)
-    r["cpu_us_per_req"] = busy_s * 1e6 / max(1, r["requests"])
-    r["rss_kb"] = rss_kb(pid)
+    p1, g1 = cpu_times(1), cpu_times(0)
+    per_req = lambda key: (p1[key] - p0[key]) / CLK_TCK * 1e6 / max(1, r["requests"])
+    r["cpu_busy"] = (p1["busy"] - p0["busy"]) / max(1, p1["total"] - p0["total"])
+    r["cpu_us_per_req"] = per_req("busy")
+    # Where the proxy's CPU went, and how busy the origin + load generator core was:
+    # the evidence behind each target verdict (targets.py).
+    r["cpu_user_us_per_req"] = per_req("user")
+    r["cpu_kernel_us_per_req"] = per_req("kernel")
+    r["cpu0_busy"] = (g1["busy"] - g0["busy"]) / max(1, g1["total"] - g0["total"])
+    r["rss_kb"] = rss_kb(proc.pid) if proc else 0
     return r
 
 
@@ -308,6 +324,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
     ap.add_argument("--label", default="load")
     ap.add_argument("--ringlb-b", help="another ringlb binary, run as target ringlb-b (A/B comparison)")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the no-proxy (direct) cell of the fixed-rate workloads")
     ap.add_argument("--ringlb-extra", default="", help="top-level TOML lines added to ringlb's config, e.g. 'io = \"epoll\"'")
     args = ap.parse_args()
     global RINGLB_B
@@ -322,8 +340,12 @@ def main():
     lua = os.path.join(tmp, "report.lua")
     with open(lua, "w") as f:
         f.write(WRK_LUA)
-    results = {wl: {t: None for t in targets} for wl in workloads}
-    raw = {wl: {t: [] for t in targets} for wl in workloads}
+    def cell_targets(wl):
+        floor = WORKLOADS[wl][2] == "oha-rate" and not args.no_floor
+        return targets + ([FLOOR] if floor else [])
+
+    results = {wl: {t: None for t in cell_targets(wl)} for wl in workloads}
+    raw = {wl: {t: [] for t in cell_targets(wl)} for wl in workloads}
     started = time.time()
     extra = args.ringlb_extra.replace("\\n", "\n")
     live = Setup(tmp, ORIGIN_PORT, args.nginx_keepalive, extra)
@@ -334,7 +356,8 @@ def main():
         for wl in workloads:
             s = dead if WORKLOADS[wl][2] == "wrk-dead" else live
             for rep in range(args.reps):
-                order = targets[rep % len(targets):] + targets[:rep % len(targets)]
+                cell = cell_targets(wl)
+                order = cell[rep % len(cell):] + cell[:rep % len(cell)]
                 for t in order:
                     s.start_proxy(t)
                     # warm-up: fill pools, fault in buffers
@@ -361,11 +384,13 @@ def main():
         live.stop_all()
         dead.stop_all()
 
-    workloads = [wl for wl in workloads if all(raw[wl][t] for t in targets)]
+    workloads = [wl for wl in workloads if all(raw[wl][t] for t in cell_targets(wl))]
     for wl in workloads:
-        for t in targets:
+        for t in cell_targets(wl):
             runs = raw[wl][t]
-            results[wl][t] = {k: statistics.median(r[k] for r in runs) for k in ("rps", "cpu_us_per_req", "p50", "p99", "p999", "rss_kb")}
+            results[wl][t] = {k: statistics.median(r[k] for r in runs) for k in
+                              ("rps", "cpu_us_per_req", "cpu_user_us_per_req", "cpu_kernel_us_per_req",
+                               "cpu_busy", "cpu0_busy", "p50", "p99", "p999", "rss_kb")}
             results[wl][t]["non2xx"] = sum(r["non2xx"] for r in runs)
             results[wl][t]["errors"] = sum(r["errors"] for r in runs)
             results[wl][t]["requests"] = sum(r["requests"] for r in runs)
@@ -394,26 +419,36 @@ def main():
              f"- peers: {versions['nginx']} (upstream keepalive {args.nginx_keepalive}), {versions['haproxy']} (nbthread 1, retries 0, http-reuse always); {versions['wrk']}",
              f"- {args.reps} repetitions x {args.duration} s per cell, order rotated; medians; ratios are medians of per-repetition ratios to nginx",
              f"- total time {time.time() - started:.0f} s", "",
-             "| workload | target | req/s | x nginx | proxy CPU us/req | x nginx | p50 ms | p99 ms | p99.9 ms | x nginx p99 | RSS MiB | non-2xx | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| workload | target | req/s | x nginx | proxy CPU us/req | x nginx | user / kernel us/req | CPU 1 / CPU 0 busy | p50 ms | p99 ms | p99.9 ms | x nginx p99 | RSS MiB | non-2xx | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for wl in workloads:
-        for t in targets:
+        for t in cell_targets(wl):
             r = results[wl][t]
             fmt = lambda v: "" if v is None else f"{v:.2f}"
-            lines.append(f"| {wl} | {t} | {r['rps']:,.0f} | {fmt(ratio(wl, t, 'rps'))} | {r['cpu_us_per_req']:.1f} | "
-                         f"{fmt(ratio(wl, t, 'cpu_us_per_req'))} | {r['p50'] / 1000:.3f} | {r['p99'] / 1000:.3f} | {r['p999'] / 1000:.3f} | "
+            if t == FLOOR:
+                cpu = "(no proxy) | | | "
+            else:
+                cpu = (f"{r['cpu_us_per_req']:.1f} | {fmt(ratio(wl, t, 'cpu_us_per_req'))} | "
+                       f"{r['cpu_user_us_per_req']:.1f} / {r['cpu_kernel_us_per_req']:.1f} | ")
+            lines.append(f"| {wl} | {t} | {r['rps']:,.0f} | {fmt(ratio(wl, t, 'rps'))} | {cpu}"
+                         f"{r['cpu_busy'] * 100:.0f} % / {r['cpu0_busy'] * 100:.0f} % | "
+                         f"{r['p50'] / 1000:.3f} | {r['p99'] / 1000:.3f} | {r['p999'] / 1000:.3f} | "
                          f"{fmt(ratio(wl, t, 'p99'))} | {r['rss_kb'] / 1024:.1f} | {r['non2xx']} | {r['errors']} |")
     if idle:
         lines += ["", f"Idle keep-alive connections ({args.idle_conns}, one request each): RSS growth per connection", "",
                   "| target | bytes/conn |", "|---|---|"] + [f"| {t} | {v:,.0f} |" for t, v in idle.items()]
-    lines += ["", "dead-* workloads: the upstream port has no listener; every answer is a 502/503 (counted as non-2xx by design).", ""]
+    lines += ["", "dead-* workloads: the upstream port has no listener; every answer is a 502/503 (counted as non-2xx by design).",
+              "User / kernel: the proxy core's time per request split from /proc/stat (kernel = system + irq + softirq; on",
+              "loopback the receiving socket's TCP work runs on the sender's core). CPU 0 runs the origin and the load generator.",
+              f"`{FLOOR}`: no proxy, the load generator talks to the origin (the latency floor of the fixed-rate cell).", ""]
+    lines += targets_report.verdicts(raw, idle, targets)
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"{stamp}-{args.label}-{commit}")
     with open(base + ".md", "w") as f:
         f.write("\n".join(lines))
     with open(base + ".json", "w") as f:
         json.dump({"raw": raw, "idle": idle, "args": vars(args)}, f, indent=1)
-    svg_chart(results, targets, workloads, base + ".svg")
+    svg_chart(results, [t for t in targets if t != FLOOR], workloads, base + ".svg")
     print("\n".join(lines))
     print(f"\nwrote {base}.md, .json, .svg")
 

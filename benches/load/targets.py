@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""ringlb's performance targets, judged from one load-benchmark run.
+
+run.py appends this section to every report; `python3 benches/load/targets.py RUN.json`
+prints it again for a stored run. Each target gets the measured ratio, a verdict, and
+what the same run shows about the bound: the proxy core's user/kernel split (a ratio
+below what the kernel alone costs cannot be reached by user-space work), how busy the
+origin + load-generator core was (a cell bound by CPU 0 cannot be won by the proxy), and
+the no-proxy latency of the fixed-rate cell (a proxy's hop cannot be faster than none).
+Ratios are medians of per-repetition ratios, as in the main table.
+"""
+import json, statistics, sys
+
+CPU_RATIO = {"13B-c50": 0.65, "13B-c100": 0.65, "13B-c200": 0.65, "4KiB-c50": 0.65, "64KiB-c50": 0.75}
+RPS_VS_NGINX = {"13B-c200": 1.3}
+RPS_VS_BEST = 1.1
+P99_VS_NGINX = {"fixed-10k": 0.7}
+DEAD_VS_NGINX = {"dead-c50": 2.0}
+IDLE_MAX_BYTES = 1024
+BOUND = 0.95  # a core this busy is the bottleneck of its cell
+ME, REF, FLOOR = "ringlb", "nginx", "direct"
+
+
+def per_rep(raw, wl, a, b, fa, fb=None):
+    """Median over repetitions of fa(run of a) / fb(run of b), pairing the same repetition."""
+    fb = fb or fa
+    vals = [fa(x) / fb(y) for x, y in zip(raw[wl][a], raw[wl][b]) if fb(y)]
+    return statistics.median(vals) if vals else None
+
+
+def med(raw, wl, t, key):
+    runs = raw[wl].get(t) or []
+    vals = [r[key] for r in runs if key in r]
+    return statistics.median(vals) if vals else None
+
+
+def verdict(ok):
+    return "**met**" if ok else "**missed**"
+
+
+def cpu_rows(raw):
+    rows = []
+    for wl, limit in CPU_RATIO.items():
+        if wl not in raw or not raw[wl].get(ME) or not raw[wl].get(REF):
+            continue
+        r = per_rep(raw, wl, ME, REF, lambda x: x["cpu_us_per_req"])
+        why = ""
+        if "cpu_kernel_us_per_req" in raw[wl][ME][0]:
+            floor = per_rep(raw, wl, ME, REF, lambda x: x["cpu_kernel_us_per_req"], lambda y: y["cpu_us_per_req"])
+            user, kernel = med(raw, wl, ME, "cpu_user_us_per_req"), med(raw, wl, ME, "cpu_kernel_us_per_req")
+            ref = med(raw, wl, REF, "cpu_us_per_req")
+            why = (f"ringlb {user:.1f} us user + {kernel:.1f} us kernel per request; nginx {ref:.1f} us in all. "
+                   f"ringlb's kernel time alone is {floor:.2f}x nginx's whole CPU per request")
+            if r > limit:
+                why += (": below that floor only less kernel work helps (the same 4 TCP segments per request as nginx)"
+                        if floor >= limit else
+                        f": user space would have to fit in {max(0.0, limit * ref - kernel):.1f} us")
+        rows.append((f"proxy CPU per request <= {limit}x nginx, {wl}", f"{r:.2f}x", verdict(r <= limit), why))
+    return rows
+
+
+def core_note(raw, wl, t):
+    c1, c0 = med(raw, wl, t, "cpu_busy"), med(raw, wl, t, "cpu0_busy")
+    if c1 is None:
+        return "", False
+    bound0 = c0 is not None and c0 >= BOUND and c1 < BOUND
+    note = f"{t}: its core {c1 * 100:.0f} % busy" + (f", CPU 0 {c0 * 100:.0f} %" if c0 is not None else "")
+    return note, bound0
+
+
+def rps_rows(raw, targets):
+    rows = []
+    peers = [t for t in targets if t in (REF, "haproxy")]
+    for wl, limit in RPS_VS_NGINX.items():
+        if wl in raw and raw[wl].get(ME) and raw[wl].get(REF):
+            r = per_rep(raw, wl, ME, REF, lambda x: x["rps"])
+            note, bound0 = core_note(raw, wl, ME)
+            ref_note, _ = core_note(raw, wl, REF)
+            why = f"{note}; {ref_note}"
+            if r < limit:
+                why += ("; ringlb's cell is bound by CPU 0 (origin + wrk), not by the proxy" if bound0 else
+                        "; not bound by CPU 0 in this run")
+            rows.append((f"req/s >= {limit}x nginx, {wl}", f"{r:.2f}x", verdict(r >= limit), why))
+    for wl in raw:
+        if wl.startswith(("dead", "fixed")) or not raw[wl].get(ME) or not all(raw[wl].get(p) for p in peers):
+            continue
+        ratios = [m["rps"] / max(raw[wl][p][i]["rps"] for p in peers)
+                  for i, m in enumerate(raw[wl][ME]) if all(i < len(raw[wl][p]) for p in peers)]
+        if not ratios:
+            continue
+        r = statistics.median(ratios)
+        best = max(peers, key=lambda p: med(raw, wl, p, "rps"))
+        note, bound0 = core_note(raw, wl, ME)
+        best_note, best_bound0 = core_note(raw, wl, best)
+        why = f"best peer {best}; {note}; {best_note}"
+        if r < RPS_VS_BEST:
+            why += ("; ringlb's cell is bound by CPU 0 (origin + wrk), not by the proxy" if bound0 else
+                    "; not bound by CPU 0 in this run")
+        rows.append((f"req/s >= {RPS_VS_BEST}x the best peer, {wl}", f"{r:.2f}x", verdict(r >= RPS_VS_BEST), why))
+    return rows
+
+
+def latency_rows(raw):
+    rows = []
+    for wl, limit in P99_VS_NGINX.items():
+        if wl not in raw or not raw[wl].get(ME) or not raw[wl].get(REF):
+            continue
+        r = per_rep(raw, wl, ME, REF, lambda x: x["p99"])
+        ref = [x["p99"] / 1000 for x in raw[wl][REF]]
+        why = f"nginx's own p99 across repetitions {min(ref):.2f}-{max(ref):.2f} ms"
+        if raw[wl].get(FLOOR):
+            floor = per_rep(raw, wl, FLOOR, REF, lambda x: x["p99"])
+            why += (f"; no proxy at all: p99 {med(raw, wl, FLOOR, 'p99') / 1000:.2f} ms ({floor:.2f}x nginx), "
+                    f"ringlb {med(raw, wl, ME, 'p99') / 1000:.2f} ms")
+            if r > limit and floor >= limit:
+                why += ": the target is below the no-proxy floor (the load generator and origin share CPU 0)"
+        rows.append((f"p99 at a fixed rate <= {limit}x nginx, {wl}", f"{r:.2f}x", verdict(r <= limit), why))
+    for wl, limit in DEAD_VS_NGINX.items():
+        if wl in raw and raw[wl].get(ME) and raw[wl].get(REF):
+            r = per_rep(raw, wl, ME, REF, lambda x: x["rps"])
+            rows.append((f"502/503 rate >= {limit}x nginx, {wl}", f"{r:.2f}x", verdict(r >= limit),
+                         "dead upstream: ringlb answers 502, then a fast 503 once the server is ejected"))
+    return rows
+
+
+def idle_rows(idle):
+    if ME not in idle:
+        return []
+    mine, ref = idle[ME], idle.get(REF)
+    why = f"nginx {ref:,.0f} B" if ref is not None else ""
+    rows = [(f"idle keep-alive connection <= {IDLE_MAX_BYTES} B of RSS", f"{mine:,.0f} B", verdict(mine <= IDLE_MAX_BYTES), why)]
+    if ref is not None:
+        rows.append(("idle keep-alive connection below nginx (aim)", f"{mine / ref:.2f}x", verdict(mine < ref), why))
+    return rows
+
+
+def verdicts(raw, idle, targets):
+    rows = cpu_rows(raw) + rps_rows(raw, targets) + latency_rows(raw) + idle_rows(idle)
+    rows.append(("zero heap allocations per proxied request", "0", "checked in CI",
+                 "tests/alloc_free.rs counts allocations over 1000 requests per case; not measured by this script"))
+    met = sum(1 for r in rows if r[2] == "**met**")
+    missed = sum(1 for r in rows if r[2] == "**missed**")
+    lines = ["## Targets, judged from this run", "",
+             f"{met} met, {missed} missed. The last column is what this same run shows about the bound.", "",
+             "| target | measured | verdict | what the run shows |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return lines + [""]
+
+
+def main():
+    with open(sys.argv[1]) as f:
+        run = json.load(f)
+    targets = run["args"]["targets"].split(",")
+    print("\n".join(verdicts(run["raw"], run.get("idle", {}), targets)))
+
+
+if __name__ == "__main__":
+    main()
