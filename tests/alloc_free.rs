@@ -236,7 +236,7 @@ fn settled_live_bytes() -> i64 {
 }
 
 #[test]
-fn an_idle_keep_alive_connection_holds_under_1_kib_of_heap() {
+fn an_idle_keep_alive_connection_holds_under_512_bytes_of_heap() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const N: usize = 500;
     let (_origin, shutdown, running, addr) = proxy_warmed_by_idle_clients(N);
@@ -249,10 +249,10 @@ fn an_idle_keep_alive_connection_holds_under_1_kib_of_heap() {
     running.wait();
     eprintln!("live heap per idle keep-alive connection: {per_conn:.0} bytes");
     assert!(per_conn > 0.0, "the measurement must see the connections");
-    assert!(
-        per_conn <= 1024.0,
-        "{per_conn:.0} bytes per idle connection"
-    );
+    // 456 bytes today: the task (304) and its socket (96 + 56); timer entries
+    // and ring op slots are reused from the warm-up. An `async fn` connection
+    // task measured 550-600.
+    assert!(per_conn <= 512.0, "{per_conn:.0} bytes per idle connection");
 }
 
 #[test]
