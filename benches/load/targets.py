@@ -47,14 +47,16 @@ def cpu_rows(raw):
         why = ""
         if "cpu_kernel_us_per_req" in raw[wl][ME][0]:
             floor = per_rep(raw, wl, ME, REF, lambda x: x["cpu_kernel_us_per_req"], lambda y: y["cpu_us_per_req"])
-            user, kernel = med(raw, wl, ME, "cpu_user_us_per_req"), med(raw, wl, ME, "cpu_kernel_us_per_req")
-            ref = med(raw, wl, REF, "cpu_us_per_req")
-            why = (f"ringlb {user:.1f} us user + {kernel:.1f} us kernel per request; nginx {ref:.1f} us in all. "
-                   f"ringlb's kernel time alone is {floor:.2f}x nginx's whole CPU per request")
+            user = per_rep(raw, wl, ME, REF, lambda x: x["cpu_user_us_per_req"], lambda y: y["cpu_us_per_req"])
+            why = (f"ringlb {med(raw, wl, ME, 'cpu_user_us_per_req'):.1f} us user + "
+                   f"{med(raw, wl, ME, 'cpu_kernel_us_per_req'):.1f} us kernel per request, nginx "
+                   f"{med(raw, wl, REF, 'cpu_us_per_req'):.1f} us in all: ringlb's kernel time alone is {floor:.2f}x "
+                   f"nginx's CPU, its user time {user:.2f}x")
             if r > limit:
-                why += (": below that floor only less kernel work helps (the same 4 TCP segments per request as nginx)"
-                        if floor >= limit else
-                        f": user space would have to fit in {max(0.0, limit * ref - kernel):.1f} us")
+                why += (": the target is below ringlb's kernel time alone (the same TCP segments as nginx, "
+                        "plus io_uring's own work)" if floor >= limit else
+                        f": meeting the target needs user time <= {limit - floor:.2f}x nginx's CPU, "
+                        f"or less kernel work")
         rows.append((f"proxy CPU per request <= {limit}x nginx, {wl}", f"{r:.2f}x", verdict(r <= limit), why))
     return rows
 
