@@ -17,7 +17,7 @@ RPS_VS_BEST = 1.1
 P99_VS_NGINX = {"fixed-10k": 0.7}
 DEAD_VS_NGINX = {"dead-c50": 2.0}
 IDLE_MAX_BYTES = 1024
-BOUND = 0.95  # a core this busy is the bottleneck of its cell
+SATURATED = 0.9  # a core this busy, with the other core idling more, bounds its cell
 ME, REF, FLOOR = "ringlb", "nginx", "direct"
 
 
@@ -65,7 +65,7 @@ def core_note(raw, wl, t):
     c1, c0 = med(raw, wl, t, "cpu_busy"), med(raw, wl, t, "cpu0_busy")
     if c1 is None:
         return "", False
-    bound0 = c0 is not None and c0 >= BOUND and c1 < BOUND
+    bound0 = c0 is not None and c0 >= SATURATED and c1 < c0 and c1 < SATURATED + 0.05
     note = f"{t}: its core {c1 * 100:.0f} % busy" + (f", CPU 0 {c0 * 100:.0f} %" if c0 is not None else "")
     return note, bound0
 
