@@ -112,10 +112,17 @@ def latency_rows(raw):
         why = f"nginx's own p99 across repetitions {min(ref):.2f}-{max(ref):.2f} ms"
         if raw[wl].get(FLOOR):
             floor = per_rep(raw, wl, FLOOR, REF, lambda x: x["p99"])
-            why += (f"; no proxy at all: p99 {med(raw, wl, FLOOR, 'p99') / 1000:.2f} ms ({floor:.2f}x nginx), "
-                    f"ringlb {med(raw, wl, ME, 'p99') / 1000:.2f} ms")
-            if r > limit and floor >= limit:
-                why += ": the target is below the no-proxy floor (the load generator and origin share CPU 0)"
+            floor_ms = med(raw, wl, FLOOR, "p99") / 1000
+            hops = {t: med(raw, wl, t, "p99") / 1000 - floor_ms for t in raw[wl] if t != FLOOR}
+            allowed = limit * med(raw, wl, REF, "p99") / 1000 - floor_ms
+            why += (f"; no proxy at all: p99 {floor_ms:.2f} ms ({floor:.2f}x nginx). The proxy hop adds, at p99: "
+                    + ", ".join(f"{t} {v:+.2f} ms" for t, v in hops.items())
+                    + f"; the target leaves ringlb's hop {allowed:+.2f} ms")
+            if r > limit:
+                if floor >= limit:
+                    why += ": the target is below the no-proxy floor (the load generator and origin share CPU 0)"
+                elif all(v > allowed for t, v in hops.items() if t != ME):
+                    why += ": a smaller hop than any proxy measured here achieves"
         rows.append((f"p99 at a fixed rate <= {limit}x nginx, {wl}", f"{r:.2f}x", verdict(r <= limit), why))
     for wl, limit in DEAD_VS_NGINX.items():
         if wl in raw and raw[wl].get(ME) and raw[wl].get(REF):
