@@ -59,10 +59,16 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
+/// The longest address text: eight full IPv6 groups. IPv4-mapped addresses
+/// are shown as IPv4, so the dotted-quad tail forms never occur.
+const MAX_IP_TEXT: usize = 39;
+
 /// The client address pre-formatted once per connection for X-Forwarded-For.
+/// It lives in every connection's task, idle ones included: sized to the
+/// longest text and padded with zero bytes (which address text never holds)
+/// instead of carrying a length, so the idle task stays at 248 bytes.
 pub struct ClientIp {
-    bytes: [u8; 46],
-    len: u8,
+    bytes: [u8; MAX_IP_TEXT],
 }
 
 impl ClientIp {
@@ -72,15 +78,19 @@ impl ClientIp {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
-        let mut bytes = [0u8; 46];
+        let mut bytes = [0u8; MAX_IP_TEXT];
         let mut cursor = std::io::Cursor::new(&mut bytes[..]);
         let _ = write!(cursor, "{ip}");
-        let len = cursor.position() as u8;
-        ClientIp { bytes, len }
+        ClientIp { bytes }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
+        let len = self
+            .bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(MAX_IP_TEXT);
+        &self.bytes[..len]
     }
 
     pub fn as_str(&self) -> &str {
@@ -127,6 +137,18 @@ mod tests {
         assert_eq!(
             ClientIp::new("2001:db8::1".parse().unwrap()).as_bytes(),
             b"2001:db8::1"
+        );
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        assert_eq!(longest.len(), MAX_IP_TEXT);
+        assert_eq!(
+            ClientIp::new(longest.parse().unwrap()).as_bytes(),
+            longest.as_bytes()
+        );
+        // The forms Rust writes with a dotted tail are the mapped ones, which
+        // are turned into IPv4 first; compatible addresses are written in hex.
+        assert_eq!(
+            ClientIp::new("::1.2.3.4".parse().unwrap()).as_bytes(),
+            b"::102:304"
         );
     }
 }
