@@ -19,6 +19,7 @@ DEAD_VS_NGINX = {"dead-c50": 2.0}
 IDLE_MAX_BYTES = 1024
 SATURATED = 0.9  # a core this busy, with the other core idling more, bounds its cell
 ME, REF, FLOOR = "ringlb", "nginx", "direct"
+LIMITS = set(CPU_RATIO.values()) | set(RPS_VS_NGINX.values()) | {RPS_VS_BEST} | set(P99_VS_NGINX.values()) | set(DEAD_VS_NGINX.values())
 
 
 def per_rep(raw, wl, a, b, fa, fb=None):
@@ -36,6 +37,11 @@ def med(raw, wl, t, key):
 
 def verdict(ok):
     return "**met**" if ok else "**missed**"
+
+
+def show(r):
+    """A ratio with enough digits that it cannot read as the limit it missed."""
+    return f"{r:.2f}x" if abs(r - round(r, 2)) < 0.001 or round(r, 2) not in LIMITS else f"{r:.3f}x"
 
 
 def cpu_rows(raw):
@@ -57,7 +63,7 @@ def cpu_rows(raw):
                         "plus io_uring's own work)" if floor >= limit else
                         f": meeting the target needs user time <= {limit - floor:.2f}x nginx's CPU, "
                         f"or less kernel work")
-        rows.append((f"proxy CPU per request <= {limit}x nginx, {wl}", f"{r:.2f}x", verdict(r <= limit), why))
+        rows.append((f"proxy CPU per request <= {limit}x nginx, {wl}", show(r), verdict(r <= limit), why))
     return rows
 
 
@@ -82,7 +88,7 @@ def rps_rows(raw, targets):
             if r < limit:
                 why += ("; ringlb's cell is bound by CPU 0 (origin + wrk), not by the proxy" if bound0 else
                         "; not bound by CPU 0 in this run")
-            rows.append((f"req/s >= {limit}x nginx, {wl}", f"{r:.2f}x", verdict(r >= limit), why))
+            rows.append((f"req/s >= {limit}x nginx, {wl}", show(r), verdict(r >= limit), why))
     for wl in raw:
         if wl.startswith(("dead", "fixed")) or not raw[wl].get(ME) or not all(raw[wl].get(p) for p in peers):
             continue
@@ -98,7 +104,7 @@ def rps_rows(raw, targets):
         if r < RPS_VS_BEST:
             why += ("; ringlb's cell is bound by CPU 0 (origin + wrk), not by the proxy" if bound0 else
                     "; not bound by CPU 0 in this run")
-        rows.append((f"req/s >= {RPS_VS_BEST}x the best peer, {wl}", f"{r:.2f}x", verdict(r >= RPS_VS_BEST), why))
+        rows.append((f"req/s >= {RPS_VS_BEST}x the best peer, {wl}", show(r), verdict(r >= RPS_VS_BEST), why))
     return rows
 
 
@@ -123,11 +129,11 @@ def latency_rows(raw):
                     why += ": the target is below the no-proxy floor (the load generator and origin share CPU 0)"
                 elif all(v > allowed for t, v in hops.items() if t != ME):
                     why += ": a smaller hop than any proxy measured here achieves"
-        rows.append((f"p99 at a fixed rate <= {limit}x nginx, {wl}", f"{r:.2f}x", verdict(r <= limit), why))
+        rows.append((f"p99 at a fixed rate <= {limit}x nginx, {wl}", show(r), verdict(r <= limit), why))
     for wl, limit in DEAD_VS_NGINX.items():
         if wl in raw and raw[wl].get(ME) and raw[wl].get(REF):
             r = per_rep(raw, wl, ME, REF, lambda x: x["rps"])
-            rows.append((f"502/503 rate >= {limit}x nginx, {wl}", f"{r:.2f}x", verdict(r >= limit),
+            rows.append((f"502/503 rate >= {limit}x nginx, {wl}", show(r), verdict(r >= limit),
                          "dead upstream: ringlb answers 502, then a fast 503 once the server is ejected"))
     return rows
 
