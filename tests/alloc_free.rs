@@ -239,8 +239,8 @@ fn settled_live_bytes() -> i64 {
 fn an_idle_keep_alive_connection_holds_under_512_bytes_of_heap() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const N: usize = 500;
-    // Warmed by twice as many: the tables must not grow while N connections
-    // come, or one doubling shows up as ~100 bytes per connection.
+    // Warmed by twice as many, so the tables do not grow while N connections
+    // come: a grown page could be freed again while they close (see below).
     let (_origin, shutdown, running, addr) = proxy_warmed_by_idle_clients(2 * N);
     let before = settled_live_bytes();
     let conns = idle_connections(addr, N);

@@ -245,13 +245,14 @@ def measure(setup, target, workload, duration, lua):
         r = run_wrk(port, path, conns, duration, lua)
     p1, g1 = cpu_times(1), cpu_times(0)
     per_req = lambda key: (p1[key] - p0[key]) / CLK_TCK * 1e6 / max(1, r["requests"])
-    r["cpu_busy"] = (p1["busy"] - p0["busy"]) / max(1, p1["total"] - p0["total"])
+    busy_share = lambda a, b: (b["busy"] - a["busy"]) / max(1, b["total"] - a["total"])
+    r["cpu_busy"] = busy_share(p0, p1)
     r["cpu_us_per_req"] = per_req("busy")
     # Where the proxy's CPU went, and how busy the origin + load generator core was:
     # the evidence behind each target verdict (targets.py).
     r["cpu_user_us_per_req"] = per_req("user")
     r["cpu_kernel_us_per_req"] = per_req("kernel")
-    r["cpu0_busy"] = (g1["busy"] - g0["busy"]) / max(1, g1["total"] - g0["total"])
+    r["cpu0_busy"] = busy_share(g0, g1)
     r["rss_kb"] = rss_kb(proc.pid) if proc else 0
     return r
 
@@ -398,8 +399,7 @@ def main():
     def ratio(wl, t, key):
         if "nginx" not in targets:
             return None
-        rs = [a[key] / b[key] for a, b in zip(raw[wl][t], raw[wl]["nginx"]) if b[key]]
-        return statistics.median(rs) if rs else None
+        return targets_report.per_rep(raw, wl, t, "nginx", lambda x: x[key])
 
     commit = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()
     dirty = " (dirty)" if sh(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]).stdout.strip() else ""

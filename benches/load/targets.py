@@ -76,18 +76,25 @@ def core_note(raw, wl, t):
     return note, bound0
 
 
+def rps_why(raw, wl, other, missed):
+    """Both cores' load for ringlb and the peer it is compared with; when the
+    target was missed, whether CPU 0 bounded ringlb's cell."""
+    note, bound0 = core_note(raw, wl, ME)
+    other_note, _ = core_note(raw, wl, other)
+    why = f"{note}; {other_note}"
+    if missed:
+        why += ("; ringlb's cell is bound by CPU 0 (origin + wrk), not by the proxy" if bound0 else
+                "; not bound by CPU 0 in this run")
+    return why
+
+
 def rps_rows(raw, targets):
     rows = []
     peers = [t for t in targets if t in (REF, "haproxy")]
     for wl, limit in RPS_VS_NGINX.items():
         if wl in raw and raw[wl].get(ME) and raw[wl].get(REF):
             r = per_rep(raw, wl, ME, REF, lambda x: x["rps"])
-            note, bound0 = core_note(raw, wl, ME)
-            ref_note, _ = core_note(raw, wl, REF)
-            why = f"{note}; {ref_note}"
-            if r < limit:
-                why += ("; ringlb's cell is bound by CPU 0 (origin + wrk), not by the proxy" if bound0 else
-                        "; not bound by CPU 0 in this run")
+            why = rps_why(raw, wl, REF, r < limit)
             rows.append((f"req/s >= {limit}x nginx, {wl}", show(r), verdict(r >= limit), why))
     for wl in raw:
         if wl.startswith(("dead", "fixed")) or not raw[wl].get(ME) or not all(raw[wl].get(p) for p in peers):
@@ -98,12 +105,7 @@ def rps_rows(raw, targets):
             continue
         r = statistics.median(ratios)
         best = max(peers, key=lambda p: med(raw, wl, p, "rps"))
-        note, bound0 = core_note(raw, wl, ME)
-        best_note, best_bound0 = core_note(raw, wl, best)
-        why = f"best peer {best}; {note}; {best_note}"
-        if r < RPS_VS_BEST:
-            why += ("; ringlb's cell is bound by CPU 0 (origin + wrk), not by the proxy" if bound0 else
-                    "; not bound by CPU 0 in this run")
+        why = f"best peer {best}; " + rps_why(raw, wl, best, r < RPS_VS_BEST)
         rows.append((f"req/s >= {RPS_VS_BEST}x the best peer, {wl}", show(r), verdict(r >= RPS_VS_BEST), why))
     return rows
 
