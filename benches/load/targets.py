@@ -96,7 +96,7 @@ def rps_rows(raw, targets):
             r = per_rep(raw, wl, ME, REF, lambda x: x["rps"])
             why = rps_why(raw, wl, REF, r < limit)
             rows.append((f"req/s >= {limit}x nginx, {wl}", show(r), verdict(r >= limit), why))
-    for wl in raw:
+    for wl in raw if peers else []:
         if wl.startswith(("dead", "fixed")) or not raw[wl].get(ME) or not all(raw[wl].get(p) for p in peers):
             continue
         ratios = [m["rps"] / max(raw[wl][p][i]["rps"] for p in peers)
