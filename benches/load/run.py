@@ -369,6 +369,9 @@ def main():
                         print(f"[{time.time() - started:5.0f}s] {wl} {t}: measurement failed: {e}", flush=True)
                         s.stop(t)
                         continue
+                    # The repetition this run belongs to: a failed measurement above is
+                    # skipped, so a list position is not a repetition (targets.reps()).
+                    r["rep"] = rep
                     raw[wl][t].append(r)
                     s.stop(t)
                     print(f"[{time.time() - started:5.0f}s] {wl:10} rep {rep + 1}/{args.reps} {t:8} "
