@@ -23,6 +23,8 @@ pub enum ProxyError {
     NotImplemented(&'static str),
     /// The client did not send a complete head in time.
     ClientHeadTimeout,
+    /// The client paused inside its request body for longer than `body_timeout`.
+    ClientBodyTimeout,
     /// The client stalled or vanished mid-request; nobody is left to answer.
     ClientGone,
     /// No route matched the request.
@@ -40,6 +42,9 @@ pub enum ProxyError {
     UpstreamBadResponse(&'static str),
     /// The upstream failed while the response body was being relayed.
     UpstreamBodyFailed,
+    /// ringlb ran out of a local resource (descriptors, ephemeral ports,
+    /// socket buffers) reaching an upstream: its own failure, not the server's.
+    LocalResources(&'static str),
     Internal(&'static str),
 }
 
@@ -48,7 +53,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             BadRequest(_) | UriTooLong | HeadTooLarge(_) | NotImplemented(_)
-            | ClientHeadTimeout | ClientGone | NoRoute => Origin::Client,
+            | ClientHeadTimeout | ClientBodyTimeout | ClientGone | NoRoute => Origin::Client,
             NoHealthyServer
             | UpstreamConnect
             | UpstreamConnectTimeout
@@ -56,7 +61,7 @@ impl ProxyError {
             | UpstreamClosed
             | UpstreamBadResponse(_)
             | UpstreamBodyFailed => Origin::Upstream,
-            Internal(_) => Origin::Internal,
+            LocalResources(_) | Internal(_) => Origin::Internal,
         }
     }
 
@@ -66,13 +71,13 @@ impl ProxyError {
         Some(match self {
             BadRequest(_) => 400,
             NoRoute => 404,
-            ClientHeadTimeout => 408,
+            ClientHeadTimeout | ClientBodyTimeout => 408,
             UriTooLong => 414,
             HeadTooLarge(_) => 431,
             Internal(_) => 500,
             NotImplemented(_) => 501,
             UpstreamConnect | UpstreamClosed | UpstreamBadResponse(_) => 502,
-            NoHealthyServer => 503,
+            NoHealthyServer | LocalResources(_) => 503,
             UpstreamConnectTimeout | UpstreamResponseTimeout => 504,
             ClientGone | UpstreamBodyFailed => return None,
         })
@@ -85,6 +90,7 @@ impl ProxyError {
             self,
             NoRoute
                 | NoHealthyServer
+                | LocalResources(_)
                 | UpstreamConnect
                 | UpstreamConnectTimeout
                 | UpstreamResponseTimeout
@@ -103,6 +109,7 @@ impl fmt::Display for ProxyError {
             HeadTooLarge(why) => write!(f, "request head too large: {why}"),
             NotImplemented(why) => write!(f, "not implemented: {why}"),
             ClientHeadTimeout => f.write_str("client head timeout"),
+            ClientBodyTimeout => f.write_str("client paused inside its request body"),
             ClientGone => f.write_str("client closed or stalled"),
             NoRoute => f.write_str("no route"),
             NoHealthyServer => f.write_str("no healthy server"),
@@ -112,6 +119,7 @@ impl fmt::Display for ProxyError {
             UpstreamClosed => f.write_str("upstream closed before a complete response head"),
             UpstreamBadResponse(why) => write!(f, "invalid upstream response: {why}"),
             UpstreamBodyFailed => f.write_str("upstream failed during the response body"),
+            LocalResources(why) => write!(f, "out of local resources: {why}"),
             Internal(why) => write!(f, "internal error: {why}"),
         }
     }
@@ -129,6 +137,10 @@ mod tests {
         assert_eq!(ProxyError::UpstreamConnectTimeout.status(), Some(504));
         assert_eq!(ProxyError::NoHealthyServer.status(), Some(503));
         assert_eq!(ProxyError::UpstreamBodyFailed.status(), None);
+        assert_eq!(ProxyError::LocalResources("x").status(), Some(503));
+        assert_eq!(ProxyError::LocalResources("x").origin(), Origin::Internal);
+        assert_eq!(ProxyError::ClientBodyTimeout.status(), Some(408));
+        assert!(ProxyError::ClientBodyTimeout.closes_client());
         assert!(ProxyError::BadRequest("x").closes_client());
         assert!(!ProxyError::UpstreamConnect.closes_client());
     }

@@ -11,6 +11,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf
 use monoio::net::TcpStream;
 use std::future::Future;
 use std::io;
+use std::os::fd::{OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Result of one read.
@@ -55,8 +56,13 @@ impl Conn {
         }
     }
 
-    /// Non-blocking check that the peer has not closed an idle connection
-    /// (`recv(MSG_PEEK | MSG_DONTWAIT)`): true if it may still be used.
+    /// The connection's descriptor (a key for the idle watcher; never closed through it).
+    pub fn fd(&self) -> RawFd {
+        self.reader.fd()
+    }
+
+    /// Non-blocking check that an idle connection holds nothing and its peer
+    /// has not closed it (`recv(MSG_PEEK | MSG_DONTWAIT)`): true if it may be used.
     pub fn probably_alive(&self) -> bool {
         let mut byte = 0u8;
         // SAFETY: recv on a valid fd with a 1-byte stack buffer; MSG_PEEK leaves
@@ -83,7 +89,7 @@ impl Reader {
         unsafe { &*self.half.0.get() }
     }
 
-    fn fd(&self) -> i32 {
+    fn fd(&self) -> RawFd {
         use std::os::fd::AsRawFd;
         self.stream().as_raw_fd()
     }
@@ -285,22 +291,22 @@ pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> Result<Co
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )
-    .map_err(ConnectError::Failed)?;
+    .map_err(ConnectError::classify)?;
     let _ = socket.set_nodelay(true);
     let mut pending = match socket.connect(&addr.into()) {
         Ok(()) => false,
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
-        Err(e) => return Err(ConnectError::Failed(e)),
+        Err(e) => return Err(ConnectError::classify(e)),
     };
     if pending && poll_writable_now(&socket) {
         // Loopback handshakes (and refusals) usually complete within the
         // connect call's softirq: settle it here without touching the runtime.
         match socket.take_error() {
             Ok(None) => pending = false,
-            Ok(Some(e)) | Err(e) => return Err(ConnectError::Failed(e)),
+            Ok(Some(e)) | Err(e) => return Err(ConnectError::classify(e)),
         }
     }
-    let stream = TcpStream::from_std(socket.into()).map_err(ConnectError::Failed)?;
+    let stream = TcpStream::from_std(socket.into()).map_err(ConnectError::classify)?;
     let conn = Conn::new(stream);
     if pending {
         let writer = &conn.writer;
@@ -308,7 +314,7 @@ pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> Result<Co
         let stream = unsafe { &*writer.half.0.get() };
         match writer.timer.within(timeout, stream.writable(false)).await {
             Some(Ok(())) => {}
-            Some(Err(e)) => return Err(ConnectError::Failed(e)),
+            Some(Err(e)) => return Err(ConnectError::classify(e)),
             None => return Err(ConnectError::TimedOut),
         }
         use std::os::fd::BorrowedFd;
@@ -316,7 +322,7 @@ pub async fn connect(addr: std::net::SocketAddr, timeout: Duration) -> Result<Co
         let fd = unsafe { BorrowedFd::borrow_raw(writer.fd()) };
         match socket2::SockRef::from(&fd).take_error() {
             Ok(None) => {}
-            Ok(Some(e)) | Err(e) => return Err(ConnectError::Failed(e)),
+            Ok(Some(e)) | Err(e) => return Err(ConnectError::classify(e)),
         }
     }
     Ok(conn)
@@ -335,8 +341,72 @@ fn poll_writable_now(socket: &socket2::Socket) -> bool {
     n == 1 && pfd.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0
 }
 
+/// Why a connect failed, by whose fault: the answer decides between trying
+/// another server, holding this one back, and blaming nobody but ringlb.
 #[derive(Debug)]
 pub enum ConnectError {
+    /// The server's host answered that nothing listens there (ECONNREFUSED):
+    /// a certain, immediate verdict on the server.
+    Refused(io::Error),
+    /// ringlb itself ran out of something (descriptors, ephemeral ports, socket
+    /// buffers, memory): not the server's failure.
+    Local(io::Error),
+    /// Anything else (unreachable network or host, reset during the handshake).
     Failed(io::Error),
     TimedOut,
+}
+
+impl ConnectError {
+    pub fn classify(e: io::Error) -> ConnectError {
+        match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => ConnectError::Refused(e),
+            Some(
+                libc::EMFILE | libc::ENFILE | libc::EADDRNOTAVAIL | libc::ENOBUFS | libc::ENOMEM,
+            ) => ConnectError::Local(e),
+            _ => ConnectError::Failed(e),
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Refused(e) | ConnectError::Local(e) | ConnectError::Failed(e) => {
+                write!(
+                    f,
+                    "{:?} (os error {})",
+                    e.kind(),
+                    e.raw_os_error().unwrap_or(0)
+                )
+            }
+            ConnectError::TimedOut => f.write_str("timed out"),
+        }
+    }
+}
+
+/// Readiness of a descriptor that is not a connection (the idle watcher's
+/// epoll set), awaited through the runtime like a socket's: a PollAdd on
+/// io_uring, a registration in the runtime's own epoll otherwise.
+pub struct ReadyFd {
+    // monoio offers readiness waits on its stream types only; the descriptor is
+    // never read from or written to through this wrapper, only polled and closed.
+    stream: TcpStream,
+}
+
+impl ReadyFd {
+    /// Takes ownership of `fd` (closed on drop). Call inside the runtime.
+    pub fn new(fd: OwnedFd) -> io::Result<ReadyFd> {
+        let stream = TcpStream::from_std(std::net::TcpStream::from(fd))?;
+        Ok(ReadyFd { stream })
+    }
+
+    pub fn raw(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.stream.as_raw_fd()
+    }
+
+    /// Waits until the descriptor is readable.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.stream.readable(false).await
+    }
 }

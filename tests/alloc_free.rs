@@ -170,19 +170,31 @@ fn bad_gateway_path_does_not_allocate() {
 }
 
 #[test]
-fn fast_503_for_an_ejected_server_does_not_allocate() {
+fn fast_503_when_no_server_is_up_does_not_allocate() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Active checks take the dead server down (the checker's thread is not a
+    // worker: its allocations are not counted).
     let config = proxied_with(
         &format!("\"{}\"", dead_addr()),
-        "[upstream.outlier]\nconsecutive_failures = 3\nbase_ejection = \"1m\"",
+        "[upstream.health_check]\ntype = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\nfall = 1",
     );
     let (shutdown, running) = start(&config);
     let addr = running.bound[0];
     let mut c = Client::connect(addr);
-    for _ in 0..3 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
         c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(c.read_response(false).status, 502);
+        if c.read_response(false).status == 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never went down"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // Past any refusal hold: only the checks keep the server out now.
+    std::thread::sleep(ringlb::upstream::outlier::REFUSED_HOLD);
     let n = count_over(
         addr,
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",

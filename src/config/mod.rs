@@ -60,6 +60,23 @@ pub struct ClientSettings {
     pub max_head_bytes: usize,
     /// Longest request line; longer is 414.
     pub max_request_line_bytes: usize,
+    /// Largest chunk a chunked request body may announce; larger is 400
+    /// (keeps sizes far below what a backend that truncates them would misread).
+    pub max_chunk_bytes: u64,
+    /// What happens to request header fields whose names contain `_`.
+    pub headers_with_underscores: Underscores,
+}
+
+/// Request header names with underscores: CGI-style backends turn `-` into `_`,
+/// so `X_Forwarded_For` would merge with (and spoof) ringlb's `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underscores {
+    /// Removed before forwarding (default, as nginx).
+    Drop,
+    /// Forwarded unchanged.
+    Pass,
+    /// The request is answered 400.
+    Reject,
 }
 
 impl Default for ClientSettings {
@@ -72,6 +89,8 @@ impl Default for ClientSettings {
             tunnel_idle_timeout: Duration::from_secs(300),
             max_head_bytes: 32 * 1024,
             max_request_line_bytes: 8 * 1024,
+            max_chunk_bytes: 16 * 1024 * 1024,
+            headers_with_underscores: Underscores::Drop,
         }
     }
 }
@@ -154,8 +173,10 @@ pub struct UpstreamConfig {
     /// Further servers tried after a failure that allows a retry.
     pub retries: u32,
     pub retry_non_idempotent: bool,
-    /// Retries allowed as a share of requests (token bucket, burst 10).
+    /// Retries allowed as a share of the requests of the last 10 s (see `upstream::retry`).
     pub retry_budget: f64,
+    /// Retries per second allowed on top of `retry_budget`, however little traffic.
+    pub min_retries_per_second: u32,
     /// With every server down, try them anyway instead of answering 503.
     pub panic_mode: bool,
     /// Ramp of a returning server's weight; zero disables.
@@ -434,6 +455,28 @@ impl Ctx<'_> {
                 1 << 20,
                 d.max_request_line_bytes as i64,
             )? as usize,
+            max_chunk_bytes: self.int(
+                &c.max_chunk_bytes,
+                "max_chunk_bytes",
+                1,
+                1 << 31,
+                d.max_chunk_bytes as i64,
+            )? as u64,
+            headers_with_underscores: match &c.headers_with_underscores {
+                None => d.headers_with_underscores,
+                Some(s) => match s.get_ref().as_str() {
+                    "drop" => Underscores::Drop,
+                    "pass" => Underscores::Pass,
+                    "reject" => Underscores::Reject,
+                    other => {
+                        return Err(self.err(
+                            s.span(),
+                            "headers_with_underscores",
+                            format!("`{other}` is not one of \"drop\", \"pass\", \"reject\""),
+                        ))
+                    }
+                },
+            },
         })
     }
 
@@ -556,6 +599,13 @@ impl Ctx<'_> {
             retries: self.int(&up.retries, "retries", 0, 10, 1)? as u32,
             retry_non_idempotent: up.retry_non_idempotent.unwrap_or(false),
             retry_budget,
+            min_retries_per_second: self.int(
+                &up.min_retries_per_second,
+                "min_retries_per_second",
+                0,
+                100_000,
+                10,
+            )? as u32,
             panic_mode: up.panic_mode.unwrap_or(false),
             slow_start,
             health_check,

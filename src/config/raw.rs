@@ -30,6 +30,8 @@ pub struct RawClient {
     pub tunnel_idle_timeout: Option<Spanned<String>>,
     pub max_head_bytes: Option<Spanned<i64>>,
     pub max_request_line_bytes: Option<Spanned<i64>>,
+    pub max_chunk_bytes: Option<Spanned<i64>>,
+    pub headers_with_underscores: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +71,7 @@ pub struct RawUpstream {
     pub retries: Option<Spanned<i64>>,
     pub retry_non_idempotent: Option<bool>,
     pub retry_budget: Option<Spanned<f64>>,
+    pub min_retries_per_second: Option<Spanned<i64>>,
     pub panic_mode: Option<bool>,
     pub slow_start: Option<Spanned<String>>,
     pub health_check: Option<Spanned<RawHealthCheck>>,

@@ -88,6 +88,14 @@ define!(
     "20"
 );
 define!(
+    LOCAL_RESOURCES,
+    "503",
+    "Service Unavailable",
+    "Retry-After: 1\r\n",
+    "proxy out of local resources\n",
+    "29"
+);
+define!(
     GATEWAY_TIMEOUT,
     "504",
     "Gateway Timeout",
@@ -95,6 +103,15 @@ define!(
     "gateway timeout\n",
     "16"
 );
+
+/// The canned response for a failure (the status from `ProxyError::status`,
+/// with a body that says which 503 it is); `None`: close without an answer.
+pub fn for_error(e: crate::error::ProxyError) -> Option<&'static Canned> {
+    match e {
+        crate::error::ProxyError::LocalResources(_) => Some(&LOCAL_RESOURCES),
+        e => e.status().map(for_status),
+    }
+}
 
 /// The canned response for a status from the DESIGN status table.
 pub fn for_status(status: u16) -> &'static Canned {
@@ -135,8 +152,13 @@ mod tests {
                 assert!(head.starts_with(&format!("HTTP/1.1 {status} ")));
             }
         }
-        assert!(std::str::from_utf8(UNAVAILABLE.close)
-            .unwrap()
-            .contains("Retry-After: 1\r\n"));
+        for c in [&UNAVAILABLE, &LOCAL_RESOURCES] {
+            for bytes in [c.keep_alive, c.close] {
+                let text = std::str::from_utf8(bytes).unwrap();
+                assert!(text.contains("Retry-After: 1\r\n"));
+                let (head, body) = text.split_once("\r\n\r\n").unwrap();
+                assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
+            }
+        }
     }
 }

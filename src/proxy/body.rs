@@ -12,8 +12,10 @@ use std::time::Duration;
 /// Where a body relay failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayError {
-    /// The sending side closed early, failed, or stalled past its timeout.
+    /// The sending side closed early or failed.
     Source,
+    /// The sending side paused past its timeout.
+    Stalled,
     /// The receiving side failed or stopped reading.
     Sink,
     /// The body framing was invalid.
@@ -97,9 +99,8 @@ async fn read_more(
     }
     match src.read_leaving(buf, timeout, tail).await {
         ReadOutcome::Data(n) => Ok(n),
-        ReadOutcome::Eof | ReadOutcome::TimedOut | ReadOutcome::Failed(_) => {
-            Err(RelayError::Source)
-        }
+        ReadOutcome::TimedOut => Err(RelayError::Stalled),
+        ReadOutcome::Eof | ReadOutcome::Failed(_) => Err(RelayError::Source),
     }
 }
 

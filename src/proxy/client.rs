@@ -296,12 +296,11 @@ async fn answer_failure(ctx: &WorkerCtx, client: &mut Conn, req: &Prepared, f: F
     if f.response_started {
         return false;
     }
-    let Some(status) = f.error.status() else {
+    let Some(canned) = canned::for_error(f.error) else {
         return false;
     };
     let keep =
         f.client_reusable && req.keep_alive && req.minor_version == 1 && !f.error.closes_client();
-    let canned = canned::for_status(status);
     let bytes = if keep {
         canned.keep_alive
     } else {
@@ -313,10 +312,10 @@ async fn answer_failure(ctx: &WorkerCtx, client: &mut Conn, req: &Prepared, f: F
 /// Answers a rejected request head and closes in stages: half-close, then drain
 /// what the client still sends (bounded), so the answer is not lost to a reset.
 async fn reject(ctx: &WorkerCtx, client: &mut Conn, e: ProxyError) {
-    if let Some(status) = e.status() {
+    if let Some(canned) = canned::for_error(e) {
         if client
             .writer
-            .write_static(canned::for_status(status).close, ctx.client.write_timeout)
+            .write_static(canned.close, ctx.client.write_timeout)
             .await
             .is_err()
         {

@@ -77,20 +77,49 @@ struct ResponseFail {
     silent: bool,
 }
 
+/// What of the request has reached a server so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Not a byte: any request may be sent elsewhere.
+    Nothing,
+    /// The request went out (perhaps in part): only a resendable one may be
+    /// sent again.
+    Request,
+}
+
 /// How one attempt on one server ended.
 enum Attempt {
     /// Final: the request is answered (or failed for good) on this server.
     Done(Result<bool, Failure>, Outcome),
     /// The server failed before any response byte; another server may take the
-    /// request. `nothing_sent`: not a byte of it reached the server.
+    /// request, as far as `sent` and the retry budget allow.
     Elsewhere {
         error: ProxyError,
-        nothing_sent: bool,
+        sent: Sent,
+        outcome: Outcome,
     },
+}
+
+/// What `attempt` needs to know about the request bytes at the front of `inbuf`.
+#[derive(Clone, Copy)]
+struct Outbound {
+    /// Head plus the body bytes already read.
+    initial: usize,
+    /// The whole body is among them.
+    body_done: bool,
+    /// They may be sent again (idempotent, or allowed by config).
+    resendable: bool,
 }
 
 /// Forwards the request at the front of `inbuf`. Returns whether the client
 /// connection may serve another request.
+///
+/// Retries: a server that fails before any response byte reached the client is
+/// left for another (never the same one twice for a request) when nothing of
+/// the request reached it, or when the request is resendable; each such retry
+/// needs one of the pool's `retries` and a token of its retry budget
+/// (`upstream::retry`). A pooled connection found dead (the keep-alive race)
+/// is replaced by a fresh one to the same server first: that is not a retry.
 pub async fn forward(
     ctx: &WorkerCtx,
     upstream_idx: usize,
@@ -103,17 +132,20 @@ pub async fn forward(
     let (initial_body, body_done) = body
         .take(&inbuf.data()[req.head_len..])
         .map_err(|e| Failure::before_response(ProxyError::BadRequest(e.reason()), false))?;
-    let initial = req.head_len + initial_body;
+    let out = Outbound {
+        initial: req.head_len + initial_body,
+        body_done,
+        // A request whose bytes all sit in `inbuf` can be sent again: on a fresh
+        // connection after the keep-alive race, or to another server.
+        resendable: body_done && (req.method.is_idempotent() || upstream.retry_non_idempotent),
+    };
     upstream.note_request();
-    // A request whose bytes all sit in `inbuf` can be sent again: on a fresh
-    // connection after the keep-alive race, or to another server.
-    let resendable = body_done && (req.method.is_idempotent() || upstream.retry_non_idempotent);
     let mut tried = 0u64;
     let mut retries_left = upstream.retries;
     let mut last_error = ProxyError::NoHealthyServer;
     loop {
         let Some(si) = upstream.pick(req.hash_key, tried) else {
-            inbuf.consume(initial);
+            inbuf.consume(out.initial);
             return Err(Failure::before_response(last_error, body_done));
         };
         if si < 64 {
@@ -128,11 +160,7 @@ pub async fn forward(
             server,
             req,
         };
-        let attempt = attempt(
-            leg, client, inbuf, initial, body_done, resendable, &mut body,
-        )
-        .await;
-        match attempt {
+        match attempt(leg, client, inbuf, out, &mut body).await {
             Attempt::Done(result, outcome) => {
                 upstream.finish(si, outcome, started_at);
                 if let (Err(f), Outcome::Failure) = (&result, outcome) {
@@ -142,14 +170,16 @@ pub async fn forward(
             }
             Attempt::Elsewhere {
                 error,
-                nothing_sent,
+                sent,
+                outcome,
             } => {
-                upstream.finish(si, Outcome::Failure, started_at);
-                let may_retry =
-                    (nothing_sent || resendable) && retries_left > 0 && upstream.try_retry();
+                upstream.finish(si, outcome, started_at);
+                let may_retry = (sent == Sent::Nothing || out.resendable)
+                    && retries_left > 0
+                    && upstream.try_retry();
                 if !may_retry {
                     note_upstream(upstream, server, error);
-                    inbuf.consume(initial);
+                    inbuf.consume(out.initial);
                     return Err(Failure::before_response(error, body_done));
                 }
                 retries_left -= 1;
@@ -173,9 +203,7 @@ async fn attempt(
     leg: Leg<'_>,
     client: &mut Conn,
     inbuf: &mut Buffer,
-    initial: usize,
-    body_done: bool,
-    resendable: bool,
+    out: Outbound,
     body: &mut BodyState,
 ) -> Attempt {
     let Leg {
@@ -185,35 +213,46 @@ async fn attempt(
         req,
     } = leg;
     let write_timeout = ctx.client.write_timeout;
+    // After the keep-alive race (a pooled connection found dead before any
+    // response byte), the same server once more on a fresh connection.
     let mut fresh_only = false;
+    let mut sent = Sent::Nothing;
     loop {
-        let (mut up, reused) =
-            match upstream_conn(ctx, upstream, server, fresh_only, !resendable).await {
-                Ok(c) => c,
-                Err(error) => {
-                    return Attempt::Elsewhere {
-                        error,
-                        nothing_sent: true,
-                    }
+        let (mut up, reused) = match upstream_conn(ctx, upstream, server, fresh_only).await {
+            Ok(c) => c,
+            Err(ConnFailure::Local(error)) => {
+                inbuf.consume(out.initial);
+                let failure = Failure::before_response(error, out.body_done);
+                return Attempt::Done(Err(failure), Outcome::Neutral);
+            }
+            Err(ConnFailure::Server(error, outcome)) => {
+                return Attempt::Elsewhere {
+                    error,
+                    sent,
+                    outcome,
                 }
-            };
+            }
+        };
+        let race_possible = reused && out.resendable;
         if up
             .writer
-            .write_front_keep(inbuf, initial, write_timeout)
+            .write_front_keep(inbuf, out.initial, write_timeout)
             .await
             .is_err()
         {
-            if reused && !fresh_only && resendable {
+            if race_possible {
                 fresh_only = true;
                 continue;
             }
             return Attempt::Elsewhere {
                 error: ProxyError::UpstreamConnect,
-                nothing_sent: false,
+                sent: Sent::Request,
+                outcome: Outcome::Failure,
             };
         }
-        if !body_done {
-            inbuf.consume(initial);
+        sent = Sent::Request;
+        if !out.body_done {
+            inbuf.consume(out.initial);
             // Two relays side by side: the largest state of a request, kept
             // out of line in its own pooled block (the request's block stays small).
             let streaming = Pooled::new(forward_streaming(leg, client, inbuf, up, body));
@@ -221,7 +260,7 @@ async fn attempt(
             let outcome = outcome_of(&result);
             return Attempt::Done(result.map(|(keep, _)| keep), outcome);
         }
-        let progress = Progress::new(true);
+        let progress = Progress::new(true, race_possible);
         let result = relay_response(
             ctx,
             upstream,
@@ -232,22 +271,25 @@ async fn attempt(
         )
         .await;
         match result {
-            Err(f) if f.silent && reused && !fresh_only && resendable => {
-                // The keep-alive race: the pooled connection died idle (or held
-                // stray bytes that were never a response to this request).
+            Err(f) if f.silent && race_possible => {
+                // The keep-alive race: the pooled connection died idle, or held
+                // something that was never a response to this request.
                 fresh_only = true;
             }
             Err(f) if f.silent && !f.started => {
+                // A connection just opened that failed before answering: this
+                // server is failing for this request.
                 return Attempt::Elsewhere {
                     error: f.error,
-                    nothing_sent: false,
+                    sent,
+                    outcome: Outcome::Failure,
                 };
             }
             Ok(ResponseDone {
                 tunnel: Some(mut pending),
                 ..
             }) => {
-                inbuf.consume(initial);
+                inbuf.consume(out.initial);
                 let idle = ctx.client.tunnel_idle_timeout;
                 // Out of line for the same reason.
                 let tunnel = Pooled::new(super::tunnel::run(
@@ -262,14 +304,14 @@ async fn attempt(
                 return Attempt::Done(Ok(false), Outcome::Success);
             }
             Ok(done) => {
-                inbuf.consume(initial);
+                inbuf.consume(out.initial);
                 if done.upstream_reusable {
                     ctx.pool.borrow_mut().checkin(server.pool_slot, up);
                 }
                 return Attempt::Done(Ok(done.client_keep), status_outcome(done.status));
             }
             Err(f) => {
-                inbuf.consume(initial);
+                inbuf.consume(out.initial);
                 let failure = Failure {
                     error: f.error,
                     response_started: f.started,
@@ -318,7 +360,7 @@ async fn forward_streaming(
         server,
         req,
     } = leg;
-    let progress = Progress::new(false);
+    let progress = Progress::new(false, false);
     let mut pump_result: Option<Result<(), RelayError>> = None;
     let outcome = {
         let Conn {
@@ -362,6 +404,7 @@ async fn forward_streaming(
         None => {
             let error = match pump_result {
                 Some(Err(RelayError::Framing(e))) => ProxyError::BadRequest(e.reason()),
+                Some(Err(RelayError::Stalled)) => ProxyError::ClientBodyTimeout,
                 _ => ProxyError::ClientGone,
             };
             Err(Failure {
@@ -387,44 +430,72 @@ async fn forward_streaming(
     }
 }
 
-/// A pooled connection (probed first when the request cannot be retried), or a new one.
+/// Why no connection to a server could be had.
+enum ConnFailure {
+    /// The server's fault (refused, unreachable, timed out), with how it
+    /// counts for passive health.
+    Server(ProxyError, Outcome),
+    /// ringlb's own (out of descriptors, ports, buffers): 503, the server is
+    /// not blamed.
+    Local(ProxyError),
+}
+
+/// A clean pooled connection (each is probed on checkout), or a new one.
 async fn upstream_conn(
     ctx: &WorkerCtx,
     upstream: &Upstream,
     server: &Server,
     fresh_only: bool,
-    probe: bool,
-) -> Result<(Conn, bool), ProxyError> {
+) -> Result<(Conn, bool), ConnFailure> {
     if !fresh_only {
-        loop {
-            let pooled = ctx.pool.borrow_mut().checkout(server.pool_slot);
-            match pooled {
-                Some(c) if !probe || c.probably_alive() => return Ok((c, true)),
-                Some(_) => continue,
-                None => break,
-            }
+        if let Some(c) = ctx.pool.borrow_mut().checkout(server.pool_slot) {
+            return Ok((c, true));
         }
     }
-    match io::connect(server.addr, upstream.connect_timeout).await {
-        Ok(c) => Ok((c, false)),
-        Err(e) => {
-            let error = match e {
-                ConnectError::Failed(_) => ProxyError::UpstreamConnect,
-                ConnectError::TimedOut => ProxyError::UpstreamConnectTimeout,
-            };
-            if let ConnectError::Failed(io_err) = &e {
-                crate::log::rate_limited(format_args!(
-                    "upstream {} server {}: connect failed: {:?} (os error {})",
-                    upstream.name,
-                    server.addr,
-                    io_err.kind(),
-                    io_err.raw_os_error().unwrap_or(0)
-                ));
-            } else {
-                note_upstream(upstream, server, error);
+    let e = match io::connect(server.addr, upstream.connect_timeout).await {
+        Ok(c) => {
+            if let Some(watch) = &ctx.idle_watch {
+                watch.register(&c, server.pool_slot);
             }
-            Err(error)
+            return Ok((c, false));
         }
+        Err(e) => e,
+    };
+    let failure = match &e {
+        ConnectError::Refused(_) => {
+            ConnFailure::Server(ProxyError::UpstreamConnect, Outcome::Refused)
+        }
+        ConnectError::Failed(_) => {
+            ConnFailure::Server(ProxyError::UpstreamConnect, Outcome::Failure)
+        }
+        ConnectError::TimedOut => {
+            ConnFailure::Server(ProxyError::UpstreamConnectTimeout, Outcome::Failure)
+        }
+        ConnectError::Local(io_err) => {
+            let why = local_reason(io_err);
+            crate::log::rate_limited(format_args!(
+                "upstream {} server {}: cannot connect: {why}: ringlb's own limit, \
+                 answered 503, the server is not blamed",
+                upstream.name, server.addr
+            ));
+            return Err(ConnFailure::Local(ProxyError::LocalResources(why)));
+        }
+    };
+    crate::log::rate_limited(format_args!(
+        "upstream {} server {}: connect failed: {e}",
+        upstream.name, server.addr
+    ));
+    Err(failure)
+}
+
+/// What a local connect failure ran out of.
+fn local_reason(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) => "out of file descriptors (EMFILE)",
+        Some(libc::ENFILE) => "the system's file table is full (ENFILE)",
+        Some(libc::EADDRNOTAVAIL) => "no free local port (EADDRNOTAVAIL)",
+        Some(libc::ENOBUFS) => "out of socket buffers (ENOBUFS)",
+        _ => "out of memory (ENOMEM)",
     }
 }
 
@@ -515,6 +586,10 @@ fn plan_response(
 
 /// What the request and response sides of one exchange share.
 struct Progress {
+    /// A `408` as the answer is the server's notice that it closed the idle
+    /// pooled connection, not an answer to this request (set on a reused
+    /// connection when the request can be sent again).
+    idle_408_is_race: bool,
     /// The whole request went upstream: the response timeout runs.
     request_sent: Cell<bool>,
     /// Response bytes reached the client: no retry, no error page.
@@ -524,8 +599,9 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(request_sent: bool) -> Progress {
+    fn new(request_sent: bool, idle_408_is_race: bool) -> Progress {
         Progress {
+            idle_408_is_race,
             request_sent: Cell::new(request_sent),
             response_started: Cell::new(false),
             deadline: Timer::new(),
@@ -561,6 +637,9 @@ async fn relay_response(
             // Garbage as the very first bytes on a connection counts as "silent":
             // nothing of it answers this request.
             Err(e) => return Err(fail(e, first_read)),
+            Ok(Some(p)) if p.status == 408 && progress.idle_408_is_race => {
+                return Err(fail(ProxyError::UpstreamClosed, true));
+            }
             Ok(Some(p)) if p.status == 101 => {
                 started.set(true);
                 client

@@ -15,6 +15,7 @@ pub mod tunnel;
 use crate::buf::Buffer;
 use crate::config::ClientSettings;
 use crate::http::request::Limits;
+use crate::upstream::idle_watch::IdleWatch;
 use crate::upstream::pool::ConnPool;
 use crate::upstream::Upstream;
 use route::ListenerRoutes;
@@ -32,6 +33,9 @@ pub struct WorkerCtx {
     pub routes: Arc<Vec<ListenerRoutes>>,
     pub upstreams: Vec<Upstream>,
     pub pool: RefCell<ConnPool>,
+    /// Tells the pool when a server closes one of its connections (None if
+    /// the epoll set could not be made: pooled connections are still probed).
+    pub idle_watch: Option<IdleWatch>,
     pub client: ClientSettings,
     pub limits: Limits,
     /// Set when shutdown starts: answer in-flight requests, then close.

@@ -12,6 +12,7 @@ use crate::http::request::Limits;
 use crate::proxy::route::ListenerRoutes;
 use crate::proxy::{client, WorkerCtx};
 use crate::upstream::health::{self, Health};
+use crate::upstream::idle_watch::IdleWatch;
 use crate::upstream::pool::ConnPool;
 use crate::upstream::Upstream;
 use monoio::io::Canceller;
@@ -127,15 +128,11 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
                 IN_WORKER.with(|w| w.set(true));
                 Buffer::prefill(crate::memory::BASE_FREE);
                 crate::pooled::prefill(crate::memory::BASE_FREE);
-                let ctx = worker_ctx(&config, routes, &health, id);
-                rt.block_on(worker_main(
-                    id,
-                    ctx,
-                    sockets,
-                    shutdown,
-                    config.drain_timeout,
-                    ready,
-                ));
+                rt.block_on(async move {
+                    // Inside the runtime: the idle watcher registers with it.
+                    let ctx = worker_ctx(&config, routes, &health, id);
+                    worker_main(id, ctx, sockets, shutdown, config.drain_timeout, ready).await
+                });
             })?;
         threads.push(t);
     }
@@ -210,10 +207,21 @@ fn worker_ctx(
             up
         })
         .collect();
+    let idle_watch = match IdleWatch::new() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            crate::warn!(
+                "worker {id}: no idle watch for pooled upstream connections ({e}): \
+                 connections a server closes are found when next used"
+            );
+            None
+        }
+    };
     Rc::new(WorkerCtx {
         routes,
         upstreams,
         pool: RefCell::new(pool),
+        idle_watch,
         client: config.client.clone(),
         limits: Limits {
             max_head_bytes: config.client.max_head_bytes,
@@ -248,6 +256,9 @@ async fn worker_main(
     }
     let _ = ready.send(Ok(()));
     drop(ready);
+    if ctx.idle_watch.is_some() {
+        monoio::spawn(watch_idle_connections(ctx.clone()));
+    }
 
     // Off the request path: poll the shutdown flag, sweep stale pooled
     // connections, and give memory back once a burst has passed.
@@ -256,6 +267,10 @@ async fn worker_main(
     while !shutdown.is_requested() {
         monoio::time::sleep(Duration::from_millis(50)).await;
         ticks = ticks.wrapping_add(1);
+        let second = crate::deadline::now_ms() / 1000;
+        for up in &ctx.upstreams {
+            up.housekeeping(second);
+        }
         if ticks % 20 == 0 {
             ctx.pool.borrow_mut().sweep();
         }
@@ -278,6 +293,20 @@ async fn worker_main(
         );
     }
     ctx.pool.borrow_mut().clear();
+}
+
+/// Drops pooled connections as soon as their server closes them.
+async fn watch_idle_connections(ctx: Rc<WorkerCtx>) {
+    let Some(watch) = &ctx.idle_watch else {
+        return;
+    };
+    while !ctx.draining.get() {
+        if let Err(e) = watch.wait().await {
+            crate::warn!("idle watch stopped: {e}; closed connections are found when next used");
+            return;
+        }
+        watch.drain(|closed| ctx.pool.borrow_mut().peer_closed(closed));
+    }
 }
 
 async fn accept_loop(

@@ -251,7 +251,7 @@ async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
     let mut conn = match io::connect(addr, check.timeout).await {
         Ok(c) => c,
         Err(io::ConnectError::TimedOut) => return Err("connect timeout".into()),
-        Err(io::ConnectError::Failed(e)) => return Err(format!("connect: {e}")),
+        Err(e) => return Err(format!("connect: {e}")),
     };
     let HealthCheckKind::Http {
         method,

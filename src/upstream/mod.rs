@@ -9,6 +9,7 @@
 
 pub mod balance;
 pub mod health;
+pub mod idle_watch;
 pub mod outlier;
 pub mod pool;
 pub mod retry;
@@ -16,7 +17,7 @@ pub mod retry;
 use crate::config::{HashKey, UpstreamConfig};
 use balance::{Algorithm, Balancer, PeakEwma, Servers};
 use health::Health;
-use outlier::{Change, Outlier, OutlierConfig};
+use outlier::{Change, Kind, Outlier, OutlierConfig};
 use retry::RetryBudget;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -73,6 +74,8 @@ pub enum Outcome {
     Success,
     /// Connect failure, timeout, 502/503/504, broken response.
     Failure,
+    /// The connect was refused: the server is held back at once (see `outlier`).
+    Refused,
     /// The attempt ended for reasons that say nothing about the server.
     Neutral,
 }
@@ -90,7 +93,7 @@ impl Servers for View<'_> {
 
     #[inline]
     fn available(&self, i: usize) -> bool {
-        self.up.shared(i).is_healthy() && !self.up.servers[i].outlier.borrow().is_ejected(self.now)
+        self.up.shared(i).is_healthy() && !self.up.servers[i].outlier.borrow().is_out(self.now)
     }
 
     #[inline]
@@ -178,7 +181,10 @@ impl Upstream {
             panic_mode: cfg.panic_mode,
             slow_start: cfg.slow_start,
             algorithm: cfg.balance,
-            budget: RefCell::new(RetryBudget::new(cfg.retry_budget, 10)),
+            budget: RefCell::new(RetryBudget::new(
+                cfg.retry_budget,
+                cfg.min_retries_per_second,
+            )),
             outlier_cfg: cfg.outlier,
             health,
             index,
@@ -248,6 +254,12 @@ impl Upstream {
         self.budget.borrow_mut().try_retry()
     }
 
+    /// Off the request path, a few times a second: moves the retry budget's
+    /// window to `second` (any monotonic count of seconds).
+    pub fn housekeeping(&self, second: u64) {
+        self.budget.borrow_mut().advance(second);
+    }
+
     #[inline]
     pub fn start(&self, i: usize) {
         let s = &self.servers[i];
@@ -289,22 +301,38 @@ impl Upstream {
         let now = now();
         let mut o = s.outlier.borrow_mut();
         let may_eject = self.ejected.get() < self.outlier_cfg.max_ejected(self.servers.len());
-        if let Change::Ejected(d) = o.record_failure(now, &self.outlier_cfg, may_eject) {
-            self.ejected.set(self.ejected.get() + 1);
-            self.shared(i).ejected_by.fetch_add(1, Ordering::Relaxed);
-            self.local_generation.set(self.local_generation.get() + 1);
-            let until = now + d;
-            self.next_expiry
-                .set(Some(self.next_expiry.get().map_or(until, |t| t.min(until))));
-            crate::warn!(
-                "worker {}: upstream {} server {}: up -> ejected for {:?} ({} consecutive failures)",
-                self.worker,
-                self.name,
-                s.addr,
-                d,
-                self.outlier_cfg.consecutive
-            );
-        }
+        let change = if outcome == Outcome::Refused {
+            o.record_refused(now, &self.outlier_cfg, may_eject)
+        } else {
+            o.record_failure(now, &self.outlier_cfg, may_eject)
+        };
+        let out_for = match change {
+            Change::None => return,
+            Change::Ejected(d) => {
+                self.ejected.set(self.ejected.get() + 1);
+                self.shared(i).ejected_by.fetch_add(1, Ordering::Relaxed);
+                crate::warn!(
+                    "worker {}: upstream {} server {}: up -> ejected for {:?} ({} consecutive failures)",
+                    self.worker,
+                    self.name,
+                    s.addr,
+                    d,
+                    self.outlier_cfg.consecutive
+                );
+                d
+            }
+            Change::Held(d) => {
+                crate::log::rate_limited(format_args!(
+                    "worker {}: upstream {} server {}: connect refused, held back for {:?}",
+                    self.worker, self.name, s.addr, d
+                ));
+                d
+            }
+        };
+        self.local_generation.set(self.local_generation.get() + 1);
+        let until = now + out_for;
+        self.next_expiry
+            .set(Some(self.next_expiry.get().map_or(until, |t| t.min(until))));
     }
 
     /// Recomputes until when slow start moves some server's weight.
@@ -336,26 +364,32 @@ impl Upstream {
         for (i, s) in self.servers.iter().enumerate() {
             let mut o = s.outlier.borrow_mut();
             let shared = self.shared(i);
-            let back =
-                shared.is_healthy() && o.uneject_if_up_since(shared.up_since(self.health.epoch()));
-            if back || o.expire(now) {
-                self.ejected.set(self.ejected.get().saturating_sub(1));
-                self.shared(i).ejected_by.fetch_sub(1, Ordering::Relaxed);
-                self.local_generation.set(self.local_generation.get() + 1);
-                s.returned_at.set(Some(now));
-                crate::info!(
-                    "worker {}: upstream {} server {}: ejected -> up ({})",
-                    self.worker,
-                    self.name,
-                    s.addr,
-                    if back {
-                        "active checks saw it come back"
-                    } else {
-                        "ejection ran out"
+            let checks_saw_it = shared
+                .is_healthy()
+                .then(|| o.back_if_up_since(shared.up_since(self.health.epoch()), now))
+                .flatten();
+            let ended = checks_saw_it.map(|k| (k, "active checks saw it come back"));
+            let ended = ended.or_else(|| o.expire(now).map(|k| (k, "its time ran out")));
+            match ended {
+                Some((kind, why)) => {
+                    self.local_generation.set(self.local_generation.get() + 1);
+                    s.returned_at.set(Some(now));
+                    if kind == Kind::Ejected {
+                        self.ejected.set(self.ejected.get().saturating_sub(1));
+                        shared.ejected_by.fetch_sub(1, Ordering::Relaxed);
+                        crate::info!(
+                            "worker {}: upstream {} server {}: ejected -> up ({why})",
+                            self.worker,
+                            self.name,
+                            s.addr,
+                        );
                     }
-                );
-            } else if let Some(t) = o.ejected_until() {
-                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+                }
+                None => {
+                    if let Some(t) = o.out_until() {
+                        next = Some(next.map_or(t, |n: Instant| n.min(t)));
+                    }
+                }
             }
         }
         self.next_expiry.set(next);

@@ -40,6 +40,11 @@ impl Ringlb {
         let path = temp_path("config.toml");
         std::fs::write(&path, config).unwrap();
         let listeners = config.matches("[[listener]]").count();
+        let workers = config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("workers = "))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let mut child = Command::new(bin())
             .arg("--config")
             .arg(&path)
@@ -77,7 +82,7 @@ impl Ringlb {
                     .count();
                 (addrs, workers)
             };
-            if addrs.len() == listeners && workers_up > 0 {
+            if addrs.len() == listeners && workers_up >= workers {
                 r.addrs = addrs;
                 // Workers log their driver just before they accept; give them a moment.
                 std::thread::sleep(Duration::from_millis(50));

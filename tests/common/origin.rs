@@ -6,6 +6,9 @@
 //! `/bytes/N` streams N bytes, `/sink` counts the request body (`count=N sum=S`),
 //! `/status/N` answers status N, `/slow/MS` answers after MS milliseconds,
 //! `/continue` sends 100 Continue before reading the body.
+//!
+//! Every response echoes the request's `X-Token` field (see `client.rs`), so a
+//! response that reaches the wrong request is caught by the client.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -119,7 +122,7 @@ pub fn dead_addr() -> SocketAddr {
 }
 
 /// Reads one request head; returns (head text, leftover body bytes) or None on EOF.
-fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+pub fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
@@ -134,7 +137,7 @@ fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     }
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().skip(1).find_map(|l| {
         let (n, v) = l.split_once(':')?;
         n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
@@ -268,9 +271,10 @@ fn respond(
     count: u64,
     sum: u64,
 ) -> bool {
+    let token = token_field(head);
     let simple = |s: &mut TcpStream, status: &str, body: &[u8]| {
         let mut out = format!(
-            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nX-Origin: test\r\n\r\n",
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nX-Origin: test\r\n{token}\r\n",
             body.len()
         )
         .into_bytes();
@@ -292,18 +296,20 @@ fn respond(
         return simple(s, "200 OK", format!("count={count} sum={sum}").as_bytes());
     }
     if path == "/chunked" {
-        let r = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n";
+        let r = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n{token}\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n");
         return s.write_all(r.as_bytes()).is_ok();
     }
     if path == "/close" {
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nX-Framing: none\r\n\r\nuntil ");
+        let _ = s.write_all(
+            format!("HTTP/1.1 200 OK\r\nX-Framing: none\r\n{token}\r\nuntil ").as_bytes(),
+        );
         std::thread::sleep(Duration::from_millis(20));
         let _ = s.write_all(b"close");
         return false;
     }
     if let Some(n) = path.strip_prefix("/bytes/") {
         let n: u64 = n.parse().unwrap();
-        if s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n").as_bytes())
+        if s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n{token}\r\n").as_bytes())
             .is_err()
         {
             return false;
@@ -327,7 +333,7 @@ fn respond(
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let code: u16 = code.parse().unwrap();
-        let r = format!("HTTP/1.1 {code} Status\r\nContent-Length: 4\r\n\r\n");
+        let r = format!("HTTP/1.1 {code} Status\r\nContent-Length: 4\r\n{token}\r\n");
         let mut out = r.into_bytes();
         if method != "HEAD" && code != 204 && code != 304 {
             out.extend_from_slice(b"body");
@@ -339,4 +345,12 @@ fn respond(
         return simple(s, "200 OK", b"slow");
     }
     simple(s, "404 Not Found", b"no such path")
+}
+
+/// The `X-Token: ...\r\n` field line that echoes a request's token (empty if
+/// the request had none).
+pub fn token_field(head: &str) -> String {
+    header(head, super::client::TOKEN)
+        .map(|t| format!("{}: {t}\r\n", super::client::TOKEN))
+        .unwrap_or_default()
 }
