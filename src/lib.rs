@@ -10,6 +10,7 @@ pub mod admin;
 pub mod buf;
 pub mod cli;
 pub mod config;
+pub mod contain;
 pub mod deadline;
 pub mod error;
 pub mod http;

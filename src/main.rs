@@ -74,13 +74,17 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
+    ringlb::contain::install_hook();
     let shutdown = Arc::new(Shutdown::default());
     runtime::signals::install(shutdown.clone());
     match runtime::start(config, shutdown) {
         Ok(running) => {
-            running.wait();
-            ringlb::info!("stopped");
-            ExitCode::SUCCESS
+            if running.wait() {
+                ringlb::info!("stopped");
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(70)
+            }
         }
         Err(e) => {
             ringlb::error!("{e}");

@@ -206,3 +206,116 @@ fn second_instance_on_the_same_port_is_refused() {
     assert!(err.to_lowercase().contains("in use"), "{err}");
     let _ = std::fs::remove_file(cfg);
 }
+
+/// `systemctl restart`: a new ringlb right after the old one exited must get
+/// the port (io_uring keeps a listening socket alive past the process unless
+/// ringlb closes it first).
+#[test]
+fn restart_right_after_sigterm_gets_the_port_every_time() {
+    let origin = Origin::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg =
+        proxy_config(&[origin.addr], "", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    for cycle in 0..20 {
+        let mut lb = Ringlb::start(&cfg);
+        assert_eq!(get(lb.addr(), "/").status, 200, "cycle {cycle}");
+        lb.signal(libc::SIGTERM);
+        assert_eq!(
+            lb.wait_exit(Duration::from_secs(10)),
+            Some(0),
+            "cycle {cycle}: {}",
+            lb.log_text()
+        );
+    }
+}
+
+#[test]
+fn hup_usr1_and_usr2_never_kill_ringlb() {
+    let origin = Origin::start();
+    let mut lb = Ringlb::start(&proxy_config(&[origin.addr], "", ""));
+    let addr = lb.addr();
+    // A request in flight while the signals arrive must complete.
+    let slow = std::thread::spawn(move || get(addr, "/slow/300"));
+    common::eventually(
+        "the slow request to reach the origin",
+        Duration::from_secs(5),
+        || origin.requests() == 1,
+    );
+    for sig in [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+        lb.signal(sig);
+    }
+    let r = slow.join().unwrap();
+    assert_eq!((r.status, r.body_str().as_str()), (200, "slow"));
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/").status, 200);
+    }
+    assert_eq!(
+        lb.wait_exit(Duration::from_millis(100)),
+        None,
+        "still running"
+    );
+    for name in ["SIGHUP received", "SIGUSR1 received", "SIGUSR2 received"] {
+        common::eventually(name, Duration::from_secs(5), || lb.log_contains(name));
+    }
+    lb.signal(libc::SIGTERM);
+    assert_eq!(lb.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn a_panic_in_one_connection_closes_it_and_the_worker_serves_on() {
+    let origin = Origin::start();
+    let lb = Ringlb::start_with_test_hooks(&proxy_config(&[origin.addr], "", ""));
+    let mut idle = Client::connect(lb.addr());
+    idle.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(idle.read_response(false).status, 200);
+    for _ in 0..3 {
+        let mut c = Client::connect(lb.addr());
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Ringlb-Test-Panic: request\r\n\r\n");
+        assert!(
+            c.try_read_response(false).is_none(),
+            "closed without an answer"
+        );
+    }
+    // The worker (there is one) serves on: new and existing connections.
+    assert_eq!(get(lb.addr(), "/").status, 200);
+    idle.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(idle.read_response(false).status, 200);
+    common::eventually("the panics logged", Duration::from_secs(5), || {
+        lb.log_text()
+            .matches("test hook: a panic inside a connection task")
+            .count()
+            == 3
+    });
+    assert!(
+        lb.log_contains("panic in thread ringlb-w0"),
+        "{}",
+        lb.log_text()
+    );
+}
+
+#[test]
+fn a_worker_that_dies_stops_the_process_with_an_error() {
+    let origin = Origin::start();
+    let mut lb = Ringlb::start_with_test_hooks(
+        &proxy_config(&[origin.addr], "", "drain_timeout = \"2s\"")
+            .replace("workers = 1", "workers = 2"),
+    );
+    let mut c = Client::connect(lb.addr());
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Ringlb-Test-Panic: worker\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 200);
+    assert_eq!(
+        lb.wait_exit(Duration::from_secs(10)),
+        Some(70),
+        "{}",
+        lb.log_text()
+    );
+    assert!(
+        lb.log_contains("panicked: ringlb stops"),
+        "{}",
+        lb.log_text()
+    );
+}

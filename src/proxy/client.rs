@@ -170,6 +170,8 @@ fn prepare(
             Ok(None) => return (Ok(None), None),
             Err(e) => return (Err(e), None),
         };
+        #[cfg(debug_assertions)]
+        crate::contain::test_hooks::on_request(head.headers);
         if head.answer_locally() {
             rewrite::write_local_answer(&head, scratch);
             let req = Prepared {

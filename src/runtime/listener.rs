@@ -53,6 +53,17 @@ pub fn bind_all(
     Ok((out, bound))
 }
 
+/// Takes a listening socket out of the kernel's listening tables at once
+/// (`shutdown(2)` on a listener closes it for new connections, and its port is
+/// free again), whoever still holds a reference to it: with io_uring, a
+/// cancelled accept keeps the socket alive until the ring lets go of it.
+pub fn stop_listening(fd: std::os::fd::RawFd) {
+    // SAFETY: shutdown(2) on a descriptor this worker owns; no memory involved.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 
 pub mod driver;
 pub mod listener;
+pub mod monitor;
 pub mod signals;
 
 use crate::buf::Buffer;
@@ -53,14 +54,19 @@ pub fn in_worker() -> bool {
 pub struct Running {
     pub bound: Vec<SocketAddr>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    exits: std::sync::mpsc::Receiver<monitor::ThreadExit>,
+    shutdown: Arc<Shutdown>,
 }
 
 impl Running {
-    /// Waits for every worker to finish (after a shutdown request).
-    pub fn wait(self) {
+    /// Waits for every worker to finish after a shutdown request. False if a
+    /// thread died on its own (see `monitor`): exit non-zero.
+    pub fn wait(self) -> bool {
+        let ok = monitor::wait_for_workers(&self.exits, self.threads.len(), &self.shutdown);
         for t in self.threads {
             let _ = t.join();
         }
+        ok
     }
 }
 
@@ -87,7 +93,14 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
         }
         None => None,
     };
-    start_health_thread(&config, health.clone(), admin, shutdown.clone())?;
+    let (exit_tx, exits) = std::sync::mpsc::channel();
+    start_health_thread(
+        &config,
+        health.clone(),
+        admin,
+        shutdown.clone(),
+        exit_tx.clone(),
+    )?;
     let routes: Arc<Vec<ListenerRoutes>> = Arc::new(
         config
             .listeners
@@ -107,9 +120,11 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
         let shutdown = shutdown.clone();
         let ready = ready_tx.clone();
         let health = health.clone();
+        let exit_tx = exit_tx.clone();
         let t = std::thread::Builder::new()
             .name(format!("ringlb-w{id}"))
             .spawn(move || {
+                let _notice = monitor::ExitNotice::new(format!("worker {id}"), true, exit_tx);
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
@@ -147,7 +162,12 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
             Err(_) => return Err(std::io::Error::other("a worker exited during start-up")),
         }
     }
-    Ok(Running { bound, threads })
+    Ok(Running {
+        bound,
+        threads,
+        exits,
+        shutdown,
+    })
 }
 
 /// The health thread: active checks for every upstream that has them, and the
@@ -157,6 +177,7 @@ fn start_health_thread(
     health: Arc<Health>,
     admin: Option<std::net::TcpListener>,
     shutdown: Arc<Shutdown>,
+    exit_tx: std::sync::mpsc::Sender<monitor::ThreadExit>,
 ) -> std::io::Result<()> {
     if admin.is_none() && config.upstreams.iter().all(|u| u.health_check.is_none()) {
         return Ok(());
@@ -165,6 +186,7 @@ fn start_health_thread(
     std::thread::Builder::new()
         .name("ringlb-health".into())
         .spawn(move || {
+            let _notice = monitor::ExitNotice::new("ringlb-health".into(), false, exit_tx);
             let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                 .enable_timer()
                 .build();
@@ -242,6 +264,10 @@ async fn worker_main(
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let mut cancellers = Vec::new();
+    let listening: Vec<std::os::fd::RawFd> = sockets
+        .iter()
+        .map(std::os::fd::AsRawFd::as_raw_fd)
+        .collect();
     for (idx, socket) in sockets.into_iter().enumerate() {
         let listener = match TcpListener::from_std(socket) {
             Ok(l) => l,
@@ -267,6 +293,10 @@ async fn worker_main(
     while !shutdown.is_requested() {
         monoio::time::sleep(Duration::from_millis(50)).await;
         ticks = ticks.wrapping_add(1);
+        #[cfg(debug_assertions)]
+        if crate::contain::test_hooks::worker_panic_requested() {
+            panic!("test hook: a panic outside any connection task");
+        }
         let second = crate::deadline::now_ms() / 1000;
         for up in &ctx.upstreams {
             up.housekeeping(second);
@@ -279,6 +309,12 @@ async fn worker_main(
         }
     }
     ctx.draining.set(true);
+    // Out of the listening tables now: new connections are refused at once
+    // (instead of waiting in a backlog nobody accepts from), and the port is
+    // free for a successor even while the ring still holds the socket.
+    for fd in listening {
+        listener::stop_listening(fd);
+    }
     for c in cancellers {
         c.cancel();
     }
@@ -318,7 +354,9 @@ async fn accept_loop(
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
-                monoio::spawn(client::serve(ctx.clone(), idx, stream, peer));
+                // A panic ends this connection only (see `contain`).
+                let serve = client::serve(ctx.clone(), idx, stream, peer);
+                monoio::spawn(crate::contain::CatchUnwind::new(serve));
             }
             Err(_) if ctx.draining.get() => return,
             Err(e) => {

@@ -1,23 +1,48 @@
-//! SIGTERM / SIGINT: the first starts a graceful drain, a second exits at once.
-//! Signals are blocked in every thread and taken synchronously by one thread
-//! with sigwait, so no async-signal-safety concerns reach the workers.
+//! Signals, taken synchronously by one thread with sigwait (they are blocked in
+//! every thread, so no async-signal-safety concerns reach the workers):
+//!
+//! - SIGTERM / SIGINT: the first starts a graceful drain, a second exits at once;
+//! - SIGHUP: the reload signal (until reload exists: one line saying so);
+//! - SIGUSR1: reopen log files (ringlb logs to stderr only: one line);
+//! - SIGUSR2: binary upgrade (not supported yet: one line).
+//!
+//! None of them ever kills ringlb by its default disposition.
 
 use super::Shutdown;
 use std::sync::Arc;
+
+const HANDLED: [libc::c_int; 5] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
 
 fn signal_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
+        for sig in HANDLED {
+            libc::sigaddset(&mut set, sig);
+        }
         set
     }
 }
 
-/// Blocks SIGTERM/SIGINT in the calling thread (threads spawned later inherit it)
-/// and starts the thread that waits for them.
+fn name(sig: libc::c_int) -> &'static str {
+    match sig {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGUSR1 => "SIGUSR1",
+        _ => "SIGUSR2",
+    }
+}
+
+/// Blocks the handled signals in the calling thread (threads spawned later
+/// inherit the mask) and starts the thread that waits for them.
 pub fn install(shutdown: Arc<Shutdown>) {
     let set = signal_set();
     // SAFETY: valid, initialised signal set; only the calling thread's mask changes.
@@ -27,27 +52,36 @@ pub fn install(shutdown: Arc<Shutdown>) {
     std::thread::Builder::new()
         .name("ringlb-signals".into())
         .spawn(move || {
-            let mut first = true;
+            let mut draining = false;
             loop {
                 let mut sig: libc::c_int = 0;
                 // SAFETY: `set` is initialised and blocked in this thread.
                 if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
                     continue;
                 }
-                let name = if sig == libc::SIGTERM {
-                    "SIGTERM"
-                } else {
-                    "SIGINT"
-                };
-                if first {
-                    crate::info!(
-                        "{name} received: no longer accepting, draining in-flight requests"
-                    );
-                    shutdown.request();
-                    first = false;
-                } else {
-                    crate::warn!("second {name}: exiting without waiting for the drain");
-                    std::process::exit(1);
+                let name = name(sig);
+                match sig {
+                    libc::SIGTERM | libc::SIGINT if !draining => {
+                        crate::info!(
+                            "{name} received: no longer accepting, draining in-flight requests"
+                        );
+                        shutdown.request();
+                        draining = true;
+                    }
+                    libc::SIGTERM | libc::SIGINT => {
+                        crate::warn!("second {name}: exiting without waiting for the drain");
+                        std::process::exit(1);
+                    }
+                    libc::SIGHUP => crate::warn!(
+                        "SIGHUP received: configuration reload is not supported yet; \
+                         still serving with the configuration loaded at start"
+                    ),
+                    libc::SIGUSR1 => crate::info!(
+                        "SIGUSR1 received: no log files to reopen (ringlb logs to stderr)"
+                    ),
+                    _ => crate::warn!(
+                        "SIGUSR2 received: binary upgrade is not supported yet; ignored"
+                    ),
                 }
             }
         })

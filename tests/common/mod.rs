@@ -37,6 +37,18 @@ pub fn bin() -> &'static str {
 impl Ringlb {
     /// Starts ringlb with `config` and waits until every listener is bound.
     pub fn start(config: &str) -> Ringlb {
+        Ringlb::start_with(config, |_| {})
+    }
+
+    /// Like `start`, with the debug build's test hooks on (see `contain.rs`).
+    pub fn start_with_test_hooks(config: &str) -> Ringlb {
+        Ringlb::start_with(config, |c| {
+            c.env("RINGLB_TEST_HOOKS", "1");
+        })
+    }
+
+    /// Like `start`, letting `setup` adjust the command first.
+    pub fn start_with(config: &str, setup: impl FnOnce(&mut Command)) -> Ringlb {
         let path = temp_path("config.toml");
         std::fs::write(&path, config).unwrap();
         let listeners = config.matches("[[listener]]").count();
@@ -45,13 +57,14 @@ impl Ringlb {
             .find_map(|l| l.trim().strip_prefix("workers = "))
             .and_then(|n| n.trim().parse::<usize>().ok())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let mut child = Command::new(bin())
+        let mut command = Command::new(bin());
+        command
             .arg("--config")
             .arg(&path)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringlb");
+            .stderr(Stdio::piped());
+        setup(&mut command);
+        let mut child = command.spawn().expect("spawn ringlb");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
