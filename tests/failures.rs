@@ -261,3 +261,117 @@ fn response_cut_short_closes_the_client() {
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(got.len() < 65536, "short body, then close");
 }
+
+/// Two origins behind a ringlb whose descriptor table is full: connecting
+/// upstream fails with EMFILE, ringlb's own limit. The answer is a 503 with
+/// Retry-After, and neither server is blamed (no ejection, no hold): once
+/// descriptors are free again, both serve at once.
+#[test]
+fn out_of_descriptors_is_a_local_503_that_blames_no_server() {
+    use std::os::unix::process::CommandExt;
+    const LIMIT: usize = 48;
+    let a = Origin::start();
+    let b = Origin::start();
+    let cfg = proxy_config(&[a.addr, b.addr], "max_idle = 0", "");
+    let lb = Ringlb::start_with(&cfg, |c| {
+        // SAFETY: setrlimit between fork and exec, as prlimit(1) would.
+        unsafe {
+            c.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: LIMIT as u64,
+                    rlim_max: LIMIT as u64,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", lb.pid()))
+            .unwrap()
+            .count()
+    };
+    let mut client = Client::connect(lb.addr());
+    client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(client.read_response(false).status, 200);
+    // Idle clients until ringlb cannot accept any more: then its table is
+    // full for certain (a count of /proc/PID/fd can include a descriptor whose
+    // close is still queued in the ring). A failed accept is retried every
+    // 20 ms, and logged.
+    let mut fillers = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lb.log_text().matches("accept failed").count() < 2 {
+        assert!(Instant::now() < deadline, "descriptors stuck at {}", fds());
+        if fillers.len() < 2 * LIMIT {
+            fillers.push(TcpStream::connect(lb.addr()).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for _ in 0..10 {
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = client.read_response(false);
+        assert_eq!(
+            (r.status, r.header("retry-after"), r.body_str().as_str()),
+            (503, Some("1"), "proxy out of local resources\n"),
+            "{}",
+            lb.log_text()
+        );
+    }
+    assert!(lb.log_contains("EMFILE"), "{}", lb.log_text());
+    drop(fillers);
+    common::eventually("descriptors freed", Duration::from_secs(5), || {
+        fds() < LIMIT - 8
+    });
+    let (a0, b0) = (a.requests(), b.requests());
+    for _ in 0..4 {
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(client.read_response(false).status, 200);
+    }
+    assert_eq!(
+        (a.requests() - a0, b.requests() - b0),
+        (2, 2),
+        "both servers still in"
+    );
+    let log = lb.log_text();
+    assert!(
+        !log.contains("ejected") && !log.contains("held back"),
+        "{log}"
+    );
+}
+
+/// An origin that answers every request with 502.
+fn origin_always_502() -> Origin {
+    Origin::with_handler(Arc::new(|mut s: TcpStream, stats| {
+        let mut buf = Vec::new();
+        while let Some(head) = common::origin::read_head(&mut s, &mut buf) {
+            stats
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let r = format!(
+                "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 3\r\n{}\r\nbad",
+                common::origin::token_field(&head)
+            );
+            if s.write_all(r.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+/// Passive ejection never takes the only server of a pool: five bad answers
+/// (perhaps one client's, crafted to fail) must not turn into a 503 for
+/// everyone.
+#[test]
+fn the_only_server_of_a_pool_is_never_ejected() {
+    let origin = origin_always_502();
+    let lb = Ringlb::start(&proxy_config(&[origin.addr], "", ""));
+    let mut c = Client::connect(lb.addr());
+    for i in 0..20 {
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 502, "request {i}");
+    }
+    assert_eq!(origin.requests(), 20);
+    assert!(!lb.log_contains("ejected"), "{}", lb.log_text());
+}
