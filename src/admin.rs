@@ -1,60 +1,161 @@
 //! The admin listener: `GET /status` (every pool and server as JSON) and
-//! `GET /healthz`. Served by the health thread, off the request path.
+//! `GET /healthz`, served by the health thread, off the request path.
+//!
+//! It is built so that it can never starve the proxy: at most
+//! `MAX_CONNECTIONS` admin connections at a time (more are closed as soon as
+//! they are accepted, holding no descriptor), a deadline for the whole request
+//! (`REQUEST_DEADLINE`: a slow drip gets 408), one request per connection, and
+//! a strict parse (the proxy's own request parser): only `GET` and `HEAD`
+//! (405 otherwise), only the exact paths (404 otherwise), 400 for anything
+//! malformed. ringlb warns at start when the listener is reachable beyond
+//! loopback.
 
 use crate::buf::Buffer;
 use crate::config::UpstreamConfig;
+use crate::http::request::{self, Limits, Method};
 use crate::io::{Conn, ReadOutcome};
 use crate::upstream::health::Health;
 use monoio::net::TcpListener;
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Admin connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 16;
+/// From accept to the end of the request head.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+const LIMITS: Limits = Limits {
+    max_head_bytes: 8192,
+    max_request_line_bytes: 1024,
+};
+
+/// Logs where the admin listener is and warns when it is reachable from
+/// other hosts.
+pub fn announce(bound: SocketAddr) {
+    crate::info!("admin listening on {bound}");
+    if !bound.ip().is_loopback() {
+        crate::warn!(
+            "the admin listener on {bound} is reachable beyond this host: /status shows \
+             every upstream server; bind it to 127.0.0.1 or ::1 unless a firewall protects it"
+        );
+    }
+}
+
 pub async fn serve(listener: TcpListener, health: Arc<Health>, configs: Arc<Vec<UpstreamConfig>>) {
+    let open = Rc::new(Cell::new(0usize));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, most likely: back off instead of spinning.
             monoio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let (health, configs) = (health.clone(), configs.clone());
+        if open.get() >= MAX_CONNECTIONS {
+            crate::log::rate_limited(format_args!(
+                "admin: {MAX_CONNECTIONS} connections already open: closing a new one"
+            ));
+            continue; // dropped: closed at once
+        }
+        open.set(open.get() + 1);
+        let (health, configs, open) = (health.clone(), configs.clone(), open.clone());
         monoio::spawn(async move {
-            let mut conn = Conn::new(stream);
-            let mut buf = Buffer::take();
-            loop {
-                match conn.reader.read(&mut buf, Duration::from_secs(5)).await {
-                    ReadOutcome::Data(_) if !buf.data().windows(4).any(|w| w == b"\r\n\r\n") => {
-                        continue
-                    }
-                    ReadOutcome::Data(_) => break,
-                    _ => return,
-                }
-            }
-            let head = String::from_utf8_lossy(buf.data()).into_owned();
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, ctype, body) = match path {
-                "/status" => ("200 OK", "application/json", health.to_json(&configs)),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                _ => (
-                    "404 Not Found",
-                    "text/plain",
-                    "try /status or /healthz\n".to_string(),
-                ),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let mut out = Buffer::take();
-            out.clear();
-            if out.spare() < response.len() {
-                out.reserve(response.len());
-            }
-            out.extend(response.as_bytes());
-            let n = out.len();
-            let _ = conn
-                .writer
-                .write_front(&mut out, n, Duration::from_secs(5))
-                .await;
-            conn.writer.shutdown_write();
+            answer(Conn::new(stream), &health, &configs).await;
+            open.set(open.get() - 1);
         });
+    }
+}
+
+/// Reads one request within the deadline and answers it.
+async fn answer(mut conn: Conn, health: &Health, configs: &[UpstreamConfig]) {
+    let mut buf = Buffer::take();
+    conn.reader.arm(REQUEST_DEADLINE);
+    let reply = loop {
+        let mut headers = crate::http::header_slots();
+        match request::parse(buf.data(), &mut headers, &LIMITS) {
+            Ok(Some(head)) => break respond(&head, health, configs),
+            Ok(None) => {}
+            Err(e) => break Reply::error(e.status().unwrap_or(400), "malformed request\n"),
+        }
+        match conn.reader.read_armed(&mut buf).await {
+            ReadOutcome::Data(_) if buf.spare() > 0 => {}
+            ReadOutcome::Data(_) => break Reply::error(431, "request head too large\n"),
+            ReadOutcome::TimedOut => break Reply::error(408, "request timeout\n"),
+            ReadOutcome::Eof | ReadOutcome::Failed(_) => return,
+        }
+    };
+    conn.reader.disarm();
+    let mut out = Buffer::take();
+    out.clear();
+    let text = reply.render();
+    if out.spare() < text.len() {
+        out.reserve(text.len());
+    }
+    out.extend(text.as_bytes());
+    let n = out.len();
+    let _ = conn.writer.write_front(&mut out, n, WRITE_TIMEOUT).await;
+    conn.writer.shutdown_write();
+}
+
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+    /// HEAD: the head alone, with the length the body would have.
+    head_only: bool,
+    allow: bool,
+}
+
+impl Reply {
+    fn error(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain",
+            body: body.to_string(),
+            head_only: false,
+            allow: false,
+        }
+    }
+
+    fn render(&self) -> String {
+        let reason = crate::proxy::route::reason_phrase(self.status);
+        let allow = if self.allow {
+            "Allow: GET, HEAD\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n{}",
+            self.status,
+            self.content_type,
+            self.body.len(),
+            if self.head_only { "" } else { &self.body }
+        )
+    }
+}
+
+fn respond(
+    head: &request::RequestHead<'_, '_>,
+    health: &Health,
+    configs: &[UpstreamConfig],
+) -> Reply {
+    if !matches!(head.kind, Method::Get | Method::Head) {
+        return Reply {
+            allow: true,
+            ..Reply::error(405, "only GET and HEAD\n")
+        };
+    }
+    let (content_type, body) = match head.target {
+        "/status" => ("application/json", health.to_json(configs)),
+        "/healthz" => ("text/plain", "ok\n".to_string()),
+        _ => return Reply::error(404, "try /status or /healthz\n"),
+    };
+    Reply {
+        status: 200,
+        content_type,
+        body,
+        head_only: head.kind == Method::Head,
+        allow: false,
     }
 }

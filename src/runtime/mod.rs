@@ -88,7 +88,7 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
     let admin = match config.admin {
         Some(addr) => {
             let (mut sockets, bound_admin) = listener::bind_all(addr, 1)?;
-            crate::info!("admin listening on {bound_admin}");
+            crate::admin::announce(bound_admin);
             sockets.pop()
         }
         None => None,

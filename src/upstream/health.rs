@@ -149,7 +149,7 @@ impl Health {
             }
             out.push_str("]}");
         }
-        out.push_str("]}");
+        out.push_str(&format!("],\"panics\":{}}}", crate::contain::panics()));
         out
     }
 }
