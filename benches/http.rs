@@ -3,7 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use ringlb::http::chunked::ChunkedDecoder;
-use ringlb::http::request::{self, Limits};
+use ringlb::http::request::{self, Limits, Underscores};
 use ringlb::http::{response, rewrite};
 use ringlb::upstream::balance::testing::Table;
 use ringlb::upstream::balance::{Algorithm, Balancer};
@@ -17,6 +17,7 @@ Content-Type: text/plain\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\n
 const LIMITS: Limits = Limits {
     max_head_bytes: 32768,
     max_request_line_bytes: 8192,
+    underscores: Underscores::Drop,
 };
 
 fn parse_request(c: &mut Criterion) {

@@ -12,7 +12,7 @@
 
 use crate::buf::Buffer;
 use crate::config::UpstreamConfig;
-use crate::http::request::{self, Limits, Method};
+use crate::http::request::{self, Limits, Method, Underscores};
 use crate::io::{Conn, ReadOutcome};
 use crate::upstream::health::Health;
 use monoio::net::TcpListener;
@@ -30,6 +30,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const LIMITS: Limits = Limits {
     max_head_bytes: 8192,
     max_request_line_bytes: 1024,
+    underscores: Underscores::Drop,
 };
 
 /// Logs where the admin listener is and warns when it is reachable from

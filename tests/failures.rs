@@ -375,3 +375,26 @@ fn the_only_server_of_a_pool_is_never_ejected() {
     assert_eq!(origin.requests(), 20);
     assert!(!lb.log_contains("ejected"), "{}", lb.log_text());
 }
+
+/// A client that pauses inside its request body past `body_timeout` gets a
+/// 408 (nothing of the response went out yet), then the connection closes.
+#[test]
+fn a_stalled_request_body_gets_408() {
+    let origin = Origin::start();
+    let lb = Ringlb::start(&proxy_config(
+        &[origin.addr],
+        "",
+        "[client]\nbody_timeout = \"300ms\"",
+    ));
+    let mut c = Client::connect(lb.addr());
+    c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten.");
+    let start = Instant::now();
+    let r = c.read_response(false);
+    let took = start.elapsed();
+    assert_eq!(r.status, 408, "{}", r.head);
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(c.is_closed_by_peer(Duration::from_secs(2)));
+}

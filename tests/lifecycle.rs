@@ -319,3 +319,23 @@ fn a_worker_that_dies_stops_the_process_with_an_error() {
         lb.log_text()
     );
 }
+
+#[test]
+fn check_refuses_addresses_run_could_not_bind() {
+    for (name, text) in [
+        (
+            "admin-port.toml",
+            "[admin]\nlisten = \"127.0.0.1:18099\"\n[[listener]]\nlisten = \"127.0.0.1:18099\"\nstatus = 200\n",
+        ),
+        (
+            "any-and-loopback.toml",
+            "[[listener]]\nlisten = \"0.0.0.0:18098\"\nstatus = 200\n[[listener]]\nlisten = \"127.0.0.1:18098\"\nstatus = 200\n",
+        ),
+    ] {
+        let (path, out) = check(name, text);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{}:", path.display())) && err.contains("collides with"), "{err}");
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -232,3 +232,56 @@ fn idle_keep_alive_connections_cost_no_cpu_on_either_driver() {
         );
     }
 }
+
+#[test]
+fn fields_with_underscores_are_dropped_passed_or_rejected_as_configured() {
+    let origin = Origin::start();
+    let request = b"GET /head HTTP/1.1\r\nHost: x\r\nX_Forwarded_For: 6.6.6.6\r\nX-Ok: 1\r\n\r\n";
+    for (policy, status, forwarded) in [
+        (None, 200, false),
+        (Some("drop"), 200, false),
+        (Some("pass"), 200, true),
+        (Some("reject"), 400, false),
+    ] {
+        let top = policy.map_or(String::new(), |p| {
+            format!("[client]\nheaders_with_underscores = \"{p}\"")
+        });
+        let lb = Ringlb::start(&proxy_config(&[origin.addr], "", &top));
+        let mut c = Client::connect(lb.addr());
+        c.send(request);
+        let r = c.read_response(false);
+        assert_eq!(r.status, status, "{policy:?}");
+        if status == 200 {
+            let head = r.body_str();
+            assert_eq!(
+                head.contains("X_Forwarded_For: 6.6.6.6"),
+                forwarded,
+                "{policy:?}: {head}"
+            );
+            assert!(
+                head.contains("X-Ok: 1") && head.contains("X-Forwarded-For: 127.0.0.1"),
+                "{head}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_later_http_1_minor_version_is_served_as_1_1() {
+    let (origin, lb) = setup();
+    let mut c = Client::connect(lb.addr());
+    for _ in 0..2 {
+        c.send_raw(b"GET /head HTTP/1.2\r\nHost: x\r\n\r\n");
+        let r = c.read_response(false);
+        assert_eq!(r.status, 200);
+        assert!(r.head.starts_with("HTTP/1.1 200"), "{}", r.head);
+    }
+    let head = origin.heads().pop().unwrap();
+    assert!(head.starts_with("GET /head HTTP/1.1\r\n"), "{head}");
+    // Other versions are still refused.
+    for line in ["GET / HTTP/2.0", "GET / HTTP/1.10", "GET / HTTP/0.9"] {
+        let mut c = Client::connect(lb.addr());
+        c.send_raw(format!("{line}\r\nHost: x\r\n\r\n").as_bytes());
+        assert_eq!(c.read_response(false).status, 400, "{line}");
+    }
+}

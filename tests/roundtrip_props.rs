@@ -5,12 +5,13 @@
 
 use proptest::prelude::*;
 use ringlb::http::chunked::ChunkedDecoder;
-use ringlb::http::request::{self, Limits};
+use ringlb::http::request::{self, Limits, Underscores};
 use ringlb::http::{rewrite, Framing};
 
 const LIMITS: Limits = Limits {
     max_head_bytes: 65536,
     max_request_line_bytes: 8192,
+    underscores: Underscores::Drop,
 };
 
 fn token() -> impl Strategy<Value = String> {

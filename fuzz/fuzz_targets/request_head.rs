@@ -4,10 +4,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringlb::error::ProxyError;
-use ringlb::http::request::{self, Limits};
+use ringlb::http::request::{self, Limits, Underscores};
 use ringlb::http::{rewrite, MAX_HEADERS};
 
-const LIMITS: Limits = Limits { max_head_bytes: 16384, max_request_line_bytes: 4096 };
+const LIMITS: Limits = Limits { max_head_bytes: 16384, max_request_line_bytes: 4096, underscores: Underscores::Drop };
 const ROOMY: Limits = Limits { max_head_bytes: 1 << 20, max_request_line_bytes: 1 << 20 };
 
 fuzz_target!(|data: &[u8]| {

@@ -5,6 +5,7 @@ mod demo;
 mod duration;
 mod raw;
 
+pub use crate::http::request::Underscores;
 pub use crate::runtime::driver::UringSetup;
 pub use crate::upstream::balance::Algorithm;
 pub use crate::upstream::outlier::OutlierConfig;
@@ -65,18 +66,6 @@ pub struct ClientSettings {
     pub max_chunk_bytes: u64,
     /// What happens to request header fields whose names contain `_`.
     pub headers_with_underscores: Underscores,
-}
-
-/// Request header names with underscores: CGI-style backends turn `-` into `_`,
-/// so `X_Forwarded_For` would merge with (and spoof) ringlb's `X-Forwarded-For`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Underscores {
-    /// Removed before forwarding (default, as nginx).
-    Drop,
-    /// Forwarded unchanged.
-    Pass,
-    /// The request is answered 400.
-    Reject,
 }
 
 impl Default for ClientSettings {
@@ -397,23 +386,22 @@ impl Ctx<'_> {
         if raw.listener.is_empty() {
             return Err(self.err(0..0, "listener", "at least one [[listener]] is required"));
         }
-        let mut listeners = Vec::with_capacity(raw.listener.len());
+        let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw.listener.len());
         for l in &raw.listener {
             let cfg = self.listener(l, &upstreams)?;
-            if listeners
-                .iter()
-                .any(|o: &ListenerConfig| o.addr == cfg.addr && cfg.addr.port() != 0)
-            {
-                return Err(self.err(
-                    l.listen.span(),
-                    "listen",
-                    format!("{} is used by two listeners", cfg.addr),
-                ));
+            for (o, raw_o) in listeners.iter().zip(&raw.listener) {
+                self.no_collision(cfg.addr, o.addr, l.listen.span(), raw_o.listen.span())?;
             }
             listeners.push(cfg);
         }
         let admin = match &raw.admin {
-            Some(a) => Some(self.addr(&a.listen, "listen")?),
+            Some(a) => {
+                let addr = self.addr(&a.listen, "listen")?;
+                for (o, raw_o) in listeners.iter().zip(&raw.listener) {
+                    self.no_collision(addr, o.addr, a.listen.span(), raw_o.listen.span())?;
+                }
+                Some(addr)
+            }
             None => None,
         };
         Ok(Config {
@@ -427,6 +415,47 @@ impl Ctx<'_> {
             listeners,
             upstreams,
         })
+    }
+
+    /// Two listening addresses that `run` could not both bind: the same
+    /// port in the same family, on the same address or one of them on every
+    /// address (`0.0.0.0`, `[::]`). Port 0 (a free port, chosen at start) never
+    /// collides.
+    fn no_collision(
+        &self,
+        addr: SocketAddr,
+        other: SocketAddr,
+        span: Range<usize>,
+        other_span: Range<usize>,
+    ) -> Result<(), ConfigError> {
+        let collides = addr.port() != 0
+            && addr.port() == other.port()
+            && addr.is_ipv4() == other.is_ipv4()
+            && (addr.ip() == other.ip()
+                || addr.ip().is_unspecified()
+                || other.ip().is_unspecified());
+        if !collides {
+            return Ok(());
+        }
+        let (line, _) = self.position(other_span.start);
+        let why = if addr.ip() == other.ip() {
+            "the same address".to_string()
+        } else {
+            let every = if addr.ip().is_unspecified() {
+                addr
+            } else {
+                other
+            };
+            format!("{} covers every address", every.ip())
+        };
+        Err(self.err(
+            span,
+            "listen",
+            format!(
+                "{addr} collides with {other} (line {line}): {why} on port {}",
+                addr.port()
+            ),
+        ))
     }
 
     fn client(&self, c: raw::RawClient) -> Result<ClientSettings, ConfigError> {

@@ -103,3 +103,51 @@ fn syntax_error_has_position() {
     let e = parse("workers = = 2\n").unwrap_err();
     assert_eq!(e.line, 1, "{e}");
 }
+
+#[test]
+fn check_refuses_every_address_collision_run_would_hit() {
+    let cfg = |a: &str, b: &str, admin: &str| {
+        format!(
+            "[[listener]]\nlisten = \"{a}\"\nstatus = 200\n[[listener]]\nlisten = \"{b}\"\nstatus = 200\n{admin}"
+        )
+    };
+    for (a, b, admin) in [
+        ("127.0.0.1:8080", "127.0.0.1:8080", ""),
+        ("0.0.0.0:8080", "127.0.0.1:8080", ""),
+        ("127.0.0.1:8080", "0.0.0.0:8080", ""),
+        ("[::]:8080", "[::1]:8080", ""),
+        (
+            "127.0.0.1:8080",
+            "127.0.0.1:8081",
+            "[admin]\nlisten = \"127.0.0.1:8081\"",
+        ),
+        (
+            "0.0.0.0:8080",
+            "127.0.0.1:8081",
+            "[admin]\nlisten = \"127.0.0.1:8080\"",
+        ),
+    ] {
+        let e = parse(&cfg(a, b, admin)).unwrap_err();
+        assert!(
+            e.to_string().contains("collides with"),
+            "{a} {b} {admin}: {e}"
+        );
+        assert!(e.line > 0 && e.key == "listen", "{e}");
+    }
+    for (a, b, admin) in [
+        ("127.0.0.1:8080", "127.0.0.2:8080", ""),
+        ("0.0.0.0:8080", "[::]:8080", ""),
+        (
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+        ),
+        (
+            "127.0.0.1:8080",
+            "127.0.0.1:8081",
+            "[admin]\nlisten = \"127.0.0.1:8082\"",
+        ),
+    ] {
+        assert!(parse(&cfg(a, b, admin)).is_ok(), "{a} {b} {admin}");
+    }
+}

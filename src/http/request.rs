@@ -5,11 +5,25 @@ use super::fields::{eq_ci, list_has, parse_content_length, trim_ows};
 use super::{Framing, HeaderSlots};
 use crate::error::ProxyError;
 
-/// Size limits for request heads.
+/// What a request head may be: sizes, and what to do with field names that
+/// contain underscores.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_head_bytes: usize,
     pub max_request_line_bytes: usize,
+    pub underscores: Underscores,
+}
+
+/// Request header names with underscores: CGI-style backends turn `-` into `_`,
+/// so `X_Forwarded_For` would merge with (and spoof) ringlb's `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underscores {
+    /// Removed before forwarding (default, as nginx).
+    Drop,
+    /// Forwarded unchanged.
+    Pass,
+    /// The request is answered 400.
+    Reject,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +101,8 @@ pub struct RequestHead<'b, 'h> {
     pub max_forwards: Option<u64>,
     pub connection: [&'b [u8]; MAX_CONNECTION_FIELDS],
     pub connection_count: usize,
+    /// Some field name holds `_` and the policy is to drop such fields.
+    pub drop_underscored: bool,
 }
 
 impl<'b> RequestHead<'b, '_> {
@@ -167,10 +183,17 @@ pub fn parse<'b, 'h>(
     let mut upgrade_field = false;
     let mut connection: [&'b [u8]; MAX_CONNECTION_FIELDS] = [b""; MAX_CONNECTION_FIELDS];
     let mut connection_count = 0;
+    let mut drop_underscored = false;
 
     for h in headers {
         let name = h.name.as_bytes();
         let value = h.value;
+        if limits.underscores != Underscores::Pass && name.contains(&b'_') {
+            if limits.underscores == Underscores::Reject {
+                return Err(ProxyError::BadRequest("field name with an underscore"));
+            }
+            drop_underscored = true;
+        }
         if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             return Err(ProxyError::BadRequest("control character in field value"));
         }
@@ -273,7 +296,29 @@ pub fn parse<'b, 'h>(
         max_forwards,
         connection,
         connection_count,
+        drop_underscored,
     }))
+}
+
+/// The reason given for a request line whose version httparse refuses.
+pub const UNSUPPORTED_VERSION: &str = "invalid or unsupported HTTP version";
+
+/// RFC 9110 §2.5: a request of a later HTTP/1.x minor version is handled as
+/// the highest one ringlb speaks. If the request line in `data` ends in
+/// `HTTP/1.2` to `HTTP/1.9`, rewrites it to `HTTP/1.1` in place (same length)
+/// and returns true.
+pub fn downgrade_minor_version(data: &mut [u8]) -> bool {
+    let Some(nl) = data.iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    let line = &data[..nl];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let n = line.len();
+    if n < 9 || &line[n - 9..n - 1] != b" HTTP/1." || !(b'2'..=b'9').contains(&line[n - 1]) {
+        return false;
+    }
+    data[n - 1] = b'1';
+    true
 }
 
 fn map_parse_error(e: httparse::Error, data: &[u8], limits: &Limits) -> ProxyError {
@@ -288,7 +333,7 @@ fn map_parse_error(e: httparse::Error, data: &[u8], limits: &Limits) -> ProxyErr
             if line_end > limits.max_request_line_bytes {
                 ProxyError::UriTooLong
             } else {
-                ProxyError::BadRequest("invalid or unsupported HTTP version")
+                ProxyError::BadRequest(UNSUPPORTED_VERSION)
             }
         }
         E::Token => ProxyError::BadRequest("invalid method or request target"),

@@ -64,6 +64,9 @@ pub fn write_request(
     let mut xff_seen = false;
     for h in head.headers {
         let name = h.name.as_bytes();
+        if head.drop_underscored && name.contains(&b'_') {
+            continue;
+        }
         let kept_upgrade = head.upgrade && eq_ci(name, b"upgrade");
         if !kept_upgrade
             && (is_hop_by_hop(name)

@@ -140,9 +140,18 @@ async fn read_head(
 ) -> Result<Option<Prepared>, ProxyError> {
     client.reader.arm(ctx.client.head_timeout);
     loop {
-        if let Some(req) = prepare(ctx, listener, ip, inbuf)? {
-            client.reader.disarm();
-            return Ok(Some(req));
+        match prepare(ctx, listener, ip, inbuf) {
+            Ok(Some(req)) => {
+                client.reader.disarm();
+                return Ok(Some(req));
+            }
+            Ok(None) => {}
+            Err(ProxyError::BadRequest(request::UNSUPPORTED_VERSION))
+                if request::downgrade_minor_version(inbuf.data_mut()) =>
+            {
+                continue; // HTTP/1.2 and later minors: handled as 1.1
+            }
+            Err(e) => return Err(e),
         }
         if inbuf.spare() < 1024 {
             inbuf.reserve(4096);
@@ -186,7 +195,7 @@ fn prepare(
             };
             return (Ok(Some(req)), Some(head.head_len));
         }
-        let action = ctx.routes[listener].select(head.host_name(), head.path());
+        let (action, hash_key) = route(ctx, listener, &head, ip);
         let mut req = Prepared {
             action,
             head_len: head.head_len,
@@ -195,13 +204,10 @@ fn prepare(
             keep_alive: head.keep_alive,
             minor_version: head.minor_version,
             upgrade: head.upgrade,
-            hash_key: 0,
+            hash_key,
         };
         match action {
-            RouteAction::Proxy(up) => {
-                if let Some(key) = &ctx.upstreams[up].hash_key {
-                    req.hash_key = hash_key(key, &head, ip);
-                }
+            RouteAction::Proxy(_) => {
                 let authority = ctx.routes[listener].authority();
                 rewrite::write_request(&head, ip.as_bytes(), authority, scratch);
                 req.head_len = scratch.len();
@@ -212,12 +218,40 @@ fn prepare(
     })
 }
 
+thread_local! {
+    /// Room for a normalised path, reused by every request of the worker.
+    static PATH_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Chooses the route by host and normalised path (`http::path`), and for a
+/// consistent-hashing pool the request's hash key.
+fn route(
+    ctx: &WorkerCtx,
+    listener: usize,
+    head: &RequestHead<'_, '_>,
+    ip: &ClientIp,
+) -> (RouteAction, u64) {
+    PATH_SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let path = crate::http::path::normalise(head.path(), &mut scratch);
+        let action = ctx.routes[listener].select(head.host_name(), path);
+        let key = match action {
+            RouteAction::Proxy(up) => ctx.upstreams[up]
+                .hash_key
+                .as_ref()
+                .map_or(0, |key| hash_key(key, head, path, ip)),
+            _ => 0,
+        };
+        (action, key)
+    })
+}
+
 /// The consistent-hashing key of a request (a missing header falls back to
 /// the client address).
-fn hash_key(key: &HashKey, head: &RequestHead<'_, '_>, ip: &ClientIp) -> u64 {
+fn hash_key(key: &HashKey, head: &RequestHead<'_, '_>, path: &str, ip: &ClientIp) -> u64 {
     let bytes = match key {
         HashKey::ClientIp => ip.as_bytes(),
-        HashKey::Path => head.path().as_bytes(),
+        HashKey::Path => path.as_bytes(),
         HashKey::Header(name) => head
             .headers
             .iter()

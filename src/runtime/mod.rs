@@ -248,6 +248,7 @@ fn worker_ctx(
         limits: Limits {
             max_head_bytes: config.client.max_head_bytes,
             max_request_line_bytes: config.client.max_request_line_bytes,
+            underscores: config.client.headers_with_underscores,
         },
         draining: Cell::new(false),
         busy: Cell::new(0),

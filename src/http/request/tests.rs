@@ -3,6 +3,7 @@ use super::*;
 const LIMITS: Limits = Limits {
     max_head_bytes: 8192,
     max_request_line_bytes: 1024,
+    underscores: Underscores::Drop,
 };
 
 fn parse_str(s: &str) -> Result<Option<(Framing, bool, String, String)>, ProxyError> {
@@ -137,4 +138,63 @@ fn host_helpers() {
     assert!(!valid_host(b"a/b"));
     assert_eq!(host_without_port(b"example.com:80"), b"example.com");
     assert_eq!(host_without_port(b"[::1]:80"), b"[::1]");
+}
+
+#[test]
+fn later_minor_versions_are_downgraded_to_1_1() {
+    let mut req = b"GET / HTTP/1.2\r\nHost: x\r\n\r\n".to_vec();
+    let mut h = crate::http::header_slots();
+    assert_eq!(
+        parse(&req, &mut h, &LIMITS).unwrap_err(),
+        ProxyError::BadRequest(UNSUPPORTED_VERSION)
+    );
+    assert!(downgrade_minor_version(&mut req));
+    assert_eq!(&req[..16], b"GET / HTTP/1.1\r\n");
+    let mut h = crate::http::header_slots();
+    assert_eq!(
+        parse(&req, &mut h, &LIMITS).unwrap().unwrap().minor_version,
+        1
+    );
+    for bad in [
+        &b"GET / HTTP/2.0\r\n\r\n"[..],
+        b"GET / HTTP/1.10\r\n\r\n",
+        b"GET / HTTP/1.x\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.2",
+        b"GET /HTTP/1.2\r\n\r\n",
+    ] {
+        let mut b = bad.to_vec();
+        assert!(
+            !downgrade_minor_version(&mut b),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+        assert_eq!(b, bad);
+    }
+}
+
+#[test]
+fn field_names_with_underscores_follow_the_policy() {
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n";
+    for (policy, reject, dropped) in [
+        (Underscores::Drop, false, true),
+        (Underscores::Pass, false, false),
+        (Underscores::Reject, true, false),
+    ] {
+        let limits = Limits {
+            underscores: policy,
+            ..LIMITS
+        };
+        let mut h = crate::http::header_slots();
+        match parse(req, &mut h, &limits) {
+            Err(e) => {
+                assert!(reject, "{policy:?}: {e}");
+                assert_eq!(e.status(), Some(400));
+            }
+            Ok(head) => {
+                assert!(!reject, "{policy:?}");
+                assert_eq!(head.unwrap().drop_underscored, dropped, "{policy:?}");
+            }
+        }
+    }
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::http::request::{self, Limits};
+use crate::http::request::{self, Limits, Underscores};
 use crate::http::response;
 
 fn forward(raw: &str) -> String {
@@ -7,6 +7,7 @@ fn forward(raw: &str) -> String {
     let limits = Limits {
         max_head_bytes: 8192,
         max_request_line_bytes: 1024,
+        underscores: Underscores::Drop,
     };
     let head = request::parse(raw.as_bytes(), &mut h, &limits)
         .unwrap()
@@ -103,6 +104,7 @@ fn local_answers() {
     let limits = Limits {
         max_head_bytes: 8192,
         max_request_line_bytes: 1024,
+        underscores: Underscores::Drop,
     };
     let raw = b"TRACE /t HTTP/1.1\r\nHost: a\r\nCookie: secret\r\nMax-Forwards: 0\r\n\r\n";
     let head = request::parse(raw, &mut h, &limits).unwrap().unwrap();
