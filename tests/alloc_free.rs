@@ -137,6 +137,12 @@ fn steady_state_requests_do_not_allocate() {
         let n = count_over(addr, req, *head, 200, 200, 1000);
         report.push(format!("{name}: {n} allocations in 1000 requests"));
     }
+    // A path that routing must normalise (the origin does not know it: 404).
+    let escaped = b"GET /a%2Fb/./%63//d/../e HTTP/1.1\r\nHost: x\r\n\r\n";
+    let n = count_over(addr, escaped, false, 404, 200, 1000);
+    report.push(format!(
+        "path normalised for routing: {n} allocations in 1000 requests"
+    ));
     shutdown.request();
     running.wait();
     let text = report.join("\n");

@@ -94,3 +94,86 @@ fn upload_and_download_200_mib_with_bounded_memory() {
     c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(c.read_response(false).body_str(), "hello");
 }
+
+/// Chunked request framing reaches the backend re-encoded: sizes in plain
+/// hex without leading zeros or extensions, trailers only where they may be.
+#[test]
+fn chunk_framing_is_forwarded_canonically() {
+    let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = captured.clone();
+    let origin = common::origin::Origin::with_handler(std::sync::Arc::new(
+        move |mut s: std::net::TcpStream, _| {
+            let mut all = Vec::new();
+            let mut tmp = [0u8; 4096];
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            // The head and the body each end with an empty line.
+            while all.windows(4).filter(|w| w == b"\r\n\r\n").count() < 2
+                || !all.ends_with(b"\r\n\r\n")
+            {
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => all.extend_from_slice(&tmp[..n]),
+                }
+            }
+            *sink.lock().unwrap() = all;
+            let _ = std::io::Write::write_all(
+                &mut s,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            );
+        },
+    ));
+    let lb = Ringlb::start(&proxy_config(&[origin.addr], "", ""));
+    let mut c = Client::connect(lb.addr());
+    c.send_raw(
+        b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          0005;name=value\r\nhello\r\n000A\r\n0123456789\r\n0;last\r\n\
+          X-Sum: 15\r\nContent-Length: 999\r\nHost: elsewhere\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(c.read_response(false).status, 200);
+    let sent = String::from_utf8_lossy(&captured.lock().unwrap()).into_owned();
+    let body = sent.split_once("\r\n\r\n").unwrap().1;
+    assert_eq!(
+        body, "5\r\nhello\r\na\r\n0123456789\r\n0\r\nX-Sum: 15\r\n\r\n",
+        "{sent}"
+    );
+}
+
+#[test]
+fn chunk_sizes_past_the_maximum_and_bad_trailers_are_400() {
+    let origin = Origin::start();
+    let lb = Ringlb::start(&proxy_config(
+        &[origin.addr],
+        "",
+        "[client]\nmax_chunk_bytes = 1048576",
+    ));
+    for (what, body) in [
+        (
+            "a size a 32-bit backend reads as 5",
+            "100000005\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("the largest size", "FFFFFFFFFFFFFFFF\r\nhello\r\n0\r\n\r\n"),
+        ("past max_chunk_bytes", "100001\r\nx\r\n0\r\n\r\n"),
+        (
+            "a trailer line without a colon",
+            "1\r\nx\r\n0\r\nNoColon\r\n\r\n",
+        ),
+        (
+            "a trailer name with a space",
+            "1\r\nx\r\n0\r\nX y: z\r\n\r\n",
+        ),
+    ] {
+        let mut c = Client::connect(lb.addr());
+        c.send_raw(
+            format!("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
+                .as_bytes(),
+        );
+        let r = c.read_response(false);
+        assert_eq!(r.status, 400, "{what}");
+        assert!(
+            c.is_closed_by_peer(std::time::Duration::from_secs(2)),
+            "{what}"
+        );
+    }
+    assert_eq!(origin.requests(), 0, "{}", lb.log_text());
+}

@@ -8,7 +8,7 @@ use ringlb::http::request::{self, Limits, Underscores};
 use ringlb::http::{rewrite, MAX_HEADERS};
 
 const LIMITS: Limits = Limits { max_head_bytes: 16384, max_request_line_bytes: 4096, underscores: Underscores::Drop };
-const ROOMY: Limits = Limits { max_head_bytes: 1 << 20, max_request_line_bytes: 1 << 20 };
+const ROOMY: Limits = Limits { max_head_bytes: 1 << 20, max_request_line_bytes: 1 << 20, underscores: Underscores::Drop };
 
 fuzz_target!(|data: &[u8]| {
     let mut h = ringlb::http::header_slots();

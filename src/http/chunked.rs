@@ -1,9 +1,11 @@
 //! Incremental, strict chunked transfer-coding decoder (RFC 9112 §7.1).
 //!
-//! ringlb streams chunked bodies through unchanged; this decoder tells it where
-//! the body ends and rejects anything ambiguous: non-hex or overflowing sizes,
-//! bare LF or CR, control bytes in extensions, and oversize extensions or trailers.
-//! It also reports which input bytes are chunk data, for re-framing to HTTP/1.0.
+//! It tells ringlb where a chunked body ends and rejects anything ambiguous:
+//! non-hex, overflowing or oversize chunk sizes, bare LF or CR, control bytes
+//! in extensions, trailer lines that are not valid fields, and oversize
+//! extensions or trailers. It reports which input bytes are chunk data (for
+//! re-framing to HTTP/1.0) and each line it completes (for re-encoding the
+//! framing canonically, `reframe`).
 
 use std::ops::Range;
 
@@ -18,6 +20,8 @@ const MAX_TRAILER_BYTES: usize = 16 * 1024;
 pub enum ChunkError {
     InvalidSize,
     SizeOverflow,
+    /// Larger than the configured maximum (`max_chunk_bytes`).
+    SizeTooLarge,
     InvalidExtension,
     ExtensionTooLong,
     InvalidLineEnding,
@@ -30,6 +34,7 @@ impl ChunkError {
         match self {
             ChunkError::InvalidSize => "invalid chunk size",
             ChunkError::SizeOverflow => "chunk size overflow",
+            ChunkError::SizeTooLarge => "chunk size above max_chunk_bytes",
             ChunkError::InvalidExtension => "invalid chunk extension",
             ChunkError::ExtensionTooLong => "chunk extension too long",
             ChunkError::InvalidLineEnding => "invalid line ending in chunked body",
@@ -59,13 +64,28 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or the final CRLF).
     TrailerStart,
-    /// Inside a trailer field line.
-    Trailer,
+    /// Inside a trailer field's name (a token, up to the colon).
+    TrailerName,
+    /// Inside a trailer field's value (no control bytes but HTAB).
+    TrailerValue,
     /// After CR of a trailer line.
     TrailerLf,
     /// After CR of the final empty line.
     FinalLf,
     Done,
+}
+
+/// A line the decoder completed, with its LF, at the end of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    /// A chunk-size line (0: the last chunk), extensions and all.
+    Size(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// A valid trailer field line; its name is its first `name_len` bytes.
+    Trailer { name_len: usize },
+    /// The empty line that ends the body.
+    End,
 }
 
 /// One step of decoding.
@@ -77,6 +97,8 @@ pub struct Progress {
     pub data: Range<usize>,
     /// The body ended (last-chunk and trailers complete) within `consumed`.
     pub done: bool,
+    /// The line this step completed (a step ends at the end of each line).
+    pub line: Option<Line>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,7 +108,8 @@ pub struct ChunkedDecoder {
     digits: u8,
     ext_len: usize,
     trailer_len: usize,
-    trailer_line_len: usize,
+    trailer_name_len: usize,
+    max_size: u64,
 }
 
 impl Default for ChunkedDecoder {
@@ -97,13 +120,19 @@ impl Default for ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn new() -> Self {
+        ChunkedDecoder::with_max_size(u64::MAX)
+    }
+
+    /// A decoder that refuses chunks larger than `max_size` bytes.
+    pub fn with_max_size(max_size: u64) -> Self {
         ChunkedDecoder {
             state: State::SizeStart,
             size: 0,
             digits: 0,
             ext_len: 0,
             trailer_len: 0,
-            trailer_line_len: 0,
+            trailer_name_len: 0,
+            max_size,
         }
     }
 
@@ -111,14 +140,26 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
-    /// Decodes from `input` until one data run is found, the body ends, or the
-    /// input is exhausted. Call again with the rest while `consumed < input.len()`.
+    /// Decodes from `input` until one data run is found, a line is complete,
+    /// or the input is exhausted. Call again with the rest while
+    /// `consumed < input.len()`.
     pub fn step(&mut self, input: &[u8]) -> Result<Progress, ChunkError> {
+        let line = |consumed, line| {
+            Ok(Progress {
+                consumed,
+                data: 0..0,
+                done: line == Line::End,
+                line: Some(line),
+            })
+        };
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
             match self.state {
                 State::Data => {
+                    if i > 0 {
+                        break; // a data run starts a step of its own
+                    }
                     let n = (input.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
                     self.size -= n as u64;
                     if self.size == 0 {
@@ -128,6 +169,7 @@ impl ChunkedDecoder {
                         consumed: i + n,
                         data: i..i + n,
                         done: false,
+                        line: None,
                     });
                 }
                 State::SizeStart | State::Size => match hex_value(b) {
@@ -136,6 +178,9 @@ impl ChunkedDecoder {
                             return Err(ChunkError::SizeOverflow);
                         }
                         self.size = (self.size << 4) | u64::from(v);
+                        if self.size > self.max_size {
+                            return Err(ChunkError::SizeTooLarge);
+                        }
                         self.digits += 1;
                         self.state = State::Size;
                     }
@@ -175,6 +220,7 @@ impl ChunkedDecoder {
                     } else {
                         State::Data
                     };
+                    return line(i + 1, Line::Size(self.size));
                 }
                 State::DataCr => {
                     if b != b'\r' {
@@ -187,53 +233,59 @@ impl ChunkedDecoder {
                         return Err(ChunkError::InvalidLineEnding);
                     }
                     self.state = State::SizeStart;
+                    return line(i + 1, Line::DataEnd);
                 }
                 State::TrailerStart => {
                     if b == b'\r' {
                         self.state = State::FinalLf;
-                    } else if b == b' ' || b == b'\t' || b == b'\n' || b == b':' {
-                        return Err(ChunkError::InvalidTrailer); // obs-fold, bare LF, empty name
+                    } else if is_tchar(b) {
+                        self.trailer_name_len = 0;
+                        self.state = State::TrailerName;
+                        continue; // re-examine b as part of the name
                     } else {
-                        self.trailer_line_len = 0;
-                        self.state = State::Trailer;
-                        continue; // re-examine b as part of the field line
+                        // obs-fold, bare LF, empty name, anything not a token
+                        return Err(ChunkError::InvalidTrailer);
                     }
                 }
-                State::Trailer => {
+                State::TrailerName => {
+                    if b == b':' {
+                        self.state = State::TrailerValue;
+                    } else if is_tchar(b) {
+                        self.trailer_name_len += 1;
+                    } else {
+                        return Err(ChunkError::InvalidTrailer); // no space before the colon
+                    }
+                    self.count_trailer_byte()?;
+                }
+                State::TrailerValue => {
                     if b == b'\r' {
                         self.state = State::TrailerLf;
-                    } else if b == b'\n' || b == 0 {
+                    } else if (b < 0x20 && b != b'\t') || b == 0x7f {
                         return Err(ChunkError::InvalidTrailer);
-                    } else {
-                        self.trailer_line_len += 1;
                     }
-                    self.trailer_len += 1;
-                    if self.trailer_len > MAX_TRAILER_BYTES {
-                        return Err(ChunkError::TrailerTooLong);
-                    }
+                    self.count_trailer_byte()?;
                 }
                 State::TrailerLf => {
                     if b != b'\n' {
                         return Err(ChunkError::InvalidLineEnding);
                     }
                     self.state = State::TrailerStart;
+                    let name_len = self.trailer_name_len;
+                    return line(i + 1, Line::Trailer { name_len });
                 }
                 State::FinalLf => {
                     if b != b'\n' {
                         return Err(ChunkError::InvalidLineEnding);
                     }
                     self.state = State::Done;
-                    return Ok(Progress {
-                        consumed: i + 1,
-                        data: 0..0,
-                        done: true,
-                    });
+                    return line(i + 1, Line::End);
                 }
                 State::Done => {
                     return Ok(Progress {
                         consumed: i,
                         data: 0..0,
                         done: true,
+                        line: None,
                     })
                 }
             }
@@ -243,7 +295,25 @@ impl ChunkedDecoder {
             consumed: i,
             data: 0..0,
             done: self.state == State::Done,
+            line: None,
         })
+    }
+
+    /// Whether the decoder stands at the start of a line or a data run (no
+    /// partial line consumed).
+    pub fn at_boundary(&self) -> bool {
+        matches!(
+            self.state,
+            State::SizeStart | State::Data | State::DataCr | State::TrailerStart | State::Done
+        )
+    }
+
+    fn count_trailer_byte(&mut self) -> Result<(), ChunkError> {
+        self.trailer_len += 1;
+        if self.trailer_len > MAX_TRAILER_BYTES {
+            return Err(ChunkError::TrailerTooLong);
+        }
+        Ok(())
     }
 
     /// Scans `input` to the end of the body or of the input, ignoring data
@@ -259,6 +329,29 @@ impl ChunkedDecoder {
         }
         Ok((pos, self.is_done()))
     }
+}
+
+/// RFC 9110 tchar: the characters of a token (a field name).
+#[inline]
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
 }
 
 #[inline]

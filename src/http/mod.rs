@@ -5,6 +5,7 @@ pub mod canned;
 pub mod chunked;
 pub mod fields;
 pub mod path;
+pub mod reframe;
 pub mod request;
 pub mod response;
 pub mod rewrite;

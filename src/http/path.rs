@@ -26,7 +26,11 @@ pub fn normalise<'a>(path: &'a str, scratch: &'a mut Vec<u8>) -> &'a str {
         return path;
     }
     scratch.clear();
-    decode_unreserved(path.as_bytes(), scratch);
+    scratch.extend_from_slice(path.as_bytes());
+    // A malformed escape can meet a decoded character and form a new one
+    // (`%0%61` -> `%0a`): decode until nothing changes, so that normalising
+    // twice gives what normalising once gave. Each pass only shortens.
+    while decode_in_place(scratch) {}
     merge_slashes(scratch);
     remove_dot_segments(scratch);
     // Only ASCII went in (targets are validated to 0x21-0x7E) and only ASCII
@@ -48,27 +52,35 @@ fn decoded(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/')
 }
 
-fn decode_unreserved(path: &[u8], out: &mut Vec<u8>) {
-    let mut i = 0;
-    while i < path.len() {
-        let b = path[i];
-        if b == b'%' && i + 2 < path.len() {
-            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
+/// Decodes the escapes of `decoded` characters (upper-casing the others'),
+/// in place; true if the path got shorter.
+fn decode_in_place(p: &mut Vec<u8>) -> bool {
+    let (mut r, mut w) = (0, 0);
+    while r < p.len() {
+        let b = p[r];
+        if b == b'%' && r + 2 < p.len() {
+            if let (Some(h), Some(l)) = (hex(p[r + 1]), hex(p[r + 2])) {
                 let c = h << 4 | l;
                 if decoded(c) {
-                    out.push(c);
+                    p[w] = c;
+                    w += 1;
                 } else {
-                    out.push(b'%');
-                    out.push(path[i + 1].to_ascii_uppercase());
-                    out.push(path[i + 2].to_ascii_uppercase());
+                    p[w] = b'%';
+                    p[w + 1] = p[r + 1].to_ascii_uppercase();
+                    p[w + 2] = p[r + 2].to_ascii_uppercase();
+                    w += 3;
                 }
-                i += 3;
+                r += 3;
                 continue;
             }
         }
-        out.push(b);
-        i += 1;
+        p[w] = b;
+        w += 1;
+        r += 1;
     }
+    let shorter = w < p.len();
+    p.truncate(w);
+    shorter
 }
 
 fn merge_slashes(p: &mut Vec<u8>) {
@@ -169,6 +181,11 @@ mod tests {
         assert_eq!(norm("/.well-known/x"), "/.well-known/x");
         assert_eq!(norm("/a..b/c"), "/a..b/c");
         assert_eq!(norm("/%zz/%4"), "/%zz/%4", "broken escapes kept");
+        assert_eq!(
+            norm("/%0%61"),
+            "/%0A",
+            "stable: an escape formed by decoding is decoded too"
+        );
         assert_eq!(norm("*"), "*");
     }
 

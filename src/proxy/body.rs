@@ -1,10 +1,11 @@
 //! Streaming bodies between two connections through one pooled buffer:
-//! pass-through (Content-Length or validated chunked), chunked -> raw for
-//! HTTP/1.0 clients, and read-until-close -> chunked re-framing.
-//! Memory is bounded by the buffer, never by the body size.
+//! pass-through (Content-Length, or chunked re-encoded canonically in place,
+//! `http::reframe`), chunked -> raw for HTTP/1.0 clients, and read-until-close
+//! -> chunked re-framing. Memory is bounded by the buffer, never by the body size.
 
 use crate::buf::Buffer;
 use crate::http::chunked::{write_size_line_before, ChunkError, ChunkedDecoder};
+use crate::http::reframe::Reframer;
 use crate::http::Framing;
 use crate::io::{ReadOutcome, Reader, Writer};
 use std::time::Duration;
@@ -22,38 +23,60 @@ pub enum RelayError {
     Framing(ChunkError),
 }
 
-/// Tracks where a pass-through body ends.
+/// Tracks where a pass-through body ends (and re-encodes chunked framing).
 #[derive(Debug, Clone)]
 pub enum BodyState {
     Length(u64),
-    Chunked(ChunkedDecoder),
+    Chunked(Reframer),
 }
 
 impl BodyState {
-    /// For a request or response framing; `None` and `UntilClose` have no
-    /// pass-through state (an empty length).
-    pub fn new(framing: Framing) -> BodyState {
+    /// For a request body: chunks larger than `max_chunk` are refused.
+    /// `None` has no pass-through state (an empty length).
+    pub fn request(framing: Framing, max_chunk: u64) -> BodyState {
         match framing {
             Framing::Length(n) => BodyState::Length(n),
-            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::new()),
+            Framing::Chunked => BodyState::Chunked(Reframer::new(max_chunk)),
             Framing::None | Framing::UntilClose => BodyState::Length(0),
         }
     }
 
-    /// How many leading bytes of `data` belong to the body, and whether the body
-    /// ends within them.
-    pub fn take(&mut self, data: &[u8]) -> Result<(usize, bool), ChunkError> {
+    /// For a response body (any chunk size).
+    pub fn response(framing: Framing) -> BodyState {
+        BodyState::request(framing, u64::MAX)
+    }
+
+    pub fn is_done(&self) -> bool {
+        match self {
+            BodyState::Length(rem) => *rem == 0,
+            BodyState::Chunked(r) => r.is_done(),
+        }
+    }
+
+    /// Readies the body bytes at `buf.data()[offset..]` for sending. Returns
+    /// how many bytes after `offset` are now ready (chunked framing rewritten
+    /// in place) and whether the body ends within them; the bytes after those
+    /// are left: the rest of a cut chunk line, or what follows the body.
+    pub fn frame(&mut self, buf: &mut Buffer, offset: usize) -> Result<(usize, bool), ChunkError> {
         match self {
             BodyState::Length(rem) => {
-                let n = (data.len() as u64).min(*rem);
+                let n = ((buf.len() - offset) as u64).min(*rem);
                 *rem -= n;
                 Ok((n as usize, *rem == 0))
             }
-            BodyState::Chunked(d) => {
-                if d.is_done() {
+            BodyState::Chunked(r) => {
+                if r.is_done() {
                     return Ok((0, true));
                 }
-                d.scan(data)
+                let len = buf.len();
+                let data = &mut buf.data_mut()[offset..];
+                let out = r.reframe(data)?;
+                if out.output < out.consumed {
+                    // Close the gap the shorter framing left.
+                    data.copy_within(out.consumed.., out.output);
+                    buf.truncate_data(len - (out.consumed - out.output));
+                }
+                Ok((out.output, out.done))
             }
         }
     }
@@ -71,14 +94,14 @@ pub async fn relay(
 ) -> Result<(), RelayError> {
     loop {
         if !buf.is_empty() {
-            let (n, done) = state.take(buf.data()).map_err(RelayError::Framing)?;
+            let (n, done) = state.frame(buf, 0).map_err(RelayError::Framing)?;
             dst.write_front(buf, n, write_timeout)
                 .await
                 .map_err(|_| RelayError::Sink)?;
             if done {
                 return Ok(());
             }
-        } else if let (0, true) = state.take(&[]).map_err(RelayError::Framing)? {
+        } else if state.is_done() {
             return Ok(());
         }
         read_more(src, buf, read_timeout, 0).await?;
@@ -224,15 +247,43 @@ pub async fn relay_until_close(
 mod tests {
     use super::*;
 
+    fn buffer(bytes: &[u8]) -> Buffer {
+        let mut b = Buffer::take();
+        b.extend(bytes);
+        b
+    }
+
     #[test]
     fn body_state_lengths() {
-        let mut s = BodyState::new(Framing::Length(5));
-        assert_eq!(s.take(b"abc").unwrap(), (3, false));
-        assert_eq!(s.take(b"defGET").unwrap(), (2, true));
-        let mut s = BodyState::new(Framing::Chunked);
-        assert_eq!(s.take(b"3\r\nabc\r\n0\r\n\r\nGET").unwrap(), (13, true));
-        assert_eq!(s.take(b"GET").unwrap(), (0, true));
-        let mut s = BodyState::new(Framing::None);
-        assert_eq!(s.take(b"GET").unwrap(), (0, true));
+        let mut s = BodyState::response(Framing::Length(5));
+        assert_eq!(s.frame(&mut buffer(b"abc"), 0).unwrap(), (3, false));
+        assert_eq!(s.frame(&mut buffer(b"HEADdefGET"), 4).unwrap(), (2, true));
+        let mut s = BodyState::response(Framing::Chunked);
+        let mut b = buffer(b"HEAD3\r\nabc\r\n0\r\n\r\nGET");
+        assert_eq!(s.frame(&mut b, 4).unwrap(), (13, true));
+        assert_eq!(s.frame(&mut buffer(b"GET"), 0).unwrap(), (0, true));
+        let mut s = BodyState::response(Framing::None);
+        assert_eq!(s.frame(&mut buffer(b"GET"), 0).unwrap(), (0, true));
+    }
+
+    #[test]
+    fn chunked_framing_is_rewritten_in_place_and_the_rest_kept() {
+        let mut s = BodyState::request(Framing::Chunked, 1 << 20);
+        let mut b = buffer(b"HEAD0003;x=y\r\nabc\r\n00");
+        assert_eq!(s.frame(&mut b, 4).unwrap(), (8, false));
+        assert_eq!(
+            b.data(),
+            b"HEAD3\r\nabc\r\n00",
+            "the cut line stays after the output"
+        );
+        b.consume(4 + 8);
+        b.extend(b"0;end\r\nTE: x\r\n\r\nNEXT");
+        assert_eq!(s.frame(&mut b, 0).unwrap(), (5, true));
+        assert_eq!(b.data(), b"0\r\n\r\nNEXT", "TE dropped from the trailers");
+        let mut s = BodyState::request(Framing::Chunked, 16);
+        assert_eq!(
+            s.frame(&mut buffer(b"11\r\n"), 0).unwrap_err(),
+            ChunkError::SizeTooLarge
+        );
     }
 }

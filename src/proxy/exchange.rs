@@ -128,9 +128,9 @@ pub async fn forward(
     req: &Prepared,
 ) -> Result<bool, Failure> {
     let upstream = &ctx.upstreams[upstream_idx];
-    let mut body = BodyState::new(req.framing);
+    let mut body = BodyState::request(req.framing, ctx.client.max_chunk_bytes);
     let (initial_body, body_done) = body
-        .take(&inbuf.data()[req.head_len..])
+        .frame(inbuf, req.head_len)
         .map_err(|e| Failure::before_response(ProxyError::BadRequest(e.reason()), false))?;
     let out = Outbound {
         initial: req.head_len + initial_body,
@@ -714,9 +714,9 @@ async fn relay_response(
         }
         (Framing::Length(_) | Framing::Chunked, BodyOut::Length(_) | BodyOut::Chunked) => {
             // Pass-through: head plus the body bytes already here in one write.
-            let mut state = BodyState::new(plan.upstream_framing);
+            let mut state = BodyState::response(plan.upstream_framing);
             let (n, done) = state
-                .take(&rb.data()[plan.head_len..])
+                .frame(&mut rb, plan.head_len)
                 .map_err(|e| ResponseFail {
                     error: ProxyError::UpstreamBadResponse(e.reason()),
                     started: false,
