@@ -180,13 +180,14 @@ fn origin_502_but_healthy() -> Origin {
             let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             buf.drain(..end);
-            let r: &[u8] = if head.starts_with("GET /healthz ") {
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            let token = common::origin::token_field(&head);
+            let r = if head.starts_with("GET /healthz ") {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{token}\r\nok")
             } else {
                 stats.requests.fetch_add(1, Ordering::SeqCst);
-                b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 3\r\n\r\nbad"
+                format!("HTTP/1.1 502 Bad Gateway\r\nContent-Length: 3\r\n{token}\r\nbad")
             };
-            if s.write_all(r).is_err() {
+            if s.write_all(r.as_bytes()).is_err() {
                 return;
             }
         }
@@ -401,4 +402,27 @@ fn weighted_balancing_follows_weights() {
         assert_eq!(c.read_response(false).status, 200);
     }
     assert_eq!((a.requests(), b.requests()), (300, 100));
+}
+
+/// Once a connect to a server is refused, the worker's other requests stop
+/// picking it at once (well before a streak of failures), and the request
+/// that met the refusal moves to another server without a client error.
+#[test]
+fn a_refused_connect_holds_the_server_back_at_once() {
+    let a = Origin::start();
+    let b = Origin::start();
+    let dead = dead_addr();
+    let lb = Ringlb::start(&config(&[a.addr, dead, b.addr], "retries = 1"));
+    let mut c = Client::connect(lb.addr());
+    let start = Instant::now();
+    for i in 0..30 {
+        c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 200, "request {i}");
+    }
+    assert!(start.elapsed() < Duration::from_millis(900), "within one hold");
+    let log = lb.log_text();
+    assert_eq!(log.matches("connect failed").count(), 1, "one connect tried: {log}");
+    assert_eq!(log.matches("held back for 1s").count(), 1, "{log}");
+    assert!(!log.contains("ejected"), "{log}");
+    assert_eq!(a.requests() + b.requests(), 30);
 }
