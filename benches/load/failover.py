@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Kill one of three origins under load: client-visible errors and time to detect.
+"""Kill one of three origins under load: client-visible errors per kill, and time to detect.
 
 Same topology as run.py: the proxy alone on CPU 1, three nginx origins and wrk on
-CPU 0. Under `wrk -c50` for DURATION seconds, origin 2 is SIGKILLed at 1/3 of the
-run and restarted at 2/3. Run for ringlb, nginx and HAProxy in turn, each with
-its health checks / retries configured (see the configs below).
+CPU 0. Each kill is one wrk -c50 run of DURATION seconds: origin 2 is SIGKILLed at
+1/3 of it and restarted at 2/3. Every proxy gets KILLS such runs, interleaved (the
+order rotates each round), each with its health checks / retries configured as in
+the configs below. Per kill the report gives non-2xx answers and socket errors
+(connections reset, refused or timed out as wrk saw them).
+
+`--ringlb-b PATH` adds another ringlb build as target `ringlb-b` (an A/B run).
 """
 import argparse, datetime, os, platform, re, signal, subprocess, sys, tempfile, time
 
@@ -12,7 +16,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as bench  # noqa: E402
 
 ORIGINS = [18091, 18092, 18093]
-PROXY = {"ringlb": 18080, "nginx": 18082, "haproxy": 18083}
+PROXY = {"ringlb": 18080, "nginx": 18082, "haproxy": 18083, "ringlb-b": 18084}
+# Binary of the "ringlb-b" target (--ringlb-b PATH).
+RINGLB_B = None
+CHECK_INTERVAL = "1s"
 
 
 def origin_conf(tmp, port):
@@ -36,8 +43,8 @@ def proxy_cmd(tmp, name):
     servers = [f"127.0.0.1:{p}" for p in ORIGINS]
     port = PROXY[name]
     s = bench.Setup(tmp, 0, 0)
-    if name == "ringlb":
-        conf = s.write("ringlb-failover.toml", f"""workers = 1
+    if name.startswith("ringlb"):
+        conf = s.write(f"{name}-failover.toml", f"""workers = 1
 [[listener]]
 listen = "127.0.0.1:{port}"
 upstream = "app"
@@ -49,12 +56,13 @@ retries = 2
 slow_start = "3s"
 [upstream.health_check]
 path = "/"
-interval = "500ms"
+interval = "{CHECK_INTERVAL}"
 timeout = "250ms"
 rise = 2
 fall = 2
 """)
-        return ["taskset", "-c", "1", os.path.join(bench.ROOT, "target/release/ringlb"), "--config", conf]
+        binary = RINGLB_B if name == "ringlb-b" else os.path.join(bench.ROOT, "target/release/ringlb")
+        return ["taskset", "-c", "1", binary, "--config", conf]
     if name == "nginx":
         ups = "".join(f"server {x} max_fails=1 fail_timeout=10s; " for x in servers)
         conf = s.write("nginx-failover.conf", f"""
@@ -67,7 +75,7 @@ http {{ access_log off; keepalive_requests 10000000;
     proxy_set_header Connection ""; proxy_next_upstream error timeout; }} }} }}
 """)
         return ["taskset", "-c", "1", "nginx", "-p", tmp, "-c", conf]
-    lines = "\n".join(f"  server s{i} {x} check inter 500ms fall 2 rise 2" for i, x in enumerate(servers))
+    lines = "\n".join(f"  server s{i} {x} check inter {CHECK_INTERVAL} fall 2 rise 2" for i, x in enumerate(servers))
     conf = s.write("haproxy-failover.cfg", f"""
 global
   nbthread 1
@@ -116,7 +124,7 @@ def scenario(tmp, name, duration, lua):
     log.seek(0)
     text = log.read()
     detect = back = None
-    if name == "ringlb":
+    if name.startswith("ringlb"):
         def when(pattern):
             m = re.search(r"^(\S+)Z INFO health: upstream app server 127.0.0.1:%d: %s" % (ORIGINS[1], pattern), text, re.M)
             if not m:
@@ -131,39 +139,60 @@ def scenario(tmp, name, duration, lua):
             "rps": r["requests"] / (r["duration_us"] / 1e6)}
 
 
+def fmt_ms(v):
+    return "n/a" if v is None else f"{v * 1000:.0f} ms"
+
+
 def main():
+    global RINGLB_B
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=int, default=15)
+    ap.add_argument("--duration", type=int, default=9, help="seconds of load per kill")
+    ap.add_argument("--kills", type=int, default=5, help="kills per proxy")
+    ap.add_argument("--ringlb-b", help="another ringlb binary, run as target ringlb-b")
+    ap.add_argument("--label", default="failover")
     ap.add_argument("--out", default=os.path.join(bench.ROOT, "bench-results"))
     args = ap.parse_args()
+    RINGLB_B = args.ringlb_b
+    names = ["ringlb", "nginx", "haproxy"] + (["ringlb-b"] if RINGLB_B else [])
     tmp = tempfile.mkdtemp(prefix="ringlb-failover-")
     lua = os.path.join(tmp, "report.lua")
     with open(lua, "w") as f:
         f.write(bench.WRK_LUA)
-    results = {}
-    for name in ["ringlb", "nginx", "haproxy"]:
-        results[name] = scenario(tmp, name, args.duration, lua)
-        r = results[name]
-        print(f"{name:8} {r['requests']} requests, {r['non2xx']} non-2xx, {r['errors']} socket errors, "
-              f"detect {r['detect']}, back {r['back']}", flush=True)
+    results = {n: [] for n in names}
+    for k in range(args.kills):
+        for name in names[k % len(names):] + names[:k % len(names)]:
+            r = scenario(tmp, name, args.duration, lua)
+            results[name].append(r)
+            print(f"kill {k + 1}/{args.kills} {name:8} {r['requests']} requests, {r['non2xx']} non-2xx, "
+                  f"{r['errors']} socket errors, detect {fmt_ms(r['detect'])}, back {fmt_ms(r['back'])}",
+                  flush=True)
     commit = bench.sh(["git", "-C", bench.ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%MZ")
-    fmt = lambda v: "n/a" if v is None else f"{v * 1000:.0f} ms"
-    lines = [f"# Kill one of three origins under load ({stamp})", "",
+    d = args.duration
+    cmd = f"python3 benches/load/failover.py --duration {d} --kills {args.kills}" + \
+        (f" --ringlb-b {RINGLB_B}" if RINGLB_B else "")
+    lines = [f"# Kill one of three origins under load, {args.kills} kills per proxy ({stamp})", "",
              f"- commit `{commit}`, machine {platform.node()}, Linux {platform.release()}",
-             f"- command: `python3 benches/load/failover.py --duration {args.duration}`",
-             f"- wrk -t1 -c50 -d{args.duration}s on CPU 0 with three nginx origins; proxy alone on CPU 1; "
-             f"origin 2 SIGKILLed at {args.duration / 3:.0f} s, restarted at {2 * args.duration / 3:.0f} s",
-             "- ringlb: weighted_round_robin, retries 2 (budget 20 %), HTTP checks every 500 ms, fall 2, rise 2, slow start 3 s",
+             f"- command: `{cmd}`",
+             f"- each kill: wrk -t1 -c50 -d{d}s on CPU 0 with three nginx origins; proxy alone on CPU 1; "
+             f"origin 2 SIGKILLed at {d / 3:.0f} s, restarted at {2 * d / 3:.0f} s; proxies interleaved, order rotated per round",
+             f"- ringlb: weighted_round_robin, retries 2 (default budget), HTTP checks every {CHECK_INTERVAL}, fall 2, rise 2, slow start 3 s",
              "- nginx: max_fails=1 fail_timeout=10s, proxy_next_upstream error timeout (defaults otherwise), keepalive 256",
-             "- HAProxy: check inter 500ms fall 2 rise 2, retries 3, option redispatch", "",
-             "| proxy | requests | req/s | client-visible non-2xx | socket errors | marked down after kill | marked up after restart |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | {r['requests']:,} | {r['rps']:,.0f} | {r['non2xx']} | {r['errors']} | "
-                     f"{fmt(r['detect'])} | {fmt(r['back'])} |")
+             f"- HAProxy: check inter {CHECK_INTERVAL} fall 2 rise 2, retries 3, option redispatch, http-reuse always",
+             ] + ([f"- ringlb-b: `{RINGLB_B}` with ringlb's config"] if RINGLB_B else []) + ["",
+             "| proxy | kills | requests | req/s | non-2xx per kill | socket errors per kill | kills with any error | marked down after kill (median) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, runs in results.items():
+        reqs = sum(r["requests"] for r in runs)
+        rps = sum(r["rps"] for r in runs) / len(runs)
+        bad = sum(1 for r in runs if r["non2xx"] or r["errors"])
+        detects = sorted(r["detect"] for r in runs if r["detect"] is not None)
+        detect = detects[len(detects) // 2] if detects else None
+        lines.append(f"| {name} | {len(runs)} | {reqs:,} | {rps:,.0f} | "
+                     f"{' / '.join(str(r['non2xx']) for r in runs)} | {' / '.join(str(r['errors']) for r in runs)} | "
+                     f"{bad} of {len(runs)} | {fmt_ms(detect)} |")
     lines += ["", "Detection times are read from ringlb's health log lines (nginx and HAProxy are not instrumented here)."]
-    path = os.path.join(args.out, f"{stamp}-failover-{commit}.md")
+    path = os.path.join(args.out, f"{stamp}-{args.label}-{commit}.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
