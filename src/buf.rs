@@ -19,6 +19,40 @@ thread_local! {
     static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Debug builds (the test suite's) count the buffers out of the pools, and
+/// the most ever out at once, for tests that bound them directly. Release
+/// builds keep no such shared counter on the request path.
+#[cfg(debug_assertions)]
+pub mod outstanding {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static OUT: AtomicUsize = AtomicUsize::new(0);
+    static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
+
+    pub(super) fn taken() {
+        let now = OUT.fetch_add(1, Ordering::Relaxed) + 1;
+        HIGH_WATER.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub(super) fn returned() {
+        OUT.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Buffers out of the pools now (every thread).
+    pub fn now() -> usize {
+        OUT.load(Ordering::Relaxed)
+    }
+
+    /// The most out at once since `reset_high_water`.
+    pub fn high_water() -> usize {
+        HIGH_WATER.load(Ordering::Relaxed)
+    }
+
+    pub fn reset_high_water() {
+        HIGH_WATER.store(now(), Ordering::Relaxed);
+    }
+}
+
 /// A pooled buffer. Dropping it returns the memory to this thread's pool.
 pub struct Buffer {
     bytes: BytesMut,
@@ -31,6 +65,8 @@ impl Buffer {
         let bytes = FREE
             .with(|f| f.borrow_mut().pop())
             .unwrap_or_else(|| BytesMut::with_capacity(BUF_SIZE));
+        #[cfg(debug_assertions)]
+        outstanding::taken();
         Buffer { bytes, pos: 0 }
     }
 
@@ -203,6 +239,10 @@ pub fn trim(keep: usize) {
 impl Drop for Buffer {
     fn drop(&mut self) {
         let mut bytes = std::mem::take(&mut self.bytes);
+        #[cfg(debug_assertions)]
+        if bytes.capacity() != 0 {
+            outstanding::returned();
+        }
         if bytes.capacity() != BUF_SIZE {
             return; // grown for an oversize head: let it go
         }

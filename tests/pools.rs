@@ -419,9 +419,16 @@ fn a_refused_connect_holds_the_server_back_at_once() {
         c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
         assert_eq!(c.read_response(false).status, 200, "request {i}");
     }
-    assert!(start.elapsed() < Duration::from_millis(900), "within one hold");
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "within one hold"
+    );
     let log = lb.log_text();
-    assert_eq!(log.matches("connect failed").count(), 1, "one connect tried: {log}");
+    assert_eq!(
+        log.matches("connect failed").count(),
+        1,
+        "one connect tried: {log}"
+    );
     assert_eq!(log.matches("held back for 1s").count(), 1, "{log}");
     assert!(!log.contains("ejected"), "{log}");
     assert_eq!(a.requests() + b.requests(), 30);

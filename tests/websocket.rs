@@ -154,9 +154,12 @@ fn websocket_handshake_and_frames_through_ringlb() {
     s.write_all(&frame(8, &[3, 232], Some([9, 9, 9, 9])))
         .unwrap();
     assert_eq!(read_frame(&mut s).0, 8);
-    // The origin closed: ringlb closes the client side too.
+    // The origin closed: ringlb closes the client side too (EOF, not a timeout).
     let mut rest = [0u8; 16];
-    assert_eq!(s.read(&mut rest).unwrap_or(0), 0);
+    match s.read(&mut rest) {
+        Ok(0) => {}
+        other => panic!("expected EOF after the origin closed, got {other:?}"),
+    }
 }
 
 #[test]
@@ -173,26 +176,106 @@ fn upgrade_declined_continues_as_http() {
     assert_eq!(c.read_response(false).body_str(), "hello");
 }
 
-#[test]
-fn idle_tunnel_is_closed() {
-    let origin = ws_origin();
-    let lb = Ringlb::start(&proxy_config(
-        &[origin.addr],
-        "",
-        "[client]\ntunnel_idle_timeout = \"300ms\"",
-    ));
+/// Opens a WebSocket tunnel through `lb`; returns the client socket after the
+/// 101 head and the origin's greeting frame.
+fn open_tunnel(lb: &Ringlb) -> TcpStream {
     let mut s = TcpStream::connect(lb.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(
         b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: a2V5\r\n\r\n",
     )
     .unwrap();
-    let start = std::time::Instant::now();
-    let mut all = Vec::new();
-    let _ = s.read_to_end(&mut all);
-    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 101"));
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
     assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "idle tunnel closed by the timeout"
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
     );
+    assert_eq!(read_frame(&mut s), (1, b"welcome".to_vec()));
+    s
+}
+
+/// Reads until EOF; panics on anything else (data, a timeout).
+fn expect_eof(s: &mut TcpStream) {
+    let mut rest = [0u8; 64];
+    match s.read(&mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the tunnel closed, got {other:?}"),
+    }
+}
+
+#[test]
+fn idle_tunnel_is_closed_after_its_timeout_and_not_before() {
+    let origin = ws_origin();
+    let lb = Ringlb::start(&proxy_config(
+        &[origin.addr],
+        "",
+        "[client]\ntunnel_idle_timeout = \"400ms\"",
+    ));
+    let mut s = open_tunnel(&lb);
+    // Traffic keeps it open past the timeout: echoes every 150 ms for 1 s.
+    let start = std::time::Instant::now();
+    let mut last = start;
+    while start.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(150));
+        s.write_all(&frame(1, b"ping", Some([1, 2, 3, 4]))).unwrap();
+        assert_eq!(read_frame(&mut s), (1, b"ping".to_vec()));
+        last = std::time::Instant::now();
+    }
+    // Then silence: closed after the timeout, not before.
+    expect_eof(&mut s);
+    let took = last.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+        "closed {took:?} after the last traffic, timeout 400 ms"
+    );
+}
+
+/// An origin that, after the handshake, streams a frame every 100 ms and
+/// never reads: traffic one way only.
+fn ws_origin_streaming() -> Origin {
+    Origin::with_handler(Arc::new(|mut s: TcpStream, _| {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        let _ = s.write_all(&frame(1, b"welcome", None));
+        for i in 0u32..30 {
+            std::thread::sleep(Duration::from_millis(100));
+            if s.write_all(&frame(1, &i.to_be_bytes(), None)).is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+#[test]
+fn one_way_traffic_keeps_a_tunnel_open() {
+    let origin = ws_origin_streaming();
+    let lb = Ringlb::start(&proxy_config(
+        &[origin.addr],
+        "",
+        "[client]\ntunnel_idle_timeout = \"400ms\"",
+    ));
+    let mut s = open_tunnel(&lb);
+    // The client never sends: 1.5 s of frames from the origin only, far past
+    // the 400 ms timeout, must all arrive.
+    for i in 0u32..15 {
+        assert_eq!(
+            read_frame(&mut s),
+            (1, i.to_be_bytes().to_vec()),
+            "frame {i}"
+        );
+    }
 }
