@@ -339,3 +339,130 @@ fn check_refuses_addresses_run_could_not_bind() {
         let _ = std::fs::remove_file(path);
     }
 }
+
+/// `ringlb --print-demo-config` prints a config that `ringlb check` accepts.
+#[test]
+fn the_printed_demo_config_passes_check() {
+    let out = Command::new(bin())
+        .arg("--print-demo-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("[[listener]]") && text.contains("[[upstream]]"),
+        "{text}"
+    );
+    let (path, out) = check("demo.toml", &text);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!(
+            "{}: ok (3 listener(s), 1 upstream(s)",
+            path.display()
+        )),
+        "{said}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+/// `check` errors name the file, the line and the column (1-based) of the
+/// offending key or value, and the key.
+#[test]
+fn check_errors_carry_file_line_and_column() {
+    for (name, text, at, key) in [
+        (
+            "indented-key.toml",
+            "[[listener]]\nlisten = \"127.0.0.1:8080\"\nupstream = \"app\"\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\n    srevers = 1\n",
+            "8:5",
+            "srevers",
+        ),
+        (
+            "bad-value.toml",
+            "[[listener]]\nlisten = \"127.0.0.1:8080\"\nupstream = \"app\"\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:9001\"]\nidle_timeout = \"5 parsecs\"\n",
+            "8:16",
+            "idle_timeout",
+        ),
+        (
+            "client-key.toml",
+            "workers = 1\n[client]\n  idle_timeout = \"1s\"\n   bogus_key = 3\n\
+             [[listener]]\nlisten = \"127.0.0.1:8080\"\nstatus = 200\n",
+            "4:4",
+            "bogus_key",
+        ),
+    ] {
+        let (path, out) = check(name, text);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with(&format!("{}:{at}: `{key}`: ", path.display())),
+            "{name}: expected {at} and `{key}`: {err}"
+        );
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Rejected requests are logged with their reason, at most 5 lines per
+/// second and worker (`log::rate_limited`); the next second's first line says
+/// how many were left out, so every rejection is accounted for.
+#[test]
+fn rejection_logs_are_rate_limited_per_worker() {
+    let origin = Origin::start();
+    let lb = Ringlb::start(&proxy_config(&[origin.addr], "", ""));
+    let bad = b"GET / HTTP/1.1\r\n\r\n"; // no Host: 400
+    let start = Instant::now();
+    for _ in 0..200 {
+        let mut c = Client::connect(lb.addr());
+        c.send_raw(bad);
+        assert_eq!(c.read_response(false).status, 400);
+    }
+    let flood = start.elapsed();
+    // One more in a later second, which reports what the last one dropped.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut c = Client::connect(lb.addr());
+    c.send_raw(bad);
+    assert_eq!(c.read_response(false).status, 400);
+    let reason = "WARN client 127.0.0.1: 400 bad request";
+    common::eventually("the last rejection logged", Duration::from_secs(5), || {
+        lb.log_text().matches(reason).count() > 0
+            && lb
+                .log
+                .lock()
+                .unwrap()
+                .last()
+                .is_some_and(|l| l.contains(reason))
+    });
+    let log = lb.log_text();
+    let logged = log.matches(reason).count();
+    let suppressed: usize = log
+        .lines()
+        .filter_map(|l| {
+            l.split(" WARN ")
+                .nth(1)?
+                .strip_suffix(" similar messages suppressed")
+        })
+        .map(|n| n.parse::<usize>().unwrap())
+        .sum();
+    // The flood touched at most this many seconds, plus the last request's.
+    let seconds = flood.as_secs() as usize + 3;
+    eprintln!(
+        "201 rejections in {flood:?} (+1 s): {logged} lines logged, {suppressed} reported suppressed"
+    );
+    assert!(
+        logged <= 5 * seconds,
+        "{logged} rejection lines for 201 rejections over {seconds} s:\n{log}"
+    );
+    assert_eq!(
+        logged + suppressed,
+        201,
+        "every rejection accounted for:\n{log}"
+    );
+    assert_eq!(origin.requests(), 0);
+}

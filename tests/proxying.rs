@@ -1,22 +1,67 @@
 //! End-to-end proxying through the real binary: methods and bodies, keep-alive,
 //! pipelining, HTTP/1.0, bodiless responses, header rewriting.
 
+//!
+//! Every test runs twice: on io_uring (the default) and with `io = "epoll"`
+//! (`on_both_drivers!` below makes `NAME::io_uring` and `NAME::epoll`), and
+//! each checks that ringlb really runs on the driver it asked for.
+
 mod common;
 
 use common::client::{get, Client};
 use common::origin::Origin;
-use common::{proxy_config, Ringlb};
+use common::{proxy_config, Io, Ringlb};
 use std::time::Duration;
 
-fn setup() -> (Origin, Ringlb) {
+/// For each test body `NAME(io: Io)`, a module `NAME` with two tests,
+/// `io_uring` and `epoll`, that run it on each driver.
+macro_rules! on_both_drivers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn io_uring() {
+                super::$name(super::Io::Uring)
+            }
+
+            #[test]
+            fn epoll() {
+                super::$name(super::Io::Epoll)
+            }
+        }
+    )*};
+}
+
+on_both_drivers!(
+    get_and_post_with_length_and_chunked_bodies,
+    keep_alive_reuses_one_upstream_connection,
+    pipelined_requests_are_answered_in_order,
+    http10_clients_close_by_default_and_keep_alive_when_asked,
+    head_204_304_have_no_body_and_the_connection_goes_on,
+    close_delimited_response_is_reframed_as_chunked,
+    headers_are_rewritten,
+    expect_100_continue_is_forwarded_without_deadlock,
+    balancing_round_robins_over_servers,
+    idle_keep_alive_connections_cost_no_cpu,
+    fields_with_underscores_are_dropped_passed_or_rejected_as_configured,
+    a_later_http_1_minor_version_is_served_as_1_1,
+    connect_is_answered_with_501_and_the_connection_closed,
+);
+
+/// ringlb on `io` (checked against the driver its worker logs).
+fn start(io: Io, config: &str) -> Ringlb {
+    let lb = Ringlb::start(config);
+    lb.assert_driver(io.driver());
+    lb
+}
+
+fn setup(io: Io) -> (Origin, Ringlb) {
     let origin = Origin::start();
-    let lb = Ringlb::start(&proxy_config(&[origin.addr], "", ""));
+    let lb = start(io, &proxy_config(&[origin.addr], "", io.top()));
     (origin, lb)
 }
 
-#[test]
-fn get_and_post_with_length_and_chunked_bodies() {
-    let (_o, lb) = setup();
+fn get_and_post_with_length_and_chunked_bodies(io: Io) {
+    let (_o, lb) = setup(io);
     let r = get(lb.addr(), "/");
     assert_eq!((r.status, r.body_str().as_str()), (200, "hello"));
     assert_eq!(r.header("via"), Some("1.1 ringlb"));
@@ -48,9 +93,8 @@ fn get_and_post_with_length_and_chunked_bodies() {
     assert_eq!(r.body_str(), "hello, world");
 }
 
-#[test]
-fn keep_alive_reuses_one_upstream_connection() {
-    let (origin, lb) = setup();
+fn keep_alive_reuses_one_upstream_connection(io: Io) {
+    let (origin, lb) = setup(io);
     let mut c = Client::connect(lb.addr());
     for i in 0..100 {
         c.send(
@@ -71,9 +115,8 @@ fn keep_alive_reuses_one_upstream_connection() {
     );
 }
 
-#[test]
-fn pipelined_requests_are_answered_in_order() {
-    let (_o, lb) = setup();
+fn pipelined_requests_are_answered_in_order(io: Io) {
+    let (_o, lb) = setup(io);
     let mut c = Client::connect(lb.addr());
     c.send(
         b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nfirstGET /slow/50 HTTP/1.1\r\nHost: localhost\r\n\r\n\
@@ -84,9 +127,8 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(c.read_response(false).body_str(), "third");
 }
 
-#[test]
-fn http10_clients_close_by_default_and_keep_alive_when_asked() {
-    let (_o, lb) = setup();
+fn http10_clients_close_by_default_and_keep_alive_when_asked(io: Io) {
+    let (_o, lb) = setup(io);
     let mut c = Client::connect(lb.addr());
     c.send(b"GET / HTTP/1.0\r\n\r\n");
     let r = c.read_response(false);
@@ -111,9 +153,8 @@ fn http10_clients_close_by_default_and_keep_alive_when_asked() {
     assert!(c.is_closed_by_peer(Duration::from_secs(5)));
 }
 
-#[test]
-fn head_204_304_have_no_body_and_the_connection_goes_on() {
-    let (_o, lb) = setup();
+fn head_204_304_have_no_body_and_the_connection_goes_on(io: Io) {
+    let (_o, lb) = setup(io);
     let mut c = Client::connect(lb.addr());
     c.send(b"HEAD /bytes/1000 HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let r = c.read_response(true);
@@ -132,9 +173,8 @@ fn head_204_304_have_no_body_and_the_connection_goes_on() {
     );
 }
 
-#[test]
-fn close_delimited_response_is_reframed_as_chunked() {
-    let (_o, lb) = setup();
+fn close_delimited_response_is_reframed_as_chunked(io: Io) {
+    let (_o, lb) = setup(io);
     let mut c = Client::connect(lb.addr());
     c.send(b"GET /close HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let r = c.read_response(false);
@@ -148,9 +188,8 @@ fn close_delimited_response_is_reframed_as_chunked() {
     );
 }
 
-#[test]
-fn headers_are_rewritten() {
-    let (origin, lb) = setup();
+fn headers_are_rewritten(io: Io) {
+    let (origin, lb) = setup(io);
     let mut c = Client::connect(lb.addr());
     c.send(
         b"GET /head HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive, X-Private\r\nX-Private: secret\r\n\
@@ -185,9 +224,8 @@ fn headers_are_rewritten() {
     assert_eq!(r.header("via"), Some("1.1 ringlb"));
 }
 
-#[test]
-fn expect_100_continue_is_forwarded_without_deadlock() {
-    let (_o, lb) = setup();
+fn expect_100_continue_is_forwarded_without_deadlock(io: Io) {
+    let (_o, lb) = setup(io);
     let mut c = Client::connect(lb.addr());
     c.send(b"POST /continue HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
     let interim = c.try_read_any(false).expect("100 Continue");
@@ -197,11 +235,10 @@ fn expect_100_continue_is_forwarded_without_deadlock() {
     assert_eq!((r.status, r.body_str().as_str()), (200, "body"));
 }
 
-#[test]
-fn balancing_round_robins_over_servers() {
+fn balancing_round_robins_over_servers(io: Io) {
     let a = Origin::start();
     let b = Origin::start();
-    let lb = Ringlb::start(&proxy_config(&[a.addr, b.addr], "", ""));
+    let lb = start(io, &proxy_config(&[a.addr, b.addr], "", io.top()));
     for _ in 0..10 {
         assert_eq!(get(lb.addr(), "/").status, 200);
     }
@@ -210,31 +247,31 @@ fn balancing_round_robins_over_servers() {
 
 /// An idle keep-alive connection costs no CPU on either driver (readiness is
 /// awaited, never spun on), also right after a request was read.
-#[test]
-fn idle_keep_alive_connections_cost_no_cpu_on_either_driver() {
-    for io in ["uring", "epoll"] {
-        let lb = Ringlb::start(&format!(
-            "workers = 1\nio = \"{io}\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\nstatus = 200\nbody = \"ok\"\n"
-        ));
-        let mut clients: Vec<Client> = (0..20).map(|_| Client::connect(lb.addr())).collect();
-        for c in &mut clients {
-            c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-            assert_eq!(c.read_response(false).status, 200);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let before = lb.cpu_ns();
-        std::thread::sleep(Duration::from_secs(1));
-        let idle = Duration::from_nanos(lb.cpu_ns() - before);
-        eprintln!("{io}: {idle:?} of CPU in 1 s with 20 idle keep-alive connections");
-        assert!(
-            idle < Duration::from_millis(100),
-            "{io}: {idle:?} busy while idle"
-        );
+fn idle_keep_alive_connections_cost_no_cpu(io: Io) {
+    let lb = start(
+        io,
+        &format!(
+            "workers = 1\n{}\n[[listener]]\nlisten = \"127.0.0.1:0\"\nstatus = 200\nbody = \"ok\"\n",
+            io.top()
+        ),
+    );
+    let mut clients: Vec<Client> = (0..20).map(|_| Client::connect(lb.addr())).collect();
+    for c in &mut clients {
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 200);
     }
+    std::thread::sleep(Duration::from_millis(100));
+    let before = lb.cpu_ns();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = Duration::from_nanos(lb.cpu_ns() - before);
+    eprintln!("{io:?}: {idle:?} of CPU in 1 s with 20 idle keep-alive connections");
+    assert!(
+        idle < Duration::from_millis(100),
+        "{io:?}: {idle:?} busy while idle"
+    );
 }
 
-#[test]
-fn fields_with_underscores_are_dropped_passed_or_rejected_as_configured() {
+fn fields_with_underscores_are_dropped_passed_or_rejected_as_configured(io: Io) {
     let origin = Origin::start();
     let request = b"GET /head HTTP/1.1\r\nHost: x\r\nX_Forwarded_For: 6.6.6.6\r\nX-Ok: 1\r\n\r\n";
     for (policy, status, forwarded) in [
@@ -243,10 +280,10 @@ fn fields_with_underscores_are_dropped_passed_or_rejected_as_configured() {
         (Some("pass"), 200, true),
         (Some("reject"), 400, false),
     ] {
-        let top = policy.map_or(String::new(), |p| {
-            format!("[client]\nheaders_with_underscores = \"{p}\"")
+        let top = policy.map_or(io.top().to_string(), |p| {
+            format!("{}\n[client]\nheaders_with_underscores = \"{p}\"", io.top())
         });
-        let lb = Ringlb::start(&proxy_config(&[origin.addr], "", &top));
+        let lb = start(io, &proxy_config(&[origin.addr], "", &top));
         let mut c = Client::connect(lb.addr());
         c.send(request);
         let r = c.read_response(false);
@@ -266,9 +303,8 @@ fn fields_with_underscores_are_dropped_passed_or_rejected_as_configured() {
     }
 }
 
-#[test]
-fn a_later_http_1_minor_version_is_served_as_1_1() {
-    let (origin, lb) = setup();
+fn a_later_http_1_minor_version_is_served_as_1_1(io: Io) {
+    let (origin, lb) = setup(io);
     let mut c = Client::connect(lb.addr());
     for _ in 0..2 {
         c.send_raw(b"GET /head HTTP/1.2\r\nHost: x\r\n\r\n");
@@ -284,4 +320,28 @@ fn a_later_http_1_minor_version_is_served_as_1_1() {
         c.send_raw(format!("{line}\r\nHost: x\r\n\r\n").as_bytes());
         assert_eq!(c.read_response(false).status, 400, "{line}");
     }
+}
+
+/// CONNECT is not proxied: exactly 501 (not 400 or 405), then the connection
+/// closes, and nothing reaches a backend.
+fn connect_is_answered_with_501_and_the_connection_closed(io: Io) {
+    let (origin, lb) = setup(io);
+    for request in [
+        &b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"[..],
+        // What a tunnelling client sends next must not be read as a request.
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let mut c = Client::connect(lb.addr());
+        c.send_raw(request);
+        let r = c.read_response(false);
+        assert_eq!(r.status, 501, "{}", r.head);
+        assert_eq!(r.header("connection"), Some("close"), "{}", r.head);
+        // At once (ringlb half-closes after the answer), not at the end of
+        // its 2 s drain of what the client still sends.
+        assert!(
+            c.is_closed_by_peer(Duration::from_millis(1500)),
+            "connection left open after 501"
+        );
+    }
+    assert_eq!(origin.requests(), 0, "CONNECT reached the origin");
 }

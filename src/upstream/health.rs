@@ -318,3 +318,45 @@ async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks run once per `interval` (README: `interval`, active checks once
+    /// per process): the first at a random point of the first interval, later
+    /// ones at interval +- 10 %, spread rather than lined up.
+    #[test]
+    fn check_times_are_jittered_around_the_interval() {
+        let interval = Duration::from_millis(100);
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let firsts: Vec<Duration> = (0..1000)
+            .map(|_| jitter(interval, &mut seed, true))
+            .collect();
+        assert!(
+            firsts.iter().all(|&d| d < interval),
+            "a first check later than one interval: {:?}",
+            firsts.iter().max()
+        );
+        assert!(firsts.iter().any(|&d| d < interval / 10));
+        assert!(firsts.iter().any(|&d| d > interval * 9 / 10));
+        let later: Vec<Duration> = (0..1000)
+            .map(|_| jitter(interval, &mut seed, false))
+            .collect();
+        let (lo, hi) = (interval * 9 / 10, interval * 11 / 10);
+        let outside: Vec<&Duration> = later.iter().filter(|&&d| d < lo || d > hi).collect();
+        assert!(
+            outside.is_empty(),
+            "{} of 1000 outside +-10 %, e.g. {:?}",
+            outside.len(),
+            outside.first()
+        );
+        let mean = later.iter().sum::<Duration>() / later.len() as u32;
+        assert!(
+            mean > interval * 98 / 100 && mean < interval * 102 / 100,
+            "one check per interval on average: {mean:?}"
+        );
+        let distinct: std::collections::BTreeSet<Duration> = later.iter().copied().collect();
+        assert!(distinct.len() > 500, "spread: {}", distinct.len());
+    }
+}

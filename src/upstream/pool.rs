@@ -128,3 +128,266 @@ impl ConnPool {
         self.slots[slot].idle.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    const LONG: Duration = Duration::from_secs(30);
+    /// An idle timeout short enough to pass in a test; waits are twice as long
+    /// (the coarse clock ticks every few milliseconds).
+    const SHORT: Duration = Duration::from_millis(50);
+    const PAST_SHORT: Duration = Duration::from_millis(100);
+
+    /// Runs `f` in a monoio runtime (pooled connections are monoio streams),
+    /// with a loopback listener to connect to.
+    fn run<F: std::future::Future<Output = ()>>(f: impl FnOnce(TcpListener) -> F) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        rt.block_on(f(listener));
+    }
+
+    /// A connection as the pool holds it, and the server's end of it.
+    async fn pair(listener: &TcpListener) -> (Conn, TcpStream) {
+        let addr = listener.local_addr().unwrap();
+        let conn = crate::io::connect(addr, Duration::from_secs(5))
+            .await
+            .expect("connect on loopback");
+        let (peer, _) = listener.accept().unwrap();
+        (conn, peer)
+    }
+
+    async fn pairs(listener: &TcpListener, n: usize) -> (Vec<Conn>, Vec<TcpStream>) {
+        let mut conns = Vec::new();
+        let mut peers = Vec::new();
+        for _ in 0..n {
+            let (c, p) = pair(listener).await;
+            conns.push(c);
+            peers.push(p);
+        }
+        (conns, peers)
+    }
+
+    /// Whether the pool closed this connection (its server reads EOF).
+    fn closed(peer: &mut TcpStream) -> bool {
+        peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 1];
+        matches!(peer.read(&mut b), Ok(0))
+    }
+
+    /// Whether the connection is still open (nothing to read, no EOF).
+    fn open(peer: &mut TcpStream) -> bool {
+        peer.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let r = peer.read(&mut b);
+        peer.set_nonblocking(false).unwrap();
+        matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    #[test]
+    fn checkout_is_last_in_first_out_per_server() {
+        run(|l| async move {
+            let mut pool = ConnPool::default();
+            let a = pool.add_slot(8, LONG);
+            let b = pool.add_slot(8, LONG);
+            let (conns, _peers) = pairs(&l, 4).await;
+            let fds: Vec<_> = conns.iter().map(Conn::fd).collect();
+            let mut conns = conns.into_iter();
+            let other = conns.next().unwrap();
+            for c in conns {
+                pool.checkin(a, c);
+            }
+            pool.checkin(b, other);
+            assert_eq!((pool.idle_count(a), pool.idle_count(b)), (3, 1));
+            let order: Vec<_> = std::iter::from_fn(|| pool.checkout(a))
+                .map(|c| c.fd())
+                .collect();
+            assert_eq!(order, vec![fds[3], fds[2], fds[1]], "most recent first");
+            assert_eq!(
+                pool.checkout(b).map(|c| c.fd()),
+                Some(fds[0]),
+                "slots are separate"
+            );
+            assert!(pool.checkout(a).is_none() && pool.checkout(b).is_none());
+        });
+    }
+
+    #[test]
+    fn checkout_drops_connections_idle_past_the_timeout() {
+        run(|l| async move {
+            let mut pool = ConnPool::default();
+            let s = pool.add_slot(8, SHORT);
+            let (old, mut old_peer) = pair(&l).await;
+            let old_fd = old.fd();
+            // Fresh: handed out again.
+            pool.checkin(s, old);
+            let old = pool.checkout(s).expect("a fresh connection is reused");
+            assert_eq!(old.fd(), old_fd);
+            pool.checkin(s, old);
+            std::thread::sleep(PAST_SHORT);
+            let (fresh, fresh_peer) = pair(&l).await;
+            let fresh_fd = fresh.fd();
+            pool.checkin(s, fresh);
+            assert_eq!(pool.checkout(s).map(|c| c.fd()), Some(fresh_fd));
+            assert!(pool.checkout(s).is_none(), "stale connection handed out");
+            assert_eq!(pool.idle_count(s), 0);
+            assert!(closed(&mut old_peer), "stale connection not closed");
+            drop(fresh_peer);
+        });
+    }
+
+    #[test]
+    fn sweep_drops_only_connections_idle_past_the_timeout() {
+        run(|l| async move {
+            let mut pool = ConnPool::default();
+            let short = pool.add_slot(8, SHORT);
+            let long = pool.add_slot(8, LONG);
+            let (conns, mut peers) = pairs(&l, 4).await;
+            let fds: Vec<_> = conns.iter().map(Conn::fd).collect();
+            let mut conns = conns.into_iter();
+            pool.checkin(short, conns.next().unwrap());
+            pool.checkin(short, conns.next().unwrap());
+            pool.checkin(long, conns.next().unwrap());
+            std::thread::sleep(PAST_SHORT);
+            pool.checkin(short, conns.next().unwrap());
+            pool.sweep();
+            assert_eq!(
+                (pool.idle_count(short), pool.idle_count(long)),
+                (1, 1),
+                "sweep keeps exactly the fresh ones"
+            );
+            assert!(closed(&mut peers[0]) && closed(&mut peers[1]));
+            assert!(open(&mut peers[2]) && open(&mut peers[3]));
+            assert_eq!(
+                pool.checkout(short).map(|c| c.fd()),
+                Some(fds[3]),
+                "fresh one kept"
+            );
+            assert_eq!(
+                pool.checkout(long).map(|c| c.fd()),
+                Some(fds[2]),
+                "other slot kept"
+            );
+        });
+    }
+
+    #[test]
+    fn checkin_keeps_at_most_max_idle() {
+        run(|l| async move {
+            let mut pool = ConnPool::default();
+            let two = pool.add_slot(2, LONG);
+            let none = pool.add_slot(0, LONG);
+            let (conns, mut peers) = pairs(&l, 4).await;
+            let fds: Vec<_> = conns.iter().map(Conn::fd).collect();
+            let mut conns = conns.into_iter();
+            for _ in 0..3 {
+                pool.checkin(two, conns.next().unwrap());
+            }
+            pool.checkin(none, conns.next().unwrap());
+            assert_eq!(
+                (pool.idle_count(two), pool.idle_count(none)),
+                (2, 0),
+                "idle counts with max_idle 2 and 0"
+            );
+            assert!(closed(&mut peers[2]), "the one beyond max_idle is closed");
+            assert!(closed(&mut peers[3]), "max_idle = 0 keeps none");
+            assert!(open(&mut peers[0]) && open(&mut peers[1]));
+            let order: Vec<_> = std::iter::from_fn(|| pool.checkout(two))
+                .map(|c| c.fd())
+                .collect();
+            assert_eq!(order, vec![fds[1], fds[0]], "the first two kept, LIFO");
+        });
+    }
+
+    #[test]
+    fn peer_closed_removes_an_idle_connection() {
+        run(|l| async move {
+            let mut pool = ConnPool::default();
+            let s = pool.add_slot(8, LONG);
+            let (conns, mut peers) = pairs(&l, 3).await;
+            let fds: Vec<_> = conns.iter().map(Conn::fd).collect();
+            for c in conns {
+                pool.checkin(s, c);
+            }
+            pool.peer_closed(Closed {
+                slot: s,
+                fd: fds[1],
+            });
+            assert_eq!(pool.idle_count(s), 2, "closed idle connection still pooled");
+            assert!(closed(&mut peers[1]), "dropped at once, not left half-open");
+            // Unknown slots and descriptors are ignored.
+            pool.peer_closed(Closed {
+                slot: 99,
+                fd: fds[0],
+            });
+            assert_eq!(pool.idle_count(s), 2, "an unknown slot touched this one");
+            let order: Vec<_> = std::iter::from_fn(|| pool.checkout(s))
+                .map(|c| c.fd())
+                .collect();
+            assert_eq!(order, vec![fds[2], fds[0]], "the others kept, LIFO");
+        });
+    }
+
+    #[test]
+    fn a_busy_connection_its_server_closed_is_not_taken_back() {
+        run(|l| async move {
+            let mut pool = ConnPool::default();
+            let s = pool.add_slot(8, LONG);
+            let (gone, gone_peer) = pair(&l).await;
+            let (kept, _kept_peer) = pair(&l).await;
+            // The server closes `gone` while a request uses it.
+            drop(gone_peer);
+            std::thread::sleep(Duration::from_millis(20));
+            pool.peer_closed(Closed {
+                slot: s,
+                fd: gone.fd(),
+            });
+            pool.checkin(s, gone);
+            assert_eq!(pool.idle_count(s), 0, "a closed connection was pooled");
+            // An event for an earlier connection on the same descriptor: the
+            // probe finds this one alive and it is pooled.
+            pool.peer_closed(Closed {
+                slot: s,
+                fd: kept.fd(),
+            });
+            let fd = kept.fd();
+            pool.checkin(s, kept);
+            assert_eq!(
+                pool.checkout(s).map(|c| c.fd()),
+                Some(fd),
+                "a live connection refused on a stale close event"
+            );
+        });
+    }
+
+    #[test]
+    fn checkout_probes_and_drops_a_closed_or_dirty_connection() {
+        run(|l| async move {
+            let mut pool = ConnPool::default();
+            let s = pool.add_slot(8, LONG);
+            let (clean, _clean_peer) = pair(&l).await;
+            let (closed_conn, closed_peer) = pair(&l).await;
+            let (dirty, mut dirty_peer) = pair(&l).await;
+            let clean_fd = clean.fd();
+            pool.checkin(s, clean);
+            pool.checkin(s, closed_conn);
+            pool.checkin(s, dirty);
+            drop(closed_peer);
+            dirty_peer
+                .write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(
+                pool.checkout(s).map(|c| c.fd()),
+                Some(clean_fd),
+                "a closed or dirty connection handed out"
+            );
+            assert_eq!(pool.idle_count(s), 0);
+        });
+    }
+}

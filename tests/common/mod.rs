@@ -213,3 +213,81 @@ pub fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The I/O driver a test runs ringlb on: io_uring (the default) or epoll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    Uring,
+    Epoll,
+}
+
+impl Io {
+    /// The top-level config line that selects this driver ("" for the default).
+    pub fn top(self) -> &'static str {
+        match self {
+            Io::Uring => "",
+            Io::Epoll => "io = \"epoll\"",
+        }
+    }
+
+    /// The driver name each worker logs for this driver (default ring flags).
+    pub fn driver(self) -> &'static str {
+        match self {
+            Io::Uring => "io_uring (coop_taskrun, single_issuer)",
+            Io::Epoll => "epoll",
+        }
+    }
+}
+
+impl Ringlb {
+    /// The driver each worker logged ("worker N: DRIVER driver, pinned to ...").
+    pub fn drivers(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| {
+                let (before, _) = l.split_once(" driver, pinned to")?;
+                before.split_once(": ").map(|(_, d)| d.to_string())
+            })
+            .collect()
+    }
+
+    /// Panics unless every worker logged `driver` as its driver.
+    pub fn assert_driver(&self, driver: &str) {
+        let drivers = self.drivers();
+        assert!(
+            !drivers.is_empty() && drivers.iter().all(|d| d == driver),
+            "expected every worker on {driver:?}, got {drivers:?}:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// The submission queue size of every io_uring ring the process holds
+    /// (`SqMask` + 1 in /proc/PID/fdinfo).
+    pub fn uring_sq_entries(&self) -> Vec<u32> {
+        let dir = format!("/proc/{}/fd", self.pid());
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                if !target.to_string_lossy().contains("io_uring") {
+                    return None;
+                }
+                let info = std::fs::read_to_string(format!(
+                    "/proc/{}/fdinfo/{}",
+                    self.pid(),
+                    e.file_name().to_string_lossy()
+                ))
+                .ok()?;
+                let mask = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("SqMask:"))?
+                    .trim()
+                    .trim_start_matches("0x");
+                u32::from_str_radix(mask, 16).ok().map(|m| m + 1)
+            })
+            .collect()
+    }
+}
