@@ -124,24 +124,12 @@ fn a_slow_drip_gets_408_at_the_request_deadline() {
 
 #[test]
 fn admin_connections_never_starve_the_proxy() {
-    use std::os::unix::process::CommandExt;
     const LIMIT: u64 = 96;
     let origin = Origin::start();
-    let lb = Ringlb::start_with(&config(origin.addr, "127.0.0.1:0"), |c| {
-        // SAFETY: setrlimit between fork and exec, as prlimit(1) would.
-        unsafe {
-            c.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: LIMIT,
-                    rlim_max: LIMIT,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let lb = Ringlb::start_with(
+        &config(origin.addr, "127.0.0.1:0"),
+        common::with_nofile(LIMIT),
+    );
     let admin = lb.admin_addr().unwrap();
     // 260 admin connections dripping a head: more than the descriptors ringlb has.
     let mut drips: Vec<TcpStream> = (0..260)

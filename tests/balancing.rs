@@ -101,11 +101,7 @@ impl Drop for Backend {
 }
 
 fn config(workers: usize, servers: &[SocketAddr], upstream_extra: &str) -> String {
-    let list = servers
-        .iter()
-        .map(|s| format!("\"{s}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = common::server_list(servers);
     format!(
         "workers = {workers}\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\n\
          [[upstream]]\nname = \"app\"\nservers = [{list}]\n{upstream_extra}\n"

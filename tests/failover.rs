@@ -235,11 +235,7 @@ impl Load {
 const CHECK_INTERVAL_MS: u64 = 300;
 
 fn config(origins: &[SocketAddr]) -> String {
-    let servers = origins
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let servers = common::server_list(origins);
     format!(
         "workers = 2\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\n\
          [[upstream]]\nname = \"app\"\nservers = [{servers}]\nretries = 2\n\

@@ -309,26 +309,11 @@ fn response_cut_short_closes_the_client() {
 /// descriptors are free again, both serve at once.
 #[test]
 fn out_of_descriptors_is_a_local_503_that_blames_no_server() {
-    use std::os::unix::process::CommandExt;
     const LIMIT: usize = 48;
     let a = Origin::start();
     let b = Origin::start();
     let cfg = proxy_config(&[a.addr, b.addr], "max_idle = 0", "");
-    let lb = Ringlb::start_with(&cfg, |c| {
-        // SAFETY: setrlimit between fork and exec, as prlimit(1) would.
-        unsafe {
-            c.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: LIMIT as u64,
-                    rlim_max: LIMIT as u64,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let lb = Ringlb::start_with(&cfg, common::with_nofile(LIMIT as u64));
     let fds = || {
         std::fs::read_dir(format!("/proc/{}/fd", lb.pid()))
             .unwrap()

@@ -126,14 +126,6 @@ fn is_check(head: &str) -> bool {
     header(head, "user-agent") == Some("ringlb-health-check")
 }
 
-fn list(addrs: &[SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// `[[upstream]]` tables after a listener for `first` and an admin listener.
 fn config(workers: usize, first: &str, upstreams: &str) -> String {
     format!(
@@ -209,7 +201,7 @@ fn expect_status_forms_decide_which_answers_pass() {
                 "[[upstream]]\nname = \"{name}\"\nservers = [{}]\n\
                  [upstream.health_check]\npath = \"/hc\"\n{expect}\
                  interval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\nfall = 2\n\n",
-                list(&addrs)
+                common::server_list(&addrs)
             )
         })
         .collect();
@@ -297,7 +289,7 @@ fn body_contains_looks_in_the_body_only() {
             "[[upstream]]\nname = \"app\"\nservers = [{}]\n\
              [upstream.health_check]\npath = \"/ready\"\nbody_contains = \"ready\"\n\
              interval = \"300ms\"\ntimeout = \"250ms\"\nrise = 1\nfall = 2\n",
-            list(&addrs)
+            common::server_list(&addrs)
         ),
     ));
     wait_checks(&lb, 4);
@@ -414,7 +406,7 @@ fn max_ejection_percent_caps_ejections_per_worker() {
             "[[upstream]]\nname = \"{name}\"\nservers = [{}]\n\
              [upstream.outlier]\nconsecutive_failures = 2\nbase_ejection = \"30s\"\n\
              max_ejection_percent = {percent}\n\n",
-            list(servers)
+            common::server_list(servers)
         )
     };
     let routes = "[[listener.route]]\npath_prefix = \"/two\"\nupstream = \"two\"\n\
@@ -581,7 +573,7 @@ fn active_checks_seeing_a_server_come_back_end_its_ejection_early() {
             "[[upstream]]\nname = \"app\"\nservers = [{}]\n\
              [upstream.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"90ms\"\nrise = 2\nfall = 2\n\
              [upstream.outlier]\nconsecutive_failures = 2\nbase_ejection = \"30s\"\n",
-            list(&[good.addr(), b.addr(), other.addr()])
+            common::server_list(&[good.addr(), b.addr(), other.addr()])
         ),
     ));
     let (b_addr, other_addr) = (b.addr().to_string(), other.addr().to_string());

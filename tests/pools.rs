@@ -12,19 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn servers_list(addrs: &[SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn config(addrs: &[SocketAddr], upstream_extra: &str) -> String {
     format!(
         "workers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\n\
          [[upstream]]\nname = \"app\"\nservers = [{}]\n{upstream_extra}\n",
-        servers_list(addrs)
+        common::server_list(addrs)
     )
 }
 

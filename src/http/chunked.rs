@@ -7,6 +7,7 @@
 //! re-framing to HTTP/1.0) and each line it completes (for re-encoding the
 //! framing canonically, `reframe`).
 
+use super::fields::hex_digit;
 use std::ops::Range;
 
 /// Longest chunk-size in hex digits (16 = 64 bits).
@@ -172,7 +173,7 @@ impl ChunkedDecoder {
                         line: None,
                     });
                 }
-                State::SizeStart | State::Size => match hex_value(b) {
+                State::SizeStart | State::Size => match hex_digit(b) {
                     Some(v) => {
                         if self.digits == MAX_SIZE_DIGITS || self.size > (u64::MAX >> 4) {
                             return Err(ChunkError::SizeOverflow);
@@ -352,16 +353,6 @@ fn is_tchar(b: u8) -> bool {
                 | b'|'
                 | b'~'
         )
-}
-
-#[inline]
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Writes a chunk-size line (`{len:x}\r\n`) ending exactly at `out.len()`

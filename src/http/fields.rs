@@ -83,6 +83,17 @@ pub fn listed_in_connection(name: &[u8], connection_values: &[&[u8]]) -> bool {
     connection_values.iter().any(|v| list_has(v, name))
 }
 
+/// The value of one hex digit.
+#[inline]
+pub fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// Writes a decimal number without allocating.
 pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut tmp = [0u8; 20];

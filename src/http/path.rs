@@ -10,6 +10,8 @@
 //! paths are case-sensitive. The request forwarded upstream keeps its original
 //! target.
 
+use super::fields::hex_digit;
+
 /// Whether `path` may change under normalisation (most paths do not, and
 /// then cost one scan).
 #[inline]
@@ -38,15 +40,6 @@ pub fn normalise<'a>(path: &'a str, scratch: &'a mut Vec<u8>) -> &'a str {
     std::str::from_utf8(scratch).unwrap_or(path)
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Characters decoded for matching: the unreserved ones, and the slash.
 fn decoded(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/')
@@ -59,7 +52,7 @@ fn decode_in_place(p: &mut Vec<u8>) -> bool {
     while r < p.len() {
         let b = p[r];
         if b == b'%' && r + 2 < p.len() {
-            if let (Some(h), Some(l)) = (hex(p[r + 1]), hex(p[r + 2])) {
+            if let (Some(h), Some(l)) = (hex_digit(p[r + 1]), hex_digit(p[r + 2])) {
                 let c = h << 4 | l;
                 if decoded(c) {
                     p[w] = c;

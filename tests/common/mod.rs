@@ -192,13 +192,39 @@ impl Drop for Ringlb {
     }
 }
 
-/// A config with one proxied listener on an ephemeral port in front of `servers`.
-pub fn proxy_config(servers: &[SocketAddr], extra_upstream: &str, top: &str) -> String {
-    let list = servers
+/// `"ADDR", "ADDR", ...`: the value of a `servers` key.
+pub fn server_list(servers: &[SocketAddr]) -> String {
+    servers
         .iter()
         .map(|s| format!("\"{s}\""))
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(", ")
+}
+
+/// For `Ringlb::start_with`: runs ringlb with an open-file limit of `n`, as
+/// `prlimit --nofile=n:n` would.
+pub fn with_nofile(n: u64) -> impl FnOnce(&mut Command) {
+    move |c| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit between fork and exec, on the child alone.
+        unsafe {
+            c.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// A config with one proxied listener on an ephemeral port in front of `servers`.
+pub fn proxy_config(servers: &[SocketAddr], extra_upstream: &str, top: &str) -> String {
+    let list = server_list(servers);
     format!(
         "workers = 1\n{top}\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\n\
          [[upstream]]\nname = \"app\"\nservers = [{list}]\n{extra_upstream}\n"
