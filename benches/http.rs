@@ -39,7 +39,7 @@ fn parse_request(c: &mut Criterion) {
             let head = request::parse(black_box(REQUEST), &mut h, &LIMITS)
                 .unwrap()
                 .unwrap();
-            rewrite::write_request(&head, b"10.0.0.1", b"lb:80", &mut out);
+            rewrite::write_request(&head, b"10.0.0.1", b"lb:80", None, &mut out);
             black_box(out.len());
         })
     });

@@ -1,5 +1,6 @@
-//! The admin listener: `GET /status` (every pool and server as JSON) and
-//! `GET /healthz`, served by the health thread, off the request path.
+//! The admin listener: `GET /status` (every pool and server as JSON),
+//! `GET /metrics` (Prometheus text format, see `metrics`) and `GET /healthz`,
+//! served by the health thread, off the request path.
 //!
 //! It is built so that it can never starve the proxy: at most
 //! `MAX_CONNECTIONS` admin connections at a time (more are closed as soon as
@@ -45,7 +46,14 @@ pub fn announce(bound: SocketAddr) {
     }
 }
 
-pub async fn serve(listener: TcpListener, health: Arc<Health>, configs: Arc<Vec<UpstreamConfig>>) {
+/// What the admin pages read.
+pub struct State {
+    pub health: Arc<Health>,
+    pub configs: Arc<Vec<UpstreamConfig>>,
+    pub metrics: Arc<crate::metrics::Registry>,
+}
+
+pub async fn serve(listener: TcpListener, state: Rc<State>) {
     let open = Rc::new(Cell::new(0usize));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -60,22 +68,22 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, configs: Arc<Vec<
             continue; // dropped: closed at once
         }
         open.set(open.get() + 1);
-        let (health, configs, open) = (health.clone(), configs.clone(), open.clone());
+        let (state, open) = (state.clone(), open.clone());
         monoio::spawn(async move {
-            answer(Conn::new(stream), &health, &configs).await;
+            answer(Conn::new(stream), &state).await;
             open.set(open.get() - 1);
         });
     }
 }
 
 /// Reads one request within the deadline and answers it.
-async fn answer(mut conn: Conn, health: &Health, configs: &[UpstreamConfig]) {
+async fn answer(mut conn: Conn, state: &State) {
     let mut buf = Buffer::take();
     conn.reader.arm(REQUEST_DEADLINE);
     let reply = loop {
         let mut headers = crate::http::header_slots();
         match request::parse(buf.data(), &mut headers, &LIMITS) {
-            Ok(Some(head)) => break respond(&head, health, configs),
+            Ok(Some(head)) => break respond(&head, state),
             Ok(None) => {}
             Err(e) => break Reply::error(e.status().unwrap_or(400), "malformed request\n"),
         }
@@ -136,11 +144,7 @@ impl Reply {
     }
 }
 
-fn respond(
-    head: &request::RequestHead<'_, '_>,
-    health: &Health,
-    configs: &[UpstreamConfig],
-) -> Reply {
+fn respond(head: &request::RequestHead<'_, '_>, state: &State) -> Reply {
     if !matches!(head.kind, Method::Get | Method::Head) {
         return Reply {
             allow: true,
@@ -148,9 +152,25 @@ fn respond(
         };
     }
     let (content_type, body) = match head.target {
-        "/status" => ("application/json", health.to_json(configs)),
+        "/status" => ("application/json", state.health.to_json(&state.configs)),
+        "/metrics" => {
+            let health = &state.health;
+            let server_health = |u: usize, s: usize| {
+                let s = &health.upstreams[u].servers[s];
+                (
+                    s.is_healthy(),
+                    s.ejected_by.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            };
+            let outside = crate::metrics::expose::Outside {
+                server_health: &server_health,
+                panics: crate::contain::panics(),
+            };
+            let text = crate::metrics::expose::render(&state.metrics, &outside);
+            (crate::metrics::expose::CONTENT_TYPE, text)
+        }
         "/healthz" => ("text/plain", "ok\n".to_string()),
-        _ => return Reply::error(404, "try /status or /healthz\n"),
+        _ => return Reply::error(404, "try /status, /metrics or /healthz\n"),
     };
     Reply {
         status: 200,

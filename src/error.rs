@@ -49,6 +49,22 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The metrics reason when this error rejects a request before (or while)
+    /// it is forwarded.
+    pub fn rejection(self) -> Option<crate::metrics::Reject> {
+        use crate::metrics::Reject;
+        use ProxyError::*;
+        Some(match self {
+            BadRequest(_) => Reject::BadRequest,
+            ClientHeadTimeout => Reject::HeadTimeout,
+            ClientBodyTimeout => Reject::BodyTimeout,
+            UriTooLong => Reject::UriTooLong,
+            HeadTooLarge(_) => Reject::HeadTooLarge,
+            NotImplemented(_) => Reject::NotImplemented,
+            _ => return None,
+        })
+    }
+
     pub fn origin(self) -> Origin {
         use ProxyError::*;
         match self {

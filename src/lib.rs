@@ -6,6 +6,7 @@
 //! balancing, connection pool), `buf` (buffer pool), `io` (monoio seam),
 //! `error` (failure origin -> status), `log`.
 
+pub mod access_log;
 pub mod admin;
 pub mod buf;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod io;
 pub mod log;
 pub mod memory;
+pub mod metrics;
 pub mod pooled;
 pub mod proxy;
 pub mod runtime;

@@ -74,6 +74,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
+    ringlb::log::configure(config.log_level, config.log_json);
     ringlb::contain::install_hook();
     let shutdown = Arc::new(Shutdown::default());
     runtime::signals::install(shutdown.clone());

@@ -145,10 +145,6 @@ impl<F: Future> Drop for Pooled<F> {
 /// (for tests that keep request futures within a block and tasks small).
 #[cfg(test)]
 pub(crate) mod future_size {
-    pub fn of4<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
     pub fn of5<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
         std::mem::size_of::<F>()
     }

@@ -110,11 +110,16 @@ fn proxied(servers: &str) -> String {
     proxied_with(servers, "")
 }
 
+/// Metrics are always on; every case also writes a JSON access log, so the
+/// counts cover both.
 fn proxied_with(servers: &str, upstream_extra: &str) -> String {
+    let log = common::temp_path("alloc-access.json");
     format!(
         "workers = 1\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"app\"\n\
+         access_log = {{ path = \"{}\", format = \"json\" }}\n\
          [[listener.route]]\npath_prefix = \"/direct\"\nstatus = 200\nbody = \"direct\"\n\
-         [[upstream]]\nname = \"app\"\nservers = [{servers}]\n{upstream_extra}\n"
+         [[upstream]]\nname = \"app\"\nservers = [{servers}]\n{upstream_extra}\n",
+        log.display()
     )
 }
 

@@ -107,7 +107,7 @@ proptest! {
         let mut h1 = ringlb::http::header_slots();
         let first = request::parse(raw.as_bytes(), &mut h1, &LIMITS).unwrap().unwrap();
         let mut out = Vec::new();
-        rewrite::write_request(&first, b"192.0.2.1", b"lb:80", &mut out);
+        rewrite::write_request(&first, b"192.0.2.1", b"lb:80", None, &mut out);
         let mut h2 = ringlb::http::header_slots();
         let second = request::parse(&out, &mut h2, &LIMITS).unwrap().unwrap();
         prop_assert_eq!(second.head_len, out.len());
@@ -131,7 +131,7 @@ proptest! {
         prop_assert_eq!(second.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("via")).count(), 1);
         // A second hop adds only its XFF element and its own Via line.
         let mut again = Vec::new();
-        rewrite::write_request(&second, b"192.0.2.1", b"lb:80", &mut again);
+        rewrite::write_request(&second, b"192.0.2.1", b"lb:80", None, &mut again);
         prop_assert_eq!(again.len(), out.len() + "192.0.2.1, ".len() + rewrite::VIA.len());
     }
 

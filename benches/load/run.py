@@ -15,16 +15,18 @@ import targets as targets_report
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ORIGIN_PORT, DEAD_PORT = 18081, 18099
 PORTS = {"ringlb": 18080, "nginx": 18082, "haproxy": 18083,
-         "ringlb-epoll": 18084, "ringlb-plain": 18085, "ringlb-defer": 18086, "ringlb-b": 18087,
+         "ringlb-epoll": 18084, "ringlb-plain": 18085, "ringlb-defer": 18086, "ringlb-b": 18087, "ringlb-c": 18088,
          "direct": ORIGIN_PORT}
 # "direct" is no proxy at all: the load generator talks to the origin. It runs in the
 # fixed-rate workloads only, where its latency is the floor any proxy's hop adds to.
 FLOOR = "direct"
 # ringlb variants that can run as extra targets in the same run (driver comparison).
 VARIANTS = {"ringlb": "", "ringlb-epoll": 'io = "epoll"', "ringlb-plain": 'uring_setup = "plain"',
-            "ringlb-defer": 'uring_setup = "defer"', "ringlb-b": ""}
-# Binary of the "ringlb-b" target (another build, for A/B comparisons): --ringlb-b PATH.
+            "ringlb-defer": 'uring_setup = "defer"', "ringlb-b": "", "ringlb-c": ""}
+# Binaries of the "ringlb-b" and "ringlb-c" targets (other builds, for A/B/C
+# comparisons): --ringlb-b PATH, --ringlb-c PATH.
 RINGLB_B = None
+RINGLB_C = None
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 WORKLOADS = {
@@ -145,7 +147,7 @@ name = "origin"
 servers = ["127.0.0.1:{up}"]
 max_idle = 1024
 """)
-            binary = RINGLB_B if name == "ringlb-b" else os.path.join(ROOT, "target/release/ringlb")
+            binary = {"ringlb-b": RINGLB_B, "ringlb-c": RINGLB_C}.get(name) or os.path.join(ROOT, "target/release/ringlb")
             cmd = ["taskset", "-c", "1", binary, "--config", conf]
         elif name == "nginx":
             conf = self.write("nginx-proxy.conf", f"""
@@ -282,7 +284,7 @@ def idle_rss_per_conn(setup, target, n=5000):
 def svg_chart(results, targets, workloads, path):
     """Two grouped bar charts: req/s and proxy CPU us/req per workload."""
     colors = {"ringlb": "#d9480f", "nginx": "#2b8a3e", "haproxy": "#1971c2", "ringlb-epoll": "#f59f00",
-              "ringlb-plain": "#ae3ec9", "ringlb-defer": "#868e96", "ringlb-b": "#f08c00"}
+              "ringlb-plain": "#ae3ec9", "ringlb-defer": "#868e96", "ringlb-b": "#f08c00", "ringlb-c": "#2f9e44"}
     w, h, pad = 900, 300, 50
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{2 * h + 40}" font-family="sans-serif" font-size="11">']
     for row, (metric, label) in enumerate([("rps", "requests/s (median)"), ("cpu_us_per_req", "proxy CPU us per request (median)")]):
@@ -325,12 +327,14 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
     ap.add_argument("--label", default="load")
     ap.add_argument("--ringlb-b", help="another ringlb binary, run as target ringlb-b (A/B comparison)")
+    ap.add_argument("--ringlb-c", help="a third ringlb binary, run as target ringlb-c")
     ap.add_argument("--no-floor", action="store_true",
                     help="skip the no-proxy (direct) cell of the fixed-rate workloads")
     ap.add_argument("--ringlb-extra", default="", help="top-level TOML lines added to ringlb's config, e.g. 'io = \"epoll\"'")
     args = ap.parse_args()
-    global RINGLB_B
+    global RINGLB_B, RINGLB_C
     RINGLB_B = args.ringlb_b
+    RINGLB_C = args.ringlb_c
     workloads = [w for w in args.workloads.split(",") if w]
     targets = [t for t in args.targets.split(",") if t]
     if shutil.which("oha") is None:

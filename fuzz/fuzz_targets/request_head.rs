@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let mut h = ringlb::http::header_slots();
     let Ok(Some(head)) = request::parse(data, &mut h, &LIMITS) else { return };
     let mut out = Vec::new();
-    rewrite::write_request(&head, b"127.0.0.1", b"lb:80", &mut out);
+    rewrite::write_request(&head, b"127.0.0.1", b"lb:80", None, &mut out);
     let mut h2 = ringlb::http::header_slots();
     match request::parse(&out, &mut h2, &ROOMY) {
         Ok(Some(again)) => {

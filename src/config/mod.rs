@@ -1,18 +1,22 @@
-//! Configuration: the TOML schema, validation with `file:line:column` errors, and
-//! defaults. Nothing here touches a socket: addresses are resolved once at load time.
+//! Configuration: the TOML schema (`raw`), validation with `file:line:column`
+//! errors (here and in `client`, `listener`, `upstream`), and defaults.
+//! Nothing here touches a socket: addresses are resolved once at load time.
 
+mod client;
 mod demo;
 mod duration;
+mod listener;
 mod raw;
+mod upstream;
 
-pub use crate::http::request::Underscores;
+pub use crate::http::request::{RequestIds, Underscores};
 pub use crate::runtime::driver::UringSetup;
 pub use crate::upstream::balance::Algorithm;
 pub use crate::upstream::outlier::OutlierConfig;
 pub use demo::DEMO_CONFIG;
 pub use duration::parse_duration;
 
-use raw::{RawConfig, RawListener, RawRoute, RawUpstream};
+use raw::RawConfig;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
@@ -37,6 +41,9 @@ pub struct Config {
     pub ring_entries: u32,
     pub uring_setup: UringSetup,
     pub drain_timeout: Duration,
+    /// Event log filter and format.
+    pub log_level: crate::log::Level,
+    pub log_json: bool,
     pub client: ClientSettings,
     pub listeners: Vec<ListenerConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -66,6 +73,8 @@ pub struct ClientSettings {
     pub max_chunk_bytes: u64,
     /// What happens to request header fields whose names contain `_`.
     pub headers_with_underscores: Underscores,
+    /// Whether an incoming `X-Request-Id` is kept, replaced, or none added.
+    pub request_id: RequestIds,
 }
 
 impl Default for ClientSettings {
@@ -80,6 +89,7 @@ impl Default for ClientSettings {
             max_request_line_bytes: 8 * 1024,
             max_chunk_bytes: 16 * 1024 * 1024,
             headers_with_underscores: Underscores::Drop,
+            request_id: RequestIds::Keep,
         }
     }
 }
@@ -89,11 +99,21 @@ pub struct ListenerConfig {
     pub addr: SocketAddr,
     pub routes: Vec<RouteConfig>,
     pub default_action: Action,
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// `access_log = { path = "...", format = "combined" | "json" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub target: crate::access_log::writer::Target,
+    pub format: crate::access_log::Format,
 }
 
 /// A routing rule: first match wins; `host` compares case-insensitively without port.
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
+    /// The route's label in metrics (unnamed routes are numbered).
+    pub name: Option<String>,
     pub host: Option<String>,
     pub path_prefix: String,
     pub action: Action,
@@ -223,6 +243,43 @@ impl Config {
             message: format!("cannot read: {e}"),
         })?;
         Config::parse(&text, &file)
+    }
+
+    /// The label values of the metrics for this config; `bound`: each
+    /// listener's actual address.
+    pub fn metrics_layout(&self, bound: &[SocketAddr]) -> crate::metrics::Layout {
+        use crate::metrics::layout::{ListenerSpec, UpstreamSpec};
+        let upstream_of = |a: &Action| match a {
+            Action::Proxy(i) => Some(*i),
+            Action::Respond(_) => None,
+        };
+        let listeners = self
+            .listeners
+            .iter()
+            .zip(bound)
+            .map(|(l, b)| ListenerSpec {
+                name: b.to_string(),
+                routes: l
+                    .routes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let name = r.name.clone().unwrap_or_else(|| i.to_string());
+                        (name, upstream_of(&r.action))
+                    })
+                    .collect(),
+                default_upstream: upstream_of(&l.default_action),
+            })
+            .collect();
+        let upstreams = self
+            .upstreams
+            .iter()
+            .map(|u| UpstreamSpec {
+                name: u.name.clone(),
+                servers: u.servers.iter().map(|s| s.addr.to_string()).collect(),
+            })
+            .collect();
+        crate::metrics::Layout::new(listeners, upstreams, self.workers)
     }
 
     /// Parses and validates config text; `file` names it in errors.
@@ -365,6 +422,23 @@ impl Ctx<'_> {
         };
         let drain_timeout =
             self.duration(&raw.drain_timeout, "drain_timeout", Duration::from_secs(30))?;
+        let log_level = match &raw.log_level {
+            None => crate::log::Level::Info,
+            Some(s) => crate::log::Level::parse(s.get_ref()).ok_or_else(|| {
+                self.err(
+                    s.span(),
+                    "log_level",
+                    "must be \"info\", \"warn\" or \"error\"",
+                )
+            })?,
+        };
+        let log_json = match raw.log_format.as_ref().map(|s| (s, s.get_ref().as_str())) {
+            None | Some((_, "text")) => false,
+            Some((_, "json")) => true,
+            Some((s, _)) => {
+                return Err(self.err(s.span(), "log_format", "must be \"text\" or \"json\""))
+            }
+        };
         let client = self.client(raw.client.unwrap_or_default())?;
 
         let mut upstreams = Vec::with_capacity(raw.upstream.len());
@@ -405,6 +479,8 @@ impl Ctx<'_> {
             None => None,
         };
         Ok(Config {
+            log_level,
+            log_json,
             admin,
             workers,
             io,
@@ -414,464 +490,6 @@ impl Ctx<'_> {
             client,
             listeners,
             upstreams,
-        })
-    }
-
-    /// Two listening addresses that `run` could not both bind: the same
-    /// port in the same family, on the same address or one of them on every
-    /// address (`0.0.0.0`, `[::]`). Port 0 (a free port, chosen at start) never
-    /// collides.
-    fn no_collision(
-        &self,
-        addr: SocketAddr,
-        other: SocketAddr,
-        span: Range<usize>,
-        other_span: Range<usize>,
-    ) -> Result<(), ConfigError> {
-        let collides = addr.port() != 0
-            && addr.port() == other.port()
-            && addr.is_ipv4() == other.is_ipv4()
-            && (addr.ip() == other.ip()
-                || addr.ip().is_unspecified()
-                || other.ip().is_unspecified());
-        if !collides {
-            return Ok(());
-        }
-        let (line, _) = self.position(other_span.start);
-        let why = if addr.ip() == other.ip() {
-            "the same address".to_string()
-        } else {
-            let every = if addr.ip().is_unspecified() {
-                addr
-            } else {
-                other
-            };
-            format!("{} covers every address", every.ip())
-        };
-        Err(self.err(
-            span,
-            "listen",
-            format!(
-                "{addr} collides with {other} (line {line}): {why} on port {}",
-                addr.port()
-            ),
-        ))
-    }
-
-    fn client(&self, c: raw::RawClient) -> Result<ClientSettings, ConfigError> {
-        let d = ClientSettings::default();
-        Ok(ClientSettings {
-            head_timeout: self.duration(&c.head_timeout, "head_timeout", d.head_timeout)?,
-            idle_timeout: self.duration(&c.idle_timeout, "idle_timeout", d.idle_timeout)?,
-            body_timeout: self.duration(&c.body_timeout, "body_timeout", d.body_timeout)?,
-            write_timeout: self.duration(&c.write_timeout, "write_timeout", d.write_timeout)?,
-            tunnel_idle_timeout: self.duration(
-                &c.tunnel_idle_timeout,
-                "tunnel_idle_timeout",
-                d.tunnel_idle_timeout,
-            )?,
-            max_head_bytes: self.int(
-                &c.max_head_bytes,
-                "max_head_bytes",
-                1024,
-                1 << 20,
-                d.max_head_bytes as i64,
-            )? as usize,
-            max_request_line_bytes: self.int(
-                &c.max_request_line_bytes,
-                "max_request_line_bytes",
-                64,
-                1 << 20,
-                d.max_request_line_bytes as i64,
-            )? as usize,
-            max_chunk_bytes: self.int(
-                &c.max_chunk_bytes,
-                "max_chunk_bytes",
-                1,
-                1 << 31,
-                d.max_chunk_bytes as i64,
-            )? as u64,
-            headers_with_underscores: match &c.headers_with_underscores {
-                None => d.headers_with_underscores,
-                Some(s) => match s.get_ref().as_str() {
-                    "drop" => Underscores::Drop,
-                    "pass" => Underscores::Pass,
-                    "reject" => Underscores::Reject,
-                    other => {
-                        return Err(self.err(
-                            s.span(),
-                            "headers_with_underscores",
-                            format!("`{other}` is not one of \"drop\", \"pass\", \"reject\""),
-                        ))
-                    }
-                },
-            },
-        })
-    }
-
-    fn upstream(&self, up: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
-        let name = up.name.get_ref().trim().to_string();
-        if name.is_empty() {
-            return Err(self.err(up.name.span(), "name", "must not be empty"));
-        }
-        if up.servers.get_ref().is_empty() {
-            return Err(self.err(up.servers.span(), "servers", "needs at least one server"));
-        }
-        if up.servers.get_ref().len() > 4096 {
-            return Err(self.err(
-                up.servers.span(),
-                "servers",
-                "at most 4096 servers per upstream",
-            ));
-        }
-        let mut servers = Vec::new();
-        for s in up.servers.get_ref() {
-            servers.push(self.server(s)?);
-        }
-        let (balance, balance_name) = match &up.balance {
-            None => (Algorithm::RoundRobin, "round_robin".to_string()),
-            Some(b) => match Algorithm::parse(b.get_ref()) {
-                Some(a) => (a, b.get_ref().clone()),
-                None => {
-                    return Err(self.err(
-                        b.span(),
-                        "balance",
-                        format!("`{}` is not one of {}", b.get_ref(), Algorithm::NAMES),
-                    ))
-                }
-            },
-        };
-        let hash_key = match &up.hash_key {
-            None => HashKey::ClientIp,
-            Some(k) => match k.get_ref().as_str() {
-                "client_ip" => HashKey::ClientIp,
-                "path" => HashKey::Path,
-                h if h.starts_with("header:") && h.len() > 7 => {
-                    HashKey::Header(h[7..].to_ascii_lowercase())
-                }
-                other => {
-                    return Err(self.err(
-                        k.span(),
-                        "hash_key",
-                        format!("`{other}` is not \"client_ip\", \"path\" or \"header:NAME\""),
-                    ))
-                }
-            },
-        };
-        if let (Some(k), false) = (&up.hash_key, balance == Algorithm::Maglev) {
-            return Err(self.err(k.span(), "hash_key", "only used with balance = \"maglev\""));
-        }
-        let slow_start = match &up.slow_start {
-            None => Duration::ZERO,
-            Some(s) => {
-                let d =
-                    parse_duration(s.get_ref()).map_err(|m| self.err(s.span(), "slow_start", m))?;
-                if !d.is_zero() && matches!(balance, Algorithm::RoundRobin | Algorithm::Maglev) {
-                    return Err(self.err(
-                        s.span(),
-                        "slow_start",
-                        "needs a weight-aware balance (weighted_round_robin, least_inflight, p2c, peak_ewma)",
-                    ));
-                }
-                d
-            }
-        };
-        let retry_budget = match &up.retry_budget {
-            None => 0.2,
-            Some(b) if (0.0..=1.0).contains(b.get_ref()) => *b.get_ref(),
-            Some(b) => {
-                return Err(self.err(
-                    b.span(),
-                    "retry_budget",
-                    "must be a ratio between 0.0 and 1.0",
-                ))
-            }
-        };
-        let health_check = match &up.health_check {
-            None => None,
-            Some(h) => Some(self.health_check(h)?),
-        };
-        let outlier = match &up.outlier {
-            None => OutlierConfig::default(),
-            Some(o) => {
-                let d = OutlierConfig::default();
-                OutlierConfig {
-                    consecutive: self.int(
-                        &o.consecutive_failures,
-                        "consecutive_failures",
-                        0,
-                        1000,
-                        d.consecutive as i64,
-                    )? as u32,
-                    base_ejection: self.duration(
-                        &o.base_ejection,
-                        "base_ejection",
-                        d.base_ejection,
-                    )?,
-                    max_ejection: self.duration(&o.max_ejection, "max_ejection", d.max_ejection)?,
-                    max_ejection_percent: self.int(
-                        &o.max_ejection_percent,
-                        "max_ejection_percent",
-                        0,
-                        100,
-                        d.max_ejection_percent as i64,
-                    )? as u32,
-                }
-            }
-        };
-        Ok(UpstreamConfig {
-            name,
-            servers,
-            balance,
-            balance_name,
-            hash_key,
-            retries: self.int(&up.retries, "retries", 0, 10, 1)? as u32,
-            retry_non_idempotent: up.retry_non_idempotent.unwrap_or(false),
-            retry_budget,
-            min_retries_per_second: self.int(
-                &up.min_retries_per_second,
-                "min_retries_per_second",
-                0,
-                100_000,
-                10,
-            )? as u32,
-            panic_mode: up.panic_mode.unwrap_or(false),
-            slow_start,
-            health_check,
-            outlier,
-            connect_timeout: self.duration(
-                &up.connect_timeout,
-                "connect_timeout",
-                Duration::from_secs(3),
-            )?,
-            response_timeout: self.duration(
-                &up.response_timeout,
-                "response_timeout",
-                Duration::from_secs(30),
-            )?,
-            idle_timeout: self.duration(
-                &up.idle_timeout,
-                "idle_timeout",
-                Duration::from_secs(30),
-            )?,
-            max_idle: self.int(&up.max_idle, "max_idle", 0, 100_000, 256)? as usize,
-        })
-    }
-
-    /// `"ADDR"` or `"ADDR weight=N"`.
-    fn server(&self, s: &Spanned<String>) -> Result<ServerConfig, ConfigError> {
-        let mut parts = s.get_ref().split_whitespace();
-        let addr_text = parts.next().unwrap_or("");
-        let addr_spanned = Spanned::new(s.span(), addr_text.to_string());
-        let addr = self.addr(&addr_spanned, "servers")?;
-        if addr.port() == 0 {
-            return Err(self.err(s.span(), "servers", "port 0 is not a valid upstream port"));
-        }
-        let mut weight = 1;
-        for p in parts {
-            match p
-                .strip_prefix("weight=")
-                .and_then(|w| w.parse::<u32>().ok())
-            {
-                Some(w) if (1..=1000).contains(&w) => weight = w,
-                _ => {
-                    return Err(self.err(
-                        s.span(),
-                        "servers",
-                        format!("`{p}`: only `weight=N` (1-1000) may follow the address"),
-                    ))
-                }
-            }
-        }
-        Ok(ServerConfig { addr, weight })
-    }
-
-    fn health_check(&self, h: &Spanned<raw::RawHealthCheck>) -> Result<HealthCheck, ConfigError> {
-        let r = h.get_ref();
-        let kind = match r.kind.as_ref().map(|k| k.get_ref().as_str()) {
-            None | Some("http") => {
-                let path = match &r.path {
-                    None => "/".to_string(),
-                    Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
-                    Some(p) => return Err(self.err(p.span(), "path", "must start with `/`")),
-                };
-                let expect_status = match &r.expect_status {
-                    None => vec![200..=399],
-                    Some(e) => self.status_ranges(e)?,
-                };
-                HealthCheckKind::Http {
-                    method: r.method.clone().unwrap_or_else(|| "GET".to_string()),
-                    path,
-                    host: r.host.clone(),
-                    expect_status,
-                    body_contains: r.body_contains.clone(),
-                }
-            }
-            Some("tcp") => HealthCheckKind::Tcp,
-            Some(other) => {
-                let k = r.kind.as_ref().unwrap();
-                return Err(self.err(
-                    k.span(),
-                    "type",
-                    format!("`{other}` is not \"http\" or \"tcp\""),
-                ));
-            }
-        };
-        let interval = self.duration(&r.interval, "interval", Duration::from_secs(2))?;
-        let timeout = self.duration(&r.timeout, "timeout", Duration::from_secs(1))?;
-        if timeout > interval {
-            return Err(self.err(h.span(), "timeout", "must not exceed the check interval"));
-        }
-        Ok(HealthCheck {
-            kind,
-            interval,
-            timeout,
-            rise: self.int(&r.rise, "rise", 1, 100, 2)? as u32,
-            fall: self.int(&r.fall, "fall", 1, 100, 3)? as u32,
-        })
-    }
-
-    /// `"200-399"`, `"200,204"`, `"2xx"`.
-    fn status_ranges(
-        &self,
-        e: &Spanned<String>,
-    ) -> Result<Vec<std::ops::RangeInclusive<u16>>, ConfigError> {
-        let mut out = Vec::new();
-        for part in e.get_ref().split(',').map(str::trim) {
-            let range = if let Some(c) = part.strip_suffix("xx").and_then(|c| c.parse::<u16>().ok())
-            {
-                Some(c * 100..=c * 100 + 99)
-            } else if let Some((a, b)) = part.split_once('-') {
-                a.trim()
-                    .parse()
-                    .ok()
-                    .zip(b.trim().parse().ok())
-                    .map(|(a, b)| a..=b)
-            } else {
-                part.parse().ok().map(|s| s..=s)
-            };
-            match range {
-                Some(r) if *r.start() >= 100 && *r.end() <= 599 && r.start() <= r.end() => {
-                    out.push(r)
-                }
-                _ => {
-                    return Err(self.err(
-                        e.span(),
-                        "expect_status",
-                        format!("`{part}` is not a status, range (200-399) or class (2xx)"),
-                    ))
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn action(
-        &self,
-        upstream: &Option<Spanned<String>>,
-        status: &Option<Spanned<i64>>,
-        body: &Option<String>,
-        content_type: &Option<String>,
-        upstreams: &[UpstreamConfig],
-        anchor: Range<usize>,
-    ) -> Result<Action, ConfigError> {
-        match (upstream, status) {
-            (Some(_), Some(s)) => Err(self.err(
-                s.span(),
-                "status",
-                "set either `upstream` or `status`, not both",
-            )),
-            (Some(u), None) => {
-                let idx = upstreams
-                    .iter()
-                    .position(|x| &x.name == u.get_ref())
-                    .ok_or_else(|| {
-                        self.err(
-                            u.span(),
-                            "upstream",
-                            format!("no [[upstream]] is named `{}`", u.get_ref()),
-                        )
-                    })?;
-                Ok(Action::Proxy(idx))
-            }
-            (None, Some(s)) => {
-                let code = *s.get_ref();
-                if !(200..=599).contains(&code) || code == 204 || code == 304 {
-                    return Err(self.err(s.span(), "status", format!("{code} is not a status a direct response can send (200-599, not 204/304)")));
-                }
-                Ok(Action::Respond(DirectResponse {
-                    status: code as u16,
-                    body: body.clone().unwrap_or_default(),
-                    content_type: content_type
-                        .clone()
-                        .unwrap_or_else(|| "text/plain".to_string()),
-                }))
-            }
-            (None, None) => Err(self.err(
-                anchor,
-                "upstream",
-                "needs `upstream = \"NAME\"` or a direct response (`status`, `body`)",
-            )),
-        }
-    }
-
-    fn listener(
-        &self,
-        l: &RawListener,
-        upstreams: &[UpstreamConfig],
-    ) -> Result<ListenerConfig, ConfigError> {
-        let addr = self.addr(&l.listen, "listen")?;
-        let default_action = self.action(
-            &l.upstream,
-            &l.status,
-            &l.body,
-            &l.content_type,
-            upstreams,
-            l.listen.span(),
-        )?;
-        let mut routes = Vec::with_capacity(l.route.len());
-        for r in &l.route {
-            routes.push(self.route(r, upstreams, l.listen.span())?);
-        }
-        Ok(ListenerConfig {
-            addr,
-            routes,
-            default_action,
-        })
-    }
-
-    fn route(
-        &self,
-        r: &RawRoute,
-        upstreams: &[UpstreamConfig],
-        anchor: Range<usize>,
-    ) -> Result<RouteConfig, ConfigError> {
-        let anchor = r
-            .host
-            .as_ref()
-            .map(|h| h.span())
-            .or_else(|| r.path_prefix.as_ref().map(|p| p.span()))
-            .unwrap_or(anchor);
-        let path_prefix = match &r.path_prefix {
-            None => "/".to_string(),
-            Some(p) if !p.get_ref().starts_with('/') => {
-                return Err(self.err(p.span(), "path_prefix", "must start with `/`"))
-            }
-            Some(p) => p.get_ref().clone(),
-        };
-        let host = r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
-        let action = self.action(
-            &r.upstream,
-            &r.status,
-            &r.body,
-            &r.content_type,
-            upstreams,
-            anchor,
-        )?;
-        Ok(RouteConfig {
-            host,
-            path_prefix,
-            action,
         })
     }
 }

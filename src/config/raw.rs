@@ -12,6 +12,8 @@ pub struct RawConfig {
     pub ring_entries: Option<Spanned<i64>>,
     pub uring_setup: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
+    pub log_level: Option<Spanned<String>>,
+    pub log_format: Option<Spanned<String>>,
     pub client: Option<RawClient>,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
@@ -32,6 +34,7 @@ pub struct RawClient {
     pub max_request_line_bytes: Option<Spanned<i64>>,
     pub max_chunk_bytes: Option<Spanned<i64>>,
     pub headers_with_underscores: Option<Spanned<String>>,
+    pub request_id: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,13 +45,22 @@ pub struct RawListener {
     pub status: Option<Spanned<i64>>,
     pub body: Option<String>,
     pub content_type: Option<String>,
+    pub access_log: Option<Spanned<RawAccessLog>>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub path: Spanned<String>,
+    pub format: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    pub name: Option<Spanned<String>>,
     pub host: Option<Spanned<String>>,
     pub path_prefix: Option<Spanned<String>>,
     pub upstream: Option<Spanned<String>>,

@@ -14,6 +14,15 @@ pub struct Limits {
     pub underscores: Underscores,
 }
 
+/// `X-Request-Id`: keep a valid incoming one (else add one), always replace
+/// it, or add none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestIds {
+    Keep,
+    Replace,
+    Off,
+}
+
 /// Request header names with underscores: CGI-style backends turn `-` into `_`,
 /// so `X_Forwarded_For` would merge with (and spoof) ringlb's `X-Forwarded-For`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +112,8 @@ pub struct RequestHead<'b, 'h> {
     pub connection_count: usize,
     /// Some field name holds `_` and the policy is to drop such fields.
     pub drop_underscored: bool,
+    /// The `X-Request-Id` the client sent, if exactly one and well-formed.
+    pub request_id: Option<&'b [u8]>,
 }
 
 impl<'b> RequestHead<'b, '_> {
@@ -184,6 +195,7 @@ pub fn parse<'b, 'h>(
     let mut connection: [&'b [u8]; MAX_CONNECTION_FIELDS] = [b""; MAX_CONNECTION_FIELDS];
     let mut connection_count = 0;
     let mut drop_underscored = false;
+    let mut request_id: Option<Option<&'b [u8]>> = None;
 
     for h in headers {
         let name = h.name.as_bytes();
@@ -237,6 +249,14 @@ pub fn parse<'b, 'h>(
                 upgrade_token |= list_has(value, b"upgrade");
             }
             7 if eq_ci(name, b"upgrade") => upgrade_field = true,
+            12 if eq_ci(name, b"x-request-id") => {
+                let v = trim_ows(value);
+                // A second one, or a malformed one, is replaced.
+                request_id = Some(match request_id {
+                    None if valid_request_id(v) => Some(v),
+                    _ => None,
+                });
+            }
             12 if eq_ci(name, b"max-forwards") => {
                 let v = trim_ows(value);
                 if !v.is_empty() && !v.contains(&b',') {
@@ -297,7 +317,17 @@ pub fn parse<'b, 'h>(
         connection,
         connection_count,
         drop_underscored,
+        request_id: request_id.flatten(),
     }))
+}
+
+/// A request id worth keeping: 1 to 128 bytes of letters, digits and
+/// `-_.:+/=` (UUIDs, hex, base64, W3C trace ids).
+pub fn valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(&b))
 }
 
 /// The reason given for a request line whose version httparse refuses.

@@ -44,10 +44,13 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Writes the request head to forward upstream. `default_host` becomes the Host
 /// of an HTTP/1.0 request that had none (the request goes out as HTTP/1.1,
 /// which requires one): the address of the listener the client reached.
+/// `request_id`: an `X-Request-Id` to send instead of any the client sent
+/// (None: the client's fields go through as they are).
 pub fn write_request(
     head: &RequestHead<'_, '_>,
     client_ip: &[u8],
     default_host: &[u8],
+    request_id: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) {
     out.clear();
@@ -65,6 +68,9 @@ pub fn write_request(
     for h in head.headers {
         let name = h.name.as_bytes();
         if head.drop_underscored && name.contains(&b'_') {
+            continue;
+        }
+        if request_id.is_some() && eq_ci(name, b"x-request-id") {
             continue;
         }
         let kept_upgrade = head.upgrade && eq_ci(name, b"upgrade");
@@ -119,6 +125,9 @@ pub fn write_request(
     }
     out.extend_from_slice(client_ip);
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    if let Some(id) = request_id {
+        push_field(out, b"X-Request-Id", id);
+    }
     out.extend_from_slice(VIA);
     out.extend_from_slice(b"\r\n");
 }

@@ -8,7 +8,59 @@ use crate::http::chunked::{write_size_line_before, ChunkError, ChunkedDecoder};
 use crate::http::reframe::Reframer;
 use crate::http::Framing;
 use crate::io::{ReadOutcome, Reader, Writer};
+use std::cell::Cell;
 use std::time::Duration;
+
+/// One direction of a relay: where bytes come from and go, how long each side
+/// may stall, and where the bytes moved are counted (metrics, access log).
+pub struct Pipe<'a> {
+    pub src: &'a mut Reader,
+    pub dst: &'a mut Writer,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub read: &'a Cell<u64>,
+    pub written: &'a Cell<u64>,
+}
+
+impl Pipe<'_> {
+    /// Writes the first `n` bytes of `buf` and consumes them.
+    async fn send(&mut self, buf: &mut Buffer, n: usize) -> Result<(), RelayError> {
+        self.dst
+            .write_front(buf, n, self.write_timeout)
+            .await
+            .map_err(|_| RelayError::Sink)?;
+        self.written.set(self.written.get() + n as u64);
+        Ok(())
+    }
+
+    /// Reads into `buf` (emptied first when all its data is consumed),
+    /// leaving `tail` bytes free.
+    async fn read_more(&mut self, buf: &mut Buffer, tail: usize) -> Result<usize, RelayError> {
+        if buf.is_empty() {
+            buf.clear();
+        } else if buf.spare() <= tail {
+            buf.compact();
+        }
+        self.read_raw(buf, tail).await?.ok_or(RelayError::Source)
+    }
+
+    /// One read; `Ok(None)` on a clean end of stream.
+    async fn read_raw(
+        &mut self,
+        buf: &mut Buffer,
+        tail: usize,
+    ) -> Result<Option<usize>, RelayError> {
+        match self.src.read_leaving(buf, self.read_timeout, tail).await {
+            ReadOutcome::Data(n) => {
+                self.read.set(self.read.get() + n as u64);
+                Ok(Some(n))
+            }
+            ReadOutcome::Eof => Ok(None),
+            ReadOutcome::TimedOut => Err(RelayError::Stalled),
+            ReadOutcome::Failed(_) => Err(RelayError::Source),
+        }
+    }
+}
 
 /// Where a body relay failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,59 +134,30 @@ impl BodyState {
     }
 }
 
-/// Relays a pass-through body: bytes already in `buf` first, then reads from `src`
-/// until `state` says the body ended. Extra bytes after the body stay in `buf`.
+/// Relays a pass-through body: bytes already in `buf` first, then reads from
+/// the source until `state` says the body ended. Extra bytes after the body
+/// stay in `buf`.
 pub async fn relay(
-    src: &mut Reader,
-    dst: &mut Writer,
+    mut pipe: Pipe<'_>,
     buf: &mut Buffer,
     state: &mut BodyState,
-    read_timeout: Duration,
-    write_timeout: Duration,
 ) -> Result<(), RelayError> {
     loop {
         if !buf.is_empty() {
             let (n, done) = state.frame(buf, 0).map_err(RelayError::Framing)?;
-            dst.write_front(buf, n, write_timeout)
-                .await
-                .map_err(|_| RelayError::Sink)?;
+            pipe.send(buf, n).await?;
             if done {
                 return Ok(());
             }
         } else if state.is_done() {
             return Ok(());
         }
-        read_more(src, buf, read_timeout, 0).await?;
-    }
-}
-
-/// Reads into `buf` (emptied first when all its data is consumed).
-async fn read_more(
-    src: &mut Reader,
-    buf: &mut Buffer,
-    timeout: Duration,
-    tail: usize,
-) -> Result<usize, RelayError> {
-    if buf.is_empty() {
-        buf.clear();
-    } else if buf.spare() <= tail {
-        buf.compact();
-    }
-    match src.read_leaving(buf, timeout, tail).await {
-        ReadOutcome::Data(n) => Ok(n),
-        ReadOutcome::TimedOut => Err(RelayError::Stalled),
-        ReadOutcome::Eof | ReadOutcome::Failed(_) => Err(RelayError::Source),
+        pipe.read_more(buf, 0).await?;
     }
 }
 
 /// Decodes a chunked body and sends only its data (for HTTP/1.0 clients).
-pub async fn relay_dechunked(
-    src: &mut Reader,
-    dst: &mut Writer,
-    buf: &mut Buffer,
-    read_timeout: Duration,
-    write_timeout: Duration,
-) -> Result<(), RelayError> {
+pub async fn relay_dechunked(mut pipe: Pipe<'_>, buf: &mut Buffer) -> Result<(), RelayError> {
     let mut decoder = ChunkedDecoder::new();
     loop {
         // Compact the data runs of the buffered input to its front, in place.
@@ -167,13 +190,11 @@ pub async fn relay_dechunked(
         } else {
             buf.truncate_data(write_at);
         }
-        dst.write_front(buf, write_at, write_timeout)
-            .await
-            .map_err(|_| RelayError::Sink)?;
+        pipe.send(buf, write_at).await?;
         if done {
             return Ok(());
         }
-        read_more(src, buf, read_timeout, 0).await?;
+        pipe.read_more(buf, 0).await?;
     }
 }
 
@@ -184,11 +205,8 @@ pub const CHUNK_HEADROOM: usize = 18;
 /// `buf` may hold initial body bytes, with at least `CHUNK_HEADROOM` consumed
 /// bytes in front of them.
 pub async fn relay_close_delimited_as_chunked(
-    src: &mut Reader,
-    dst: &mut Writer,
+    mut pipe: Pipe<'_>,
     buf: &mut Buffer,
-    read_timeout: Duration,
-    write_timeout: Duration,
 ) -> Result<(), RelayError> {
     loop {
         if !buf.is_empty() {
@@ -203,42 +221,29 @@ pub async fn relay_close_delimited_as_chunked(
             buf.set_pos(start);
             buf.extend(b"\r\n");
             let total = buf.len();
-            dst.write_front(buf, total, write_timeout)
-                .await
-                .map_err(|_| RelayError::Sink)?;
+            pipe.send(buf, total).await?;
         }
         buf.reset_with_headroom(CHUNK_HEADROOM);
-        match src.read_leaving(buf, read_timeout, 2).await {
-            ReadOutcome::Data(_) => {}
-            ReadOutcome::Eof => {
-                return dst
-                    .write_static(b"0\r\n\r\n", write_timeout)
-                    .await
-                    .map_err(|_| RelayError::Sink);
-            }
-            ReadOutcome::TimedOut | ReadOutcome::Failed(_) => return Err(RelayError::Source),
+        if pipe.read_raw(buf, 2).await?.is_none() {
+            let last: &[u8] = b"0\r\n\r\n";
+            pipe.dst
+                .write_static(last, pipe.write_timeout)
+                .await
+                .map_err(|_| RelayError::Sink)?;
+            pipe.written.set(pipe.written.get() + last.len() as u64);
+            return Ok(());
         }
     }
 }
 
 /// Relays a read-until-close body as raw bytes (the client connection closes after).
-pub async fn relay_until_close(
-    src: &mut Reader,
-    dst: &mut Writer,
-    buf: &mut Buffer,
-    read_timeout: Duration,
-    write_timeout: Duration,
-) -> Result<(), RelayError> {
+pub async fn relay_until_close(mut pipe: Pipe<'_>, buf: &mut Buffer) -> Result<(), RelayError> {
     loop {
         let n = buf.len();
-        dst.write_front(buf, n, write_timeout)
-            .await
-            .map_err(|_| RelayError::Sink)?;
+        pipe.send(buf, n).await?;
         buf.clear();
-        match src.read(buf, read_timeout).await {
-            ReadOutcome::Data(_) => {}
-            ReadOutcome::Eof => return Ok(()),
-            ReadOutcome::TimedOut | ReadOutcome::Failed(_) => return Err(RelayError::Source),
+        if pipe.read_raw(buf, 0).await?.is_none() {
+            return Ok(());
         }
     }
 }

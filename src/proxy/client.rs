@@ -2,8 +2,11 @@
 //! validate its head, route it, answer or forward it, repeat while keep-alive holds.
 
 use super::exchange::{self, Failure, Prepared};
+use super::observe;
 use super::route::RouteAction;
+use super::tally::Tally;
 use super::{rewrite_head, ClientIp, WorkerCtx, HEADROOM};
+use crate::access_log::Capture;
 use crate::buf::Buffer;
 use crate::config::HashKey;
 use crate::error::ProxyError;
@@ -30,7 +33,14 @@ pub fn serve(
     // Set up outside the async body: what is moved into `Conn` here (the
     // stream, the peer address) would otherwise stay in the task's state.
     let _ = stream.set_nodelay(true);
-    connection(ctx, listener, Conn::new(stream), ClientIp::new(peer.ip()))
+    let counted = crate::metrics::connection_opened();
+    connection(
+        ctx,
+        listener,
+        Conn::new(stream),
+        ClientIp::new(peer.ip()),
+        counted,
+    )
 }
 
 /// The connection's task: waits between requests, runs each in a pooled block.
@@ -44,8 +54,11 @@ fn connection(
     listener: usize,
     mut client: Conn,
     ip: ClientIp,
+    counted: crate::metrics::ConnectionGuard,
 ) -> impl std::future::Future<Output = ()> {
     async move {
+        // Zero-sized: counts the close when the task ends, however it ends.
+        let _counted = counted;
         let mut inbuf = Buffer::placeholder();
         loop {
             if inbuf.is_empty() {
@@ -91,29 +104,42 @@ async fn handle_request(
     inbuf: &mut Buffer,
 ) -> bool {
     let _busy = ctx.busy_guard();
-    let req = match read_head(ctx, listener, ip, client, inbuf).await {
+    let mut tally = Tally::new(listener, ctx.metrics.layout.unrouted_slot(listener));
+    let mut capture = None;
+    let req = match read_head(ctx, (listener, ip), client, inbuf, &mut capture).await {
         Ok(Some(req)) => req,
-        Ok(None) => return false,
+        Ok(None) => return false, // gone before a complete head: not a request
         Err(e) => {
             crate::log::rate_limited(format_args!(
                 "client {}: {} {e}",
                 ip.as_str(),
                 e.status().unwrap_or(0)
             ));
-            reject(ctx, client, e).await;
+            if ctx.logs(listener) {
+                tally.capture = Some(observe::capture_raw(inbuf.data()));
+            }
+            reject(ctx, client, e, &tally).await;
+            observe::finish(ctx, ip, &tally);
             return false;
         }
     };
-    match req.action {
-        RouteAction::Respond(direct) => answer_directly(ctx, client, inbuf, &req, direct).await,
-        RouteAction::Local => answer_locally(ctx, client, inbuf, &req).await,
+    tally.capture = capture;
+    tally.slot.set(req.slot);
+    tally.head_in.set(req.received_head_len as u64);
+    let keep = match req.action {
+        RouteAction::Respond(direct) => {
+            answer_directly(ctx, client, inbuf, &req, direct, &tally).await
+        }
+        RouteAction::Local => answer_locally(ctx, client, inbuf, &req, &tally).await,
         RouteAction::Proxy(upstream) => {
-            match exchange::forward(ctx, upstream, client, inbuf, &req).await {
+            match exchange::forward(ctx, upstream, client, inbuf, &req, &tally).await {
                 Ok(keep) => keep,
-                Err(f) => answer_failure(ctx, client, &req, f).await,
+                Err(f) => answer_failure(ctx, client, &req, f, &tally).await,
             }
         }
-    }
+    };
+    observe::finish(ctx, ip, &tally);
+    keep
 }
 
 /// After readiness: the next request's first bytes, read with a direct `recv`
@@ -131,16 +157,17 @@ fn first_bytes(client: &mut Conn) -> Result<Option<Buffer>, ()> {
 }
 
 /// Reads until a complete head is parsed. `Ok(None)`: the client went away.
+/// `capture`: what the access log needs of the head, when the listener logs.
 async fn read_head(
     ctx: &WorkerCtx,
-    listener: usize,
-    ip: &ClientIp,
+    (listener, ip): (usize, &ClientIp),
     client: &mut Conn,
     inbuf: &mut Buffer,
+    capture: &mut Option<Capture>,
 ) -> Result<Option<Prepared>, ProxyError> {
     client.reader.arm(ctx.client.head_timeout);
     loop {
-        match prepare(ctx, listener, ip, inbuf) {
+        match prepare(ctx, (listener, ip), inbuf, capture) {
             Ok(Some(req)) => {
                 client.reader.disarm();
                 return Ok(Some(req));
@@ -168,9 +195,9 @@ async fn read_head(
 /// requests the head is rewritten in place for the upstream.
 fn prepare(
     ctx: &WorkerCtx,
-    listener: usize,
-    ip: &ClientIp,
+    (listener, ip): (usize, &ClientIp),
     inbuf: &mut Buffer,
+    capture: &mut Option<Capture>,
 ) -> Result<Option<Prepared>, ProxyError> {
     rewrite_head(inbuf, |data, scratch| {
         let mut headers = crate::http::header_slots();
@@ -181,10 +208,16 @@ fn prepare(
         };
         #[cfg(debug_assertions)]
         crate::contain::test_hooks::on_request(head.headers);
+        let id = observe::request_id(ctx.client.request_id, &head);
+        if ctx.logs(listener) {
+            *capture = Some(observe::capture(&head, id.as_ref().map(|i| &i[..])));
+        }
         if head.answer_locally() {
             rewrite::write_local_answer(&head, scratch);
             let req = Prepared {
                 action: RouteAction::Local,
+                slot: ctx.metrics.layout.unrouted_slot(listener),
+                received_head_len: head.head_len,
                 head_len: scratch.len(),
                 framing: head.framing,
                 method: head.kind,
@@ -195,9 +228,11 @@ fn prepare(
             };
             return (Ok(Some(req)), Some(head.head_len));
         }
-        let (action, hash_key) = route(ctx, listener, &head, ip);
+        let (route_idx, action, hash_key) = route(ctx, listener, &head, ip);
         let mut req = Prepared {
             action,
+            slot: ctx.metrics.layout.route_slot(listener, route_idx),
+            received_head_len: head.head_len,
             head_len: head.head_len,
             framing: head.framing,
             method: head.kind,
@@ -209,7 +244,8 @@ fn prepare(
         match action {
             RouteAction::Proxy(_) => {
                 let authority = ctx.routes[listener].authority();
-                rewrite::write_request(&head, ip.as_bytes(), authority, scratch);
+                let id = id.as_ref().map(|i| &i[..]);
+                rewrite::write_request(&head, ip.as_bytes(), authority, id, scratch);
                 req.head_len = scratch.len();
                 (Ok(Some(req)), Some(head.head_len))
             }
@@ -223,18 +259,19 @@ thread_local! {
     static PATH_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Chooses the route by host and normalised path (`http::path`), and for a
+/// Chooses the route by host and normalised path (`http::path`): the route's
+/// index (None: the listener's default), its action, and for a
 /// consistent-hashing pool the request's hash key.
 fn route(
     ctx: &WorkerCtx,
     listener: usize,
     head: &RequestHead<'_, '_>,
     ip: &ClientIp,
-) -> (RouteAction, u64) {
+) -> (Option<usize>, RouteAction, u64) {
     PATH_SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let path = crate::http::path::normalise(head.path(), &mut scratch);
-        let action = ctx.routes[listener].select(head.host_name(), path);
+        let (index, action) = ctx.routes[listener].select(head.host_name(), path);
         let key = match action {
             RouteAction::Proxy(up) => ctx.upstreams[up]
                 .hash_key
@@ -242,7 +279,7 @@ fn route(
                 .map_or(0, |key| hash_key(key, head, path, ip)),
             _ => 0,
         };
-        (action, key)
+        (index, action, key)
     })
 }
 
@@ -268,6 +305,7 @@ async fn answer_directly(
     inbuf: &mut Buffer,
     req: &Prepared,
     direct: &'static super::route::Direct,
+    tally: &Tally,
 ) -> bool {
     inbuf.consume(req.head_len);
     let keep = consume_buffered_body(inbuf, req.framing) && may_keep_alive(ctx, req);
@@ -281,6 +319,7 @@ async fn answer_directly(
     } else {
         bytes
     };
+    tally.answered(direct.status, bytes.len());
     send_static(ctx, client, bytes, keep).await
 }
 
@@ -300,7 +339,9 @@ async fn answer_locally(
     client: &mut Conn,
     inbuf: &mut Buffer,
     req: &Prepared,
+    tally: &Tally,
 ) -> bool {
+    tally.answered(200, req.head_len);
     let sent = client
         .writer
         .write_front(inbuf, req.head_len, ctx.client.write_timeout)
@@ -328,7 +369,14 @@ fn may_keep_alive(ctx: &WorkerCtx, req: &Prepared) -> bool {
 }
 
 /// Answers a failed request with its canned status. Returns whether to keep the connection.
-async fn answer_failure(ctx: &WorkerCtx, client: &mut Conn, req: &Prepared, f: Failure) -> bool {
+async fn answer_failure(
+    ctx: &WorkerCtx,
+    client: &mut Conn,
+    req: &Prepared,
+    f: Failure,
+    tally: &Tally,
+) -> bool {
+    tally.failed.set(Some(f.error));
     if f.response_started {
         return false;
     }
@@ -342,13 +390,16 @@ async fn answer_failure(ctx: &WorkerCtx, client: &mut Conn, req: &Prepared, f: F
     } else {
         canned.close
     };
+    tally.answered(f.error.status().unwrap_or(0), bytes.len());
     send_static(ctx, client, bytes, keep).await
 }
 
 /// Answers a rejected request head and closes in stages: half-close, then drain
 /// what the client still sends (bounded), so the answer is not lost to a reset.
-async fn reject(ctx: &WorkerCtx, client: &mut Conn, e: ProxyError) {
+async fn reject(ctx: &WorkerCtx, client: &mut Conn, e: ProxyError, tally: &Tally) {
+    tally.failed.set(Some(e));
     if let Some(canned) = canned::for_error(e) {
+        tally.answered(e.status().unwrap_or(0), canned.close.len());
         if client
             .writer
             .write_static(canned.close, ctx.client.write_timeout)
@@ -387,7 +438,7 @@ mod tests {
     /// (the request path runs in a pooled block, not inline).
     #[test]
     fn the_connection_task_stays_small() {
-        let task = future_size::of4(super::connection);
+        let task = future_size::of5(super::connection);
         eprintln!("connection task future: {task} bytes");
         assert!(task <= 248, "connection future grew to {task} bytes");
     }

@@ -7,8 +7,9 @@
 //! still to come runs the body pump and the response relay side by side, so
 //! `Expect: 100-continue` and early responses never deadlock.
 
-use super::body::{self, BodyState, RelayError};
+use super::body::{self, BodyState, Pipe, RelayError};
 use super::route::RouteAction;
+use super::tally::Tally;
 use super::{rewrite_head, WorkerCtx, HEADROOM};
 use crate::buf::{Buffer, BUF_SIZE};
 use crate::deadline::Timer;
@@ -17,17 +18,24 @@ use crate::http::request::Method;
 use crate::http::rewrite::{self, BodyOut, ConnOut};
 use crate::http::{response, Framing};
 use crate::io::{self, Conn, ConnectError, ReadOutcome, Reader, Writer};
+use crate::metrics::ConnectFailure;
 use crate::pooled::Pooled;
+use crate::upstream::pool::UpstreamConn;
 use crate::upstream::{Outcome, Server, Upstream};
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::task::Poll;
+use std::time::Instant;
 
 /// What the client connection learned from its request head.
 #[derive(Debug, Clone, Copy)]
 pub struct Prepared {
     pub action: RouteAction,
+    /// The metrics route slot the request counts in.
+    pub slot: crate::metrics::RouteSlot,
+    /// Length of the head as the client sent it.
+    pub received_head_len: usize,
     /// Length of the head at the front of the client buffer (rewritten when proxied).
     pub head_len: usize,
     pub framing: Framing,
@@ -126,12 +134,15 @@ pub async fn forward(
     client: &mut Conn,
     inbuf: &mut Buffer,
     req: &Prepared,
+    tally: &Tally,
 ) -> Result<bool, Failure> {
     let upstream = &ctx.upstreams[upstream_idx];
+    tally.upstream.set(Some(upstream_idx as u16));
     let mut body = BodyState::request(req.framing, ctx.client.max_chunk_bytes);
     let (initial_body, body_done) = body
         .frame(inbuf, req.head_len)
         .map_err(|e| Failure::before_response(ProxyError::BadRequest(e.reason()), false))?;
+    Tally::add(&tally.body_forwarded, initial_body);
     let out = Outbound {
         initial: req.head_len + initial_body,
         body_done,
@@ -152,19 +163,32 @@ pub async fn forward(
             tried |= 1 << si;
         }
         let server = &upstream.servers[si];
+        let cells = &ctx.metrics.servers[server.pool_slot];
+        tally.server.set(Some(server.pool_slot as u16));
         upstream.start(si);
+        cells.in_flight.add(1);
         let started_at = upstream.latency_clock();
         let leg = Leg {
             ctx,
             upstream,
             server,
             req,
+            tally,
         };
-        match attempt(leg, client, inbuf, out, &mut body).await {
+        let attempt = attempt(leg, client, inbuf, out, &mut body).await;
+        cells.in_flight.add(-1);
+        match attempt {
             Attempt::Done(result, outcome) => {
-                upstream.finish(si, outcome, started_at);
-                if let (Err(f), Outcome::Failure) = (&result, outcome) {
-                    note_upstream(upstream, server, f.error);
+                if upstream.finish(si, outcome, started_at) {
+                    cells.ejections.inc();
+                }
+                if let Err(f) = &result {
+                    if f.error == ProxyError::UpstreamResponseTimeout {
+                        cells.response_timeouts.inc();
+                    }
+                    if outcome == Outcome::Failure {
+                        note_upstream(upstream, server, f.error);
+                    }
                 }
                 return result;
             }
@@ -173,7 +197,9 @@ pub async fn forward(
                 sent,
                 outcome,
             } => {
-                upstream.finish(si, outcome, started_at);
+                if upstream.finish(si, outcome, started_at) {
+                    cells.ejections.inc();
+                }
                 let may_retry = (sent == Sent::Nothing || out.resendable)
                     && retries_left > 0
                     && upstream.try_retry();
@@ -182,6 +208,8 @@ pub async fn forward(
                     inbuf.consume(out.initial);
                     return Err(Failure::before_response(error, body_done));
                 }
+                cells.retries.inc();
+                tally.retries.set(tally.retries.get().saturating_add(1));
                 retries_left -= 1;
                 last_error = error;
             }
@@ -196,6 +224,7 @@ struct Leg<'a> {
     upstream: &'a Upstream,
     server: &'a Server,
     req: &'a Prepared,
+    tally: &'a Tally,
 }
 
 /// Sends the request to one server and relays its answer.
@@ -211,6 +240,7 @@ async fn attempt(
         upstream,
         server,
         req,
+        tally,
     } = leg;
     let write_timeout = ctx.client.write_timeout;
     // After the keep-alive race (a pooled connection found dead before any
@@ -251,6 +281,7 @@ async fn attempt(
             };
         }
         sent = Sent::Request;
+        Tally::add(&tally.upstream_out, out.initial);
         if !out.body_done {
             inbuf.consume(out.initial);
             // Two relays side by side: the largest state of a request, kept
@@ -260,7 +291,7 @@ async fn attempt(
             let outcome = outcome_of(&result);
             return Attempt::Done(result.map(|(keep, _)| keep), outcome);
         }
-        let progress = Progress::new(true, race_possible);
+        let progress = Progress::new(tally, Some(Instant::now()), race_possible);
         let result = relay_response(
             ctx,
             upstream,
@@ -295,10 +326,10 @@ async fn attempt(
                 let tunnel = Pooled::new(super::tunnel::run(
                     client,
                     &mut up,
-                    inbuf,
-                    &mut pending,
+                    (inbuf, &mut pending),
                     idle,
                     write_timeout,
+                    tally,
                 ));
                 tunnel.await;
                 return Attempt::Done(Ok(false), Outcome::Success);
@@ -351,7 +382,7 @@ async fn forward_streaming(
     leg: Leg<'_>,
     client: &mut Conn,
     inbuf: &mut Buffer,
-    mut up: Conn,
+    mut up: UpstreamConn,
     body: &mut BodyState,
 ) -> Result<(bool, u16), Failure> {
     let Leg {
@@ -359,22 +390,26 @@ async fn forward_streaming(
         upstream,
         server,
         req,
+        tally,
     } = leg;
-    let progress = Progress::new(false, false);
+    let progress = Progress::new(tally, None, false);
     let mut pump_result: Option<Result<(), RelayError>> = None;
+    // What the pump reads from the client is the body it forwards: counted once.
+    let read_from_client = Cell::new(0);
     let outcome = {
         let Conn {
             reader: up_reader,
             writer: up_writer,
-        } = &mut up;
-        let pump = body::relay(
-            &mut client.reader,
-            up_writer,
-            inbuf,
-            body,
-            ctx.client.body_timeout,
-            ctx.client.write_timeout,
-        );
+        } = &mut *up;
+        let pipe = Pipe {
+            src: &mut client.reader,
+            dst: up_writer,
+            read_timeout: ctx.client.body_timeout,
+            write_timeout: ctx.client.write_timeout,
+            read: &read_from_client,
+            written: &tally.pumped,
+        };
+        let pump = body::relay(pipe, inbuf, body);
         let relay = relay_response(ctx, upstream, up_reader, &mut client.writer, req, &progress);
         let mut pump = pin!(pump);
         let mut relay = pin!(relay);
@@ -385,6 +420,7 @@ async fn forward_streaming(
                         // The upstream stopped reading (Sink): it may still answer.
                         Ok(()) | Err(RelayError::Sink) => {
                             progress.request_sent.set(true);
+                            progress.sent_at.set(Some(Instant::now()));
                             progress.deadline.arm(upstream.response_timeout);
                         }
                         Err(_) => {
@@ -446,9 +482,11 @@ async fn upstream_conn(
     upstream: &Upstream,
     server: &Server,
     fresh_only: bool,
-) -> Result<(Conn, bool), ConnFailure> {
+) -> Result<(UpstreamConn, bool), ConnFailure> {
+    let cells = &ctx.metrics.servers[server.pool_slot];
     if !fresh_only {
         if let Some(c) = ctx.pool.borrow_mut().checkout(server.pool_slot) {
+            cells.connections_reused.inc();
             return Ok((c, true));
         }
     }
@@ -457,21 +495,27 @@ async fn upstream_conn(
             if let Some(watch) = &ctx.idle_watch {
                 watch.register(&c, server.pool_slot);
             }
-            return Ok((c, false));
+            cells.connections_created.inc();
+            return Ok((UpstreamConn::new(c, server.pool_slot), false));
         }
         Err(e) => e,
     };
-    let failure = match &e {
-        ConnectError::Refused(_) => {
-            ConnFailure::Server(ProxyError::UpstreamConnect, Outcome::Refused)
-        }
-        ConnectError::Failed(_) => {
-            ConnFailure::Server(ProxyError::UpstreamConnect, Outcome::Failure)
-        }
-        ConnectError::TimedOut => {
-            ConnFailure::Server(ProxyError::UpstreamConnectTimeout, Outcome::Failure)
-        }
+    let (failure, cause) = match &e {
+        ConnectError::Refused(_) => (
+            ConnFailure::Server(ProxyError::UpstreamConnect, Outcome::Refused),
+            ConnectFailure::Refused,
+        ),
+        ConnectError::Failed(_) => (
+            ConnFailure::Server(ProxyError::UpstreamConnect, Outcome::Failure),
+            ConnectFailure::Other,
+        ),
+        ConnectError::TimedOut => (
+            ConnFailure::Server(ProxyError::UpstreamConnectTimeout, Outcome::Failure),
+            ConnectFailure::Timeout,
+        ),
         ConnectError::Local(io_err) => {
+            ctx.metrics
+                .connect_failed(server.pool_slot, ConnectFailure::Local);
             let why = local_reason(io_err);
             crate::log::rate_limited(format_args!(
                 "upstream {} server {}: cannot connect: {why}: ringlb's own limit, \
@@ -481,6 +525,7 @@ async fn upstream_conn(
             return Err(ConnFailure::Local(ProxyError::LocalResources(why)));
         }
     };
+    ctx.metrics.connect_failed(server.pool_slot, cause);
     crate::log::rate_limited(format_args!(
         "upstream {} server {}: connect failed: {e}",
         upstream.name, server.addr
@@ -585,7 +630,10 @@ fn plan_response(
 }
 
 /// What the request and response sides of one exchange share.
-struct Progress {
+struct Progress<'t> {
+    tally: &'t Tally,
+    /// When the whole request had gone upstream (response-head latency).
+    sent_at: Cell<Option<Instant>>,
     /// A `408` as the answer is the server's notice that it closed the idle
     /// pooled connection, not an answer to this request (set on a reused
     /// connection when the request can be sent again).
@@ -598,11 +646,14 @@ struct Progress {
     deadline: Timer,
 }
 
-impl Progress {
-    fn new(request_sent: bool, idle_408_is_race: bool) -> Progress {
+impl<'t> Progress<'t> {
+    /// `sent_at`: when the request went out, if it all did already.
+    fn new(tally: &'t Tally, sent_at: Option<Instant>, idle_408_is_race: bool) -> Progress<'t> {
         Progress {
+            tally,
+            sent_at: Cell::new(sent_at),
             idle_408_is_race,
-            request_sent: Cell::new(request_sent),
+            request_sent: Cell::new(sent_at.is_some()),
             response_started: Cell::new(false),
             deadline: Timer::new(),
         }
@@ -616,9 +667,10 @@ async fn relay_response(
     up: &mut Reader,
     client: &mut Writer,
     req: &Prepared,
-    progress: &Progress,
+    progress: &Progress<'_>,
 ) -> Result<ResponseDone, ResponseFail> {
     let started = &progress.response_started;
+    let tally = progress.tally;
     let write_timeout = ctx.client.write_timeout;
     let read_timeout = upstream.response_timeout;
     let mut rb = Buffer::take();
@@ -642,10 +694,12 @@ async fn relay_response(
             }
             Ok(Some(p)) if p.status == 101 => {
                 started.set(true);
+                note_head(progress, 101);
                 client
                     .write_front(&mut rb, p.head_len, write_timeout)
                     .await
                     .map_err(|_| fail(ProxyError::ClientGone, false))?;
+                Tally::add(&tally.client_out, p.head_len);
                 return Ok(ResponseDone {
                     client_keep: false,
                     upstream_reusable: false,
@@ -659,6 +713,7 @@ async fn relay_response(
                         .write_front(&mut rb, p.head_len, write_timeout)
                         .await
                         .map_err(|_| fail(ProxyError::ClientGone, false))?;
+                    Tally::add(&tally.client_out, p.head_len);
                 } else {
                     rb.consume(p.head_len);
                 }
@@ -680,7 +735,8 @@ async fn relay_response(
                     progress.deadline.disarm();
                 }
                 match up.read_within(&mut rb, &progress.deadline).await {
-                    ReadOutcome::Data(_) => {
+                    ReadOutcome::Data(n) => {
+                        Tally::add(&tally.upstream_in, n);
                         first_read = silent;
                         silent = false;
                     }
@@ -696,6 +752,7 @@ async fn relay_response(
     };
 
     started.set(true);
+    note_head(progress, plan.status);
     let body_fail = |e: RelayError| ResponseFail {
         error: match e {
             RelayError::Sink => ProxyError::ClientGone,
@@ -711,6 +768,7 @@ async fn relay_response(
                 .write_front(&mut rb, plan.head_len, write_timeout)
                 .await
                 .map_err(sink_fail)?;
+            Tally::add(&tally.client_out, plan.head_len);
         }
         (Framing::Length(_) | Framing::Chunked, BodyOut::Length(_) | BodyOut::Chunked) => {
             // Pass-through: head plus the body bytes already here in one write.
@@ -726,8 +784,10 @@ async fn relay_response(
                 .write_front(&mut rb, plan.head_len + n, write_timeout)
                 .await
                 .map_err(sink_fail)?;
+            Tally::add(&tally.client_out, plan.head_len + n);
             if !done {
-                body::relay(up, client, &mut rb, &mut state, read_timeout, write_timeout)
+                let pipe = response_pipe(up, client, tally, read_timeout, write_timeout);
+                body::relay(pipe, &mut rb, &mut state)
                     .await
                     .map_err(body_fail)?;
             }
@@ -738,13 +798,15 @@ async fn relay_response(
                 .write_front(&mut rb, plan.head_len, write_timeout)
                 .await
                 .map_err(sink_fail)?;
-            let (r, w, b) = (read_timeout, write_timeout, &mut rb);
+            Tally::add(&tally.client_out, plan.head_len);
+            let (pipe, b) = (
+                response_pipe(up, client, tally, read_timeout, write_timeout),
+                &mut rb,
+            );
             let relayed = match (upstream_framing, body_out) {
-                (Framing::Chunked, _) => body::relay_dechunked(up, client, b, r, w).await,
-                (_, BodyOut::Chunked) => {
-                    body::relay_close_delimited_as_chunked(up, client, b, r, w).await
-                }
-                _ => body::relay_until_close(up, client, b, r, w).await,
+                (Framing::Chunked, _) => body::relay_dechunked(pipe, b).await,
+                (_, BodyOut::Chunked) => body::relay_close_delimited_as_chunked(pipe, b).await,
+                _ => body::relay_until_close(pipe, b).await,
             };
             relayed.map_err(body_fail)?;
         }
@@ -758,6 +820,33 @@ async fn relay_response(
             && !leftover
             && plan.upstream_framing != Framing::UntilClose,
     })
+}
+
+/// The body relay from an upstream to the client, counting into `tally`.
+fn response_pipe<'a>(
+    up: &'a mut Reader,
+    client: &'a mut Writer,
+    tally: &'a Tally,
+    read_timeout: std::time::Duration,
+    write_timeout: std::time::Duration,
+) -> Pipe<'a> {
+    Pipe {
+        src: up,
+        dst: client,
+        read_timeout,
+        write_timeout,
+        read: &tally.upstream_in,
+        written: &tally.client_out,
+    }
+}
+
+/// A final (or 101) response head is about to go to the client: its status
+/// and how long it took once the request was sent.
+fn note_head(progress: &Progress<'_>, status: u16) {
+    progress.tally.status.set(status);
+    if let Some(at) = progress.sent_at.get() {
+        progress.tally.set_head_latency(at);
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 pub mod body;
 pub mod client;
 pub mod exchange;
+pub mod observe;
 pub mod route;
+pub mod tally;
 pub mod tunnel;
 
 use crate::buf::Buffer;
@@ -33,6 +35,12 @@ pub struct WorkerCtx {
     pub routes: Arc<Vec<ListenerRoutes>>,
     pub upstreams: Vec<Upstream>,
     pub pool: RefCell<ConnPool>,
+    /// This worker's metrics cells (see `metrics`).
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
+    /// This worker's side of the access logs (None: no listener logs).
+    pub access_log: Option<crate::access_log::WorkerLog>,
+    /// Per listener: its log file (index) and format, if it logs.
+    pub log_sinks: Vec<Option<(usize, crate::access_log::Format)>>,
     /// Tells the pool when a server closes one of its connections (None if
     /// the epoll set could not be made: pooled connections are still probed).
     pub idle_watch: Option<IdleWatch>,
@@ -48,6 +56,12 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
+    /// Whether `listener` writes an access log.
+    #[inline]
+    pub fn logs(&self, listener: usize) -> bool {
+        self.log_sinks[listener].is_some()
+    }
+
     pub fn busy_guard(&self) -> BusyGuard<'_> {
         self.busy.set(self.busy.get() + 1);
         self.started.set(self.started.get().wrapping_add(1));

@@ -6,6 +6,7 @@ use crate::config::{Action, DirectResponse, ListenerConfig};
 /// A pre-rendered direct response.
 #[derive(Debug)]
 pub struct Direct {
+    pub status: u16,
     /// Full response for a persistent connection.
     pub keep_alive: &'static [u8],
     /// Full response with `Connection: close`.
@@ -38,6 +39,7 @@ impl Direct {
         let (keep_alive, keep_alive_head) = leak(head(false));
         let (close, close_head) = leak(head(true));
         Direct {
+            status: r.status,
             keep_alive,
             close,
             keep_alive_head,
@@ -98,19 +100,19 @@ impl ListenerRoutes {
         &self.authority
     }
 
-    /// First matching route, else the listener's default.
-    pub fn select(&self, host_name: &[u8], path: &str) -> RouteAction {
-        for r in &self.routes {
+    /// First matching route (its index), else the listener's default (None).
+    pub fn select(&self, host_name: &[u8], path: &str) -> (Option<usize>, RouteAction) {
+        for (i, r) in self.routes.iter().enumerate() {
             if let Some(h) = &r.host {
                 if !h.eq_ignore_ascii_case(host_name) {
                     continue;
                 }
             }
             if path.starts_with(&*r.path_prefix) {
-                return r.action;
+                return (Some(i), r.action);
             }
         }
-        self.default
+        (None, self.default)
     }
 }
 
@@ -173,10 +175,13 @@ servers = ["127.0.0.1:2"]
         let r = ListenerRoutes::new(&c.listeners[0], "127.0.0.1:80".parse().unwrap());
         assert!(matches!(
             r.select(b"api.example", "/v1/x"),
-            RouteAction::Proxy(1)
+            (Some(0), RouteAction::Proxy(1))
         ));
-        assert!(matches!(r.select(b"other", "/v1/x"), RouteAction::Proxy(0)));
-        match r.select(b"other", "/healthz") {
+        assert!(matches!(
+            r.select(b"other", "/v1/x"),
+            (None, RouteAction::Proxy(0))
+        ));
+        match r.select(b"other", "/healthz").1 {
             RouteAction::Respond(d) => {
                 assert_eq!(
                     d.keep_alive,

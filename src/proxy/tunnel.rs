@@ -2,24 +2,30 @@
 //! both directions at once until either side closes (its half-close is passed
 //! on), one side fails, or both stay silent past the idle timeout.
 
+use super::tally::Tally;
 use crate::buf::Buffer;
 use crate::deadline::Timer;
 use crate::io::{Conn, ReadOutcome, Reader, Writer};
+use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
-/// Runs the tunnel. `client_pending` / `upstream_pending` hold bytes that each
-/// side sent right after the handshake; they are delivered first.
+/// Runs the tunnel. `pending` holds the bytes that each side (client,
+/// upstream) sent right after the handshake; they are delivered first. What
+/// moves is counted in `tally`.
 pub async fn run(
     client: &mut Conn,
     upstream: &mut Conn,
-    client_pending: &mut Buffer,
-    upstream_pending: &mut Buffer,
+    pending: (&mut Buffer, &mut Buffer),
     idle: Duration,
     write_timeout: Duration,
+    tally: &Tally,
 ) {
+    let (client_pending, upstream_pending) = pending;
+    // Read from the client: the same bytes as `pumped` counts when written.
+    let read_from_client = Cell::new(0);
     if client_pending.capacity() == 0 {
         *client_pending = Buffer::take();
     }
@@ -27,20 +33,16 @@ pub async fn run(
     let idle_timer = Timer::new();
     idle_timer.arm(idle);
     let up = pump(
-        &mut client.reader,
-        &mut upstream.writer,
+        (&mut client.reader, &mut upstream.writer),
         client_pending,
-        &idle_timer,
-        idle,
-        write_timeout,
+        (&idle_timer, idle, write_timeout),
+        (&read_from_client, &tally.pumped),
     );
     let down = pump(
-        &mut upstream.reader,
-        &mut client.writer,
+        (&mut upstream.reader, &mut client.writer),
         upstream_pending,
-        &idle_timer,
-        idle,
-        write_timeout,
+        (&idle_timer, idle, write_timeout),
+        (&tally.upstream_in, &tally.client_out),
     );
     let mut up = pin!(up);
     let mut down = pin!(down);
@@ -71,14 +73,14 @@ pub async fn run(
     .await;
 }
 
-/// One direction. Ok on a clean end of stream (passed on as a half-close).
+/// One direction (source, sink), with the shared idle deadline (timer, its
+/// length, the write timeout) and where to count bytes (read, written). Ok on
+/// a clean end of stream (passed on as a half-close).
 async fn pump(
-    src: &mut Reader,
-    dst: &mut Writer,
+    (src, dst): (&mut Reader, &mut Writer),
     buf: &mut Buffer,
-    idle_timer: &Timer,
-    idle: Duration,
-    write_timeout: Duration,
+    (idle_timer, idle, write_timeout): (&Timer, Duration, Duration),
+    (read, written): (&Cell<u64>, &Cell<u64>),
 ) -> Result<(), ()> {
     loop {
         if !buf.is_empty() {
@@ -86,11 +88,15 @@ async fn pump(
             dst.write_front(buf, n, write_timeout)
                 .await
                 .map_err(|_| ())?;
+            Tally::add(written, n);
             idle_timer.arm(idle);
         }
         buf.clear();
         match src.read_within(buf, idle_timer).await {
-            ReadOutcome::Data(_) => idle_timer.arm(idle),
+            ReadOutcome::Data(n) => {
+                Tally::add(read, n);
+                idle_timer.arm(idle);
+            }
             ReadOutcome::Eof => {
                 dst.shutdown_write();
                 return Ok(());

@@ -37,6 +37,14 @@ impl WorkerRuntime {
         }
     }
 
+    /// The driver's short name (for build info).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WorkerRuntime::Uring(_) => "io_uring",
+            WorkerRuntime::Epoll(_) => "epoll",
+        }
+    }
+
     pub fn block_on<F: std::future::Future>(self, fut: F) -> F::Output {
         match self {
             WorkerRuntime::Uring(mut rt) => rt.block_on(fut),

@@ -10,6 +10,7 @@ pub mod signals;
 use crate::buf::Buffer;
 use crate::config::Config;
 use crate::http::request::Limits;
+use crate::metrics::{Registry, WorkerMetrics};
 use crate::proxy::route::ListenerRoutes;
 use crate::proxy::{client, WorkerCtx};
 use crate::upstream::health::{self, Health};
@@ -56,6 +57,8 @@ pub struct Running {
     threads: Vec<std::thread::JoinHandle<()>>,
     exits: std::sync::mpsc::Receiver<monitor::ThreadExit>,
     shutdown: Arc<Shutdown>,
+    /// The access log writer: joined last, so every line reaches its file.
+    log_writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -65,6 +68,14 @@ impl Running {
         let ok = monitor::wait_for_workers(&self.exits, self.threads.len(), &self.shutdown);
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(writer) = self.log_writer {
+            // Every worker closed its side: the writer finishes what they
+            // sent. Bounded, for a worker that died before closing.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while !writer.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         ok
     }
@@ -85,6 +96,16 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
         bound.push(addr);
     }
     let health = Health::new(&config);
+    let layout = Arc::new(config.metrics_layout(&bound));
+    let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..workers)
+        .map(|_| Arc::new(WorkerMetrics::new(layout.clone())))
+        .collect();
+    let registry = Arc::new(Registry {
+        layout,
+        workers: worker_metrics.clone(),
+        driver: std::sync::OnceLock::new(),
+        started: std::time::SystemTime::now(),
+    });
     let admin = match config.admin {
         Some(addr) => {
             let (mut sockets, bound_admin) = listener::bind_all(addr, 1)?;
@@ -93,10 +114,11 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
         }
         None => None,
     };
+    let (log_sinks, mut log_ends, log_writer) = start_access_logs(&config)?;
     let (exit_tx, exits) = std::sync::mpsc::channel();
     start_health_thread(
         &config,
-        health.clone(),
+        (health.clone(), registry.clone()),
         admin,
         shutdown.clone(),
         exit_tx.clone(),
@@ -121,6 +143,9 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
         let ready = ready_tx.clone();
         let health = health.clone();
         let exit_tx = exit_tx.clone();
+        let metrics = worker_metrics[id].clone();
+        let registry = registry.clone();
+        let logs = (log_sinks.clone(), log_ends.as_mut().map(|e| e.remove(0)));
         let t = std::thread::Builder::new()
             .name(format!("ringlb-w{id}"))
             .spawn(move || {
@@ -140,12 +165,17 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
                     rt.name(config.uring_setup),
                     core.map_or("no core".to_string(), |c| format!("core {}", c.id))
                 );
+                let _ = registry.driver.set(rt.kind());
+                crate::metrics::set_current(metrics.clone());
                 IN_WORKER.with(|w| w.set(true));
                 Buffer::prefill(crate::memory::BASE_FREE);
                 crate::pooled::prefill(crate::memory::BASE_FREE);
                 rt.block_on(async move {
                     // Inside the runtime: the idle watcher registers with it.
-                    let ctx = worker_ctx(&config, routes, &health, id);
+                    let log = logs
+                        .1
+                        .map(|ends| crate::access_log::WorkerLog::new(id, ends));
+                    let ctx = worker_ctx(&config, routes, &health, id, (metrics, log, logs.0));
                     worker_main(id, ctx, sockets, shutdown, config.drain_timeout, ready).await
                 });
             })?;
@@ -167,6 +197,7 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
         threads,
         exits,
         shutdown,
+        log_writer,
     })
 }
 
@@ -174,7 +205,7 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
 /// admin listener, in one small epoll event loop of their own.
 fn start_health_thread(
     config: &Config,
-    health: Arc<Health>,
+    (health, registry): (Arc<Health>, Arc<Registry>),
     admin: Option<std::net::TcpListener>,
     shutdown: Arc<Shutdown>,
     exit_tx: std::sync::mpsc::Sender<monitor::ThreadExit>,
@@ -198,7 +229,12 @@ fn start_health_thread(
                 if let Some(socket) = admin {
                     match TcpListener::from_std(socket) {
                         Ok(l) => {
-                            monoio::spawn(crate::admin::serve(l, health.clone(), configs.clone()));
+                            let state = crate::admin::State {
+                                health: health.clone(),
+                                configs: configs.clone(),
+                                metrics: registry,
+                            };
+                            monoio::spawn(crate::admin::serve(l, Rc::new(state)));
                         }
                         Err(e) => crate::error!("admin listener: {e}"),
                     }
@@ -209,11 +245,53 @@ fn start_health_thread(
     Ok(())
 }
 
+/// The access log writer, if any listener logs: per listener its file index
+/// and format, and per worker its ends of the writer's channels.
+type LogSetup = (
+    Vec<Option<(usize, crate::access_log::Format)>>,
+    Option<Vec<crate::access_log::writer::WorkerEnds>>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+fn start_access_logs(config: &Config) -> std::io::Result<LogSetup> {
+    let mut targets: Vec<crate::access_log::writer::Target> = Vec::new();
+    let sinks = config
+        .listeners
+        .iter()
+        .map(|l| {
+            l.access_log.as_ref().map(|a| {
+                let file = targets
+                    .iter()
+                    .position(|t| *t == a.target)
+                    .unwrap_or_else(|| {
+                        targets.push(a.target.clone());
+                        targets.len() - 1
+                    });
+                (file, a.format)
+            })
+        })
+        .collect();
+    if targets.is_empty() {
+        return Ok((sinks, None, None));
+    }
+    let (ends, writer) = crate::access_log::writer::start(targets, config.workers)?;
+    Ok((sinks, Some(ends), Some(writer)))
+}
+
+/// A worker's observability: its metrics, its access log side, and which
+/// listeners log where.
+type Observers = (
+    Arc<WorkerMetrics>,
+    Option<crate::access_log::WorkerLog>,
+    Vec<Option<(usize, crate::access_log::Format)>>,
+);
+
 fn worker_ctx(
     config: &Config,
     routes: Arc<Vec<ListenerRoutes>>,
     health: &Arc<Health>,
     id: usize,
+    (metrics, access_log, log_sinks): Observers,
 ) -> Rc<WorkerCtx> {
     let mut pool = ConnPool::default();
     let mut next_slot = 0;
@@ -243,6 +321,9 @@ fn worker_ctx(
         routes,
         upstreams,
         pool: RefCell::new(pool),
+        metrics,
+        access_log,
+        log_sinks,
         idle_watch,
         client: config.client.clone(),
         limits: Limits {
@@ -305,6 +386,9 @@ async fn worker_main(
         if ticks % 20 == 0 {
             ctx.pool.borrow_mut().sweep();
         }
+        if let Some(log) = &ctx.access_log {
+            log.flush_due(crate::deadline::now_ms());
+        }
         if quiet.observe(ctx.started.get(), ctx.busy.get()) {
             crate::memory::trim();
         }
@@ -330,6 +414,9 @@ async fn worker_main(
         );
     }
     ctx.pool.borrow_mut().clear();
+    if let Some(log) = &ctx.access_log {
+        log.close();
+    }
 }
 
 /// Drops pooled connections as soon as their server closes them.

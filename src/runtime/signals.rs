@@ -3,7 +3,7 @@
 //!
 //! - SIGTERM / SIGINT: the first starts a graceful drain, a second exits at once;
 //! - SIGHUP: the reload signal (until reload exists: one line saying so);
-//! - SIGUSR1: reopen log files (ringlb logs to stderr only: one line);
+//! - SIGUSR1: reopen the access log files (after logrotate moved them);
 //! - SIGUSR2: binary upgrade (not supported yet: one line).
 //!
 //! None of them ever kills ringlb by its default disposition.
@@ -76,9 +76,10 @@ pub fn install(shutdown: Arc<Shutdown>) {
                         "SIGHUP received: configuration reload is not supported yet; \
                          still serving with the configuration loaded at start"
                     ),
-                    libc::SIGUSR1 => crate::info!(
-                        "SIGUSR1 received: no log files to reopen (ringlb logs to stderr)"
-                    ),
+                    libc::SIGUSR1 => {
+                        crate::info!("SIGUSR1 received: reopening the access logs");
+                        crate::access_log::writer::request_reopen();
+                    }
                     _ => crate::warn!(
                         "SIGUSR2 received: binary upgrade is not supported yet; ignored"
                     ),

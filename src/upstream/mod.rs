@@ -273,12 +273,13 @@ impl Upstream {
         (self.algorithm == Algorithm::PeakEwma).then(Instant::now)
     }
 
-    /// Ends an attempt started with `start`; `started` is `latency_clock()`'s reading.
-    pub fn finish(&self, i: usize, outcome: Outcome, started: Option<Instant>) {
+    /// Ends an attempt started with `start`; `started` is `latency_clock()`'s
+    /// reading. True if this outcome ejected the server.
+    pub fn finish(&self, i: usize, outcome: Outcome, started: Option<Instant>) -> bool {
         let s = &self.servers[i];
         s.inflight.set(s.inflight.get().saturating_sub(1));
         if outcome == Outcome::Neutral {
-            return;
+            return false;
         }
         // One clock read at most, and none for a success without history.
         let ewma_now = started.map(|started| {
@@ -296,7 +297,7 @@ impl Upstream {
             s.outlier
                 .borrow_mut()
                 .record_success(now, &self.outlier_cfg);
-            return;
+            return false;
         }
         let now = now();
         let mut o = s.outlier.borrow_mut();
@@ -306,8 +307,9 @@ impl Upstream {
         } else {
             o.record_failure(now, &self.outlier_cfg, may_eject)
         };
+        let ejected = matches!(change, Change::Ejected(_));
         let out_for = match change {
-            Change::None => return,
+            Change::None => return false,
             Change::Ejected(d) => {
                 self.ejected.set(self.ejected.get() + 1);
                 self.shared(i).ejected_by.fetch_add(1, Ordering::Relaxed);
@@ -333,6 +335,7 @@ impl Upstream {
         let until = now + out_for;
         self.next_expiry
             .set(Some(self.next_expiry.get().map_or(until, |t| t.min(until))));
+        ejected
     }
 
     /// Recomputes until when slow start moves some server's weight.

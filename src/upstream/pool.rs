@@ -12,10 +12,49 @@
 use super::idle_watch::Closed;
 use crate::deadline::now_ms;
 use crate::io::Conn;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-struct Idle {
+/// A connection to an upstream server, counted in the worker's metrics as open
+/// (`ringlb_upstream_connections_open`) until it is dropped.
+pub struct UpstreamConn {
     conn: Conn,
+    slot: usize,
+}
+
+impl UpstreamConn {
+    /// `slot`: the server's pool slot.
+    pub fn new(conn: Conn, slot: usize) -> UpstreamConn {
+        if let Some(m) = crate::metrics::current() {
+            m.servers[slot].connections_open.add(1);
+        }
+        UpstreamConn { conn, slot }
+    }
+}
+
+impl Drop for UpstreamConn {
+    fn drop(&mut self) {
+        if let Some(m) = crate::metrics::current() {
+            m.servers[self.slot].connections_open.add(-1);
+        }
+    }
+}
+
+impl Deref for UpstreamConn {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl DerefMut for UpstreamConn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
+
+struct Idle {
+    conn: UpstreamConn,
     /// Coarse clock (`deadline::now_ms`) at check-in.
     since_ms: u64,
 }
@@ -49,20 +88,23 @@ impl ConnPool {
     }
 
     /// The most recently used idle connection that is still fresh and clean.
-    pub fn checkout(&mut self, slot: usize) -> Option<Conn> {
+    pub fn checkout(&mut self, slot: usize) -> Option<UpstreamConn> {
         let s = &mut self.slots[slot];
         let now = now_ms();
+        let mut found = None;
         while let Some(idle) = s.idle.pop() {
             if now.saturating_sub(idle.since_ms) < s.idle_timeout_ms && idle.conn.probably_alive() {
-                return Some(idle.conn);
+                found = Some(idle.conn);
+                break;
             }
         }
-        None
+        self.publish_idle_count(slot);
+        found
     }
 
     /// Returns a reusable connection (dropped if the slot is full, or if its
     /// server closed it while it was busy).
-    pub fn checkin(&mut self, slot: usize, conn: Conn) {
+    pub fn checkin(&mut self, slot: usize, conn: UpstreamConn) {
         if !self.closed_while_busy.is_empty() {
             let key = Closed {
                 slot,
@@ -83,6 +125,7 @@ impl ConnPool {
                 conn,
                 since_ms: now_ms(),
             });
+            self.publish_idle_count(slot);
         }
     }
 
@@ -94,6 +137,7 @@ impl ConnPool {
         };
         if let Some(i) = s.idle.iter().position(|i| i.conn.fd() == closed.fd) {
             s.idle.remove(i);
+            self.publish_idle_count(closed.slot);
         } else if self.closed_while_busy.len() < MAX_CLOSED_WHILE_BUSY {
             self.closed_while_busy.push(closed);
         }
@@ -113,6 +157,7 @@ impl ConnPool {
                 s.idle.drain(..stale);
             }
         }
+        self.publish_idle_counts(0..self.slots.len());
         // Busy connections that were closed have come back or gone by now.
         self.closed_while_busy.clear();
     }
@@ -122,6 +167,22 @@ impl ConnPool {
         for s in &mut self.slots {
             s.idle.clear();
         }
+        self.publish_idle_counts(0..self.slots.len());
+    }
+
+    /// Publishes the idle counts of `slots` to the worker's metrics.
+    fn publish_idle_counts(&self, slots: std::ops::Range<usize>) {
+        if let Some(m) = crate::metrics::current() {
+            for i in slots {
+                m.servers[i]
+                    .connections_idle
+                    .set(self.slots[i].idle.len() as i64);
+            }
+        }
+    }
+
+    fn publish_idle_count(&self, slot: usize) {
+        self.publish_idle_counts(slot..slot + 1);
     }
 
     pub fn idle_count(&self, slot: usize) -> usize {
@@ -153,16 +214,16 @@ mod tests {
     }
 
     /// A connection as the pool holds it, and the server's end of it.
-    async fn pair(listener: &TcpListener) -> (Conn, TcpStream) {
+    async fn pair(listener: &TcpListener) -> (UpstreamConn, TcpStream) {
         let addr = listener.local_addr().unwrap();
         let conn = crate::io::connect(addr, Duration::from_secs(5))
             .await
             .expect("connect on loopback");
         let (peer, _) = listener.accept().unwrap();
-        (conn, peer)
+        (UpstreamConn::new(conn, 0), peer)
     }
 
-    async fn pairs(listener: &TcpListener, n: usize) -> (Vec<Conn>, Vec<TcpStream>) {
+    async fn pairs(listener: &TcpListener, n: usize) -> (Vec<UpstreamConn>, Vec<TcpStream>) {
         let mut conns = Vec::new();
         let mut peers = Vec::new();
         for _ in 0..n {
@@ -196,7 +257,7 @@ mod tests {
             let a = pool.add_slot(8, LONG);
             let b = pool.add_slot(8, LONG);
             let (conns, _peers) = pairs(&l, 4).await;
-            let fds: Vec<_> = conns.iter().map(Conn::fd).collect();
+            let fds: Vec<_> = conns.iter().map(|c| c.fd()).collect();
             let mut conns = conns.into_iter();
             let other = conns.next().unwrap();
             for c in conns {
@@ -248,7 +309,7 @@ mod tests {
             let short = pool.add_slot(8, SHORT);
             let long = pool.add_slot(8, LONG);
             let (conns, mut peers) = pairs(&l, 4).await;
-            let fds: Vec<_> = conns.iter().map(Conn::fd).collect();
+            let fds: Vec<_> = conns.iter().map(|c| c.fd()).collect();
             let mut conns = conns.into_iter();
             pool.checkin(short, conns.next().unwrap());
             pool.checkin(short, conns.next().unwrap());
@@ -283,7 +344,7 @@ mod tests {
             let two = pool.add_slot(2, LONG);
             let none = pool.add_slot(0, LONG);
             let (conns, mut peers) = pairs(&l, 4).await;
-            let fds: Vec<_> = conns.iter().map(Conn::fd).collect();
+            let fds: Vec<_> = conns.iter().map(|c| c.fd()).collect();
             let mut conns = conns.into_iter();
             for _ in 0..3 {
                 pool.checkin(two, conns.next().unwrap());
@@ -310,7 +371,7 @@ mod tests {
             let mut pool = ConnPool::default();
             let s = pool.add_slot(8, LONG);
             let (conns, mut peers) = pairs(&l, 3).await;
-            let fds: Vec<_> = conns.iter().map(Conn::fd).collect();
+            let fds: Vec<_> = conns.iter().map(|c| c.fd()).collect();
             for c in conns {
                 pool.checkin(s, c);
             }

@@ -87,7 +87,8 @@ impl Ringlb {
                     .iter()
                     .filter(|l| !l.contains("admin"))
                     .filter_map(|l| l.split("listening on ").nth(1))
-                    .map(|a| a.trim().parse().unwrap())
+                    // Text lines end with the address; JSON lines with `"}`.
+                    .map(|a| a.trim().trim_end_matches(['"', '}']).parse().unwrap())
                     .collect();
                 let workers = log
                     .iter()
@@ -175,7 +176,7 @@ impl Ringlb {
         self.log.lock().unwrap().iter().find_map(|l| {
             l.split("admin listening on ")
                 .nth(1)
-                .and_then(|a| a.trim().parse().ok())
+                .and_then(|a| a.trim().trim_end_matches(['"', '}']).parse().ok())
         })
     }
 

@@ -13,7 +13,7 @@ fn forward(raw: &str) -> String {
         .unwrap()
         .unwrap();
     let mut out = Vec::new();
-    write_request(&head, b"10.1.2.3", b"lb.example:80", &mut out);
+    write_request(&head, b"10.1.2.3", b"lb.example:80", None, &mut out);
     String::from_utf8(out).unwrap()
 }
 
