@@ -16,13 +16,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ORIGIN_PORT, DEAD_PORT = 18081, 18099
 PORTS = {"ringlb": 18080, "nginx": 18082, "haproxy": 18083,
          "ringlb-epoll": 18084, "ringlb-plain": 18085, "ringlb-defer": 18086, "ringlb-b": 18087, "ringlb-c": 18088,
+         "ringlb-log": 18089, "nginx-log": 18090,
          "direct": ORIGIN_PORT}
 # "direct" is no proxy at all: the load generator talks to the origin. It runs in the
 # fixed-rate workloads only, where its latency is the floor any proxy's hop adds to.
 FLOOR = "direct"
 # ringlb variants that can run as extra targets in the same run (driver comparison).
 VARIANTS = {"ringlb": "", "ringlb-epoll": 'io = "epoll"', "ringlb-plain": 'uring_setup = "plain"',
-            "ringlb-defer": 'uring_setup = "defer"', "ringlb-b": "", "ringlb-c": ""}
+            "ringlb-defer": 'uring_setup = "defer"', "ringlb-b": "", "ringlb-c": "",
+            "ringlb-log": ""}
+# Targets that write a JSON (ringlb) or buffered combined (nginx) access log to
+# a file, for measuring what logging costs.
+LOGGING = {"ringlb-log", "nginx-log"}
 # Binaries of the "ringlb-b" and "ringlb-c" targets (other builds, for A/B/C
 # comparisons): --ringlb-b PATH, --ringlb-c PATH.
 RINGLB_B = None
@@ -135,12 +140,15 @@ http {{
         if name == FLOOR:
             return None
         if name in VARIANTS:
+            log = (f'access_log = {{ path = "{self.tmp}/{name}-access.json", format = "json" }}'
+                   if name in LOGGING else "")
             conf = self.write(f"{name}.toml", f"""workers = 1
 {self.ringlb_extra}
 {VARIANTS[name]}
 [[listener]]
 listen = "127.0.0.1:{port}"
 upstream = "origin"
+{log}
 
 [[upstream]]
 name = "origin"
@@ -149,13 +157,15 @@ max_idle = 1024
 """)
             binary = {"ringlb-b": RINGLB_B, "ringlb-c": RINGLB_C}.get(name) or os.path.join(ROOT, "target/release/ringlb")
             cmd = ["taskset", "-c", "1", binary, "--config", conf]
-        elif name == "nginx":
-            conf = self.write("nginx-proxy.conf", f"""
-daemon off; master_process off; worker_processes 1; pid {self.tmp}/proxy.pid;
+        elif name in ("nginx", "nginx-log"):
+            log = (f"access_log {self.tmp}/{name}-access.log combined buffer=64k;"
+                   if name in LOGGING else "access_log off;")
+            conf = self.write(f"{name}-proxy.conf", f"""
+daemon off; master_process off; worker_processes 1; pid {self.tmp}/{name}-proxy.pid;
 error_log {self.tmp}/proxy-error.log error; worker_rlimit_nofile 20000;
 events {{ worker_connections 8192; }}
 http {{
-  access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  {log} keepalive_requests 10000000; keepalive_timeout 300s;
   upstream origin {{ server 127.0.0.1:{up}; keepalive {self.nginx_keepalive}; keepalive_requests 10000000; }}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
@@ -284,7 +294,8 @@ def idle_rss_per_conn(setup, target, n=5000):
 def svg_chart(results, targets, workloads, path):
     """Two grouped bar charts: req/s and proxy CPU us/req per workload."""
     colors = {"ringlb": "#d9480f", "nginx": "#2b8a3e", "haproxy": "#1971c2", "ringlb-epoll": "#f59f00",
-              "ringlb-plain": "#ae3ec9", "ringlb-defer": "#868e96", "ringlb-b": "#f08c00", "ringlb-c": "#2f9e44"}
+              "ringlb-plain": "#ae3ec9", "ringlb-defer": "#868e96", "ringlb-b": "#f08c00", "ringlb-c": "#2f9e44",
+              "ringlb-log": "#e8590c", "nginx-log": "#69db7c"}
     w, h, pad = 900, 300, 50
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{2 * h + 40}" font-family="sans-serif" font-size="11">']
     for row, (metric, label) in enumerate([("rps", "requests/s (median)"), ("cpu_us_per_req", "proxy CPU us per request (median)")]):
