@@ -10,6 +10,7 @@ pub mod body;
 pub mod client;
 pub mod exchange;
 pub mod observe;
+mod response;
 pub mod route;
 pub mod tally;
 pub mod tunnel;
