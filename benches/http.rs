@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the request path's pure parts: request-head parse and
-//! validate, head rewrite, chunked decode, balancer pick, deadline wheel.
+//! validate, head rewrite, chunked decode, balancer pick, deadline wheel, and
+//! an access log line (capture, format, and the writer's share of a write).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use ringlb::http::chunked::ChunkedDecoder;
@@ -158,12 +159,72 @@ fn deadlines(c: &mut Criterion) {
     g.finish();
 }
 
+/// One access log line as a request pays for it: the head's fields copied,
+/// the clock read, the line formatted into the worker's
+/// buffer. `write_64k_to_file` is the writer thread's one write(2) per full
+/// buffer, shared by the lines in it.
+fn access_log(c: &mut Criterion) {
+    use ringlb::access_log::format::{write_line, Clock, Outcome};
+    use ringlb::access_log::{Capture, Format};
+    use std::io::Write;
+    let mut g = c.benchmark_group("access_log");
+    // The server address comes preformatted (the metrics labels).
+    let server = "127.0.0.1:18081";
+    let mut out = Vec::with_capacity(64 * 1024);
+    for (name, form) in [
+        ("json_line", Format::Json),
+        ("combined_line", Format::Combined),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut c = Capture::new(b"GET", b"/api/v1/items?id=42", b"", b"wrk/4.1", 1);
+                c.set_request_id(b"5f0c3e8a9b1d2c4e6f708192a3b4c5d6");
+                let o = Outcome {
+                    client: "127.0.0.1",
+                    status: 200,
+                    bytes_sent: 137,
+                    request_bytes: 210,
+                    duration_us: 812,
+                    upstream: Some("origin"),
+                    server: Some(server),
+                    upstream_us: Some(640),
+                    retries: 0,
+                    reason: None,
+                };
+                out.clear();
+                write_line(&mut out, form, &Clock::now(), black_box(&c), &o);
+                black_box(out.len())
+            })
+        });
+    }
+    let path = std::env::temp_dir().join(format!("ringlb-bench-{}.log", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let block = vec![b'x'; 64 * 1024];
+    g.throughput(Throughput::Bytes(block.len() as u64));
+    g.bench_function("write_64k_to_file", |b| {
+        b.iter(|| {
+            file.write_all(&block).unwrap();
+            // Keep the file (and the page cache it fills) small.
+            if file.metadata().map_or(0, |m| m.len()) > 256 << 20 {
+                file.set_len(0).unwrap();
+            }
+        })
+    });
+    let _ = std::fs::remove_file(&path);
+    g.finish();
+}
+
 criterion_group!(
     benches,
     parse_request,
     parse_response,
     chunked,
     balance,
-    deadlines
+    deadlines,
+    access_log
 );
 criterion_main!(benches);

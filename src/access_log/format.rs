@@ -135,17 +135,20 @@ pub struct Outcome<'a> {
 pub fn write_line(out: &mut Vec<u8>, format: Format, now: &Clock, c: &Capture, o: &Outcome<'_>) {
     match format {
         Format::Combined => {
-            let _ = write!(out, "{} - - [", o.client);
+            out.extend_from_slice(o.client.as_bytes());
+            out.extend_from_slice(b" - - [");
             now.clf(out);
             out.extend_from_slice(b"] \"");
             escape_clf(out, c.method());
             out.push(b' ');
             escape_clf(out, c.target());
-            let _ = write!(
-                out,
-                " HTTP/1.{}\" {} {} \"",
-                c.minor_version, o.status, o.bytes_sent
-            );
+            out.extend_from_slice(b" HTTP/1.");
+            push_u64(out, u64::from(c.minor_version));
+            out.extend_from_slice(b"\" ");
+            push_u64(out, u64::from(o.status));
+            out.push(b' ');
+            push_u64(out, o.bytes_sent);
+            out.extend_from_slice(b" \"");
             escape_clf(
                 out,
                 if c.referer().is_empty() {
@@ -168,31 +171,34 @@ pub fn write_line(out: &mut Vec<u8>, format: Format, now: &Clock, c: &Capture, o
         Format::Json => {
             out.extend_from_slice(b"{\"time\":\"");
             now.rfc3339(out);
-            let _ = write!(out, "\",\"client\":\"{}\",\"method\":\"", o.client);
+            out.extend_from_slice(b"\",\"client\":\"");
+            out.extend_from_slice(o.client.as_bytes());
+            out.extend_from_slice(b"\",\"method\":\"");
             escape_json(out, c.method());
             out.extend_from_slice(b"\",\"target\":\"");
             escape_json(out, c.target());
-            let _ = write!(
-                out,
-                "\",\"protocol\":\"HTTP/1.{}\",\"status\":{},\"bytes_sent\":{},\"request_bytes\":{},\"duration_ms\":{}.{:03},\"upstream\":",
-                c.minor_version,
-                o.status,
-                o.bytes_sent,
-                o.request_bytes,
-                o.duration_us / 1000,
-                o.duration_us % 1000
-            );
+            out.extend_from_slice(b"\",\"protocol\":\"HTTP/1.");
+            push_u64(out, u64::from(c.minor_version));
+            out.extend_from_slice(b"\",\"status\":");
+            push_u64(out, u64::from(o.status));
+            out.extend_from_slice(b",\"bytes_sent\":");
+            push_u64(out, o.bytes_sent);
+            out.extend_from_slice(b",\"request_bytes\":");
+            push_u64(out, o.request_bytes);
+            out.extend_from_slice(b",\"duration_ms\":");
+            push_ms(out, o.duration_us);
+            out.extend_from_slice(b",\"upstream\":");
             json_str_or_null(out, o.upstream.map(str::as_bytes));
             out.extend_from_slice(b",\"server\":");
             json_str_or_null(out, o.server.map(str::as_bytes));
             out.extend_from_slice(b",\"upstream_ms\":");
             match o.upstream_us {
-                Some(us) => {
-                    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
-                }
+                Some(us) => push_ms(out, us),
                 None => out.extend_from_slice(b"null"),
             }
-            let _ = write!(out, ",\"retries\":{},\"request_id\":", o.retries);
+            out.extend_from_slice(b",\"retries\":");
+            push_u64(out, u64::from(o.retries));
+            out.extend_from_slice(b",\"request_id\":");
             let id = c.request_id();
             json_str_or_null(out, (!id.is_empty()).then_some(id));
             out.extend_from_slice(b",\"reason\":");
@@ -200,6 +206,33 @@ pub fn write_line(out: &mut Vec<u8>, format: Format, now: &Clock, c: &Capture, o
             out.extend_from_slice(b"}\n");
         }
     }
+}
+
+/// `n` in decimal, without the formatting machinery.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Microseconds as milliseconds with three decimals (`1.500`).
+fn push_ms(out: &mut Vec<u8>, us: u64) {
+    push_u64(out, us / 1000);
+    let frac = us % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
 }
 
 fn json_str_or_null(out: &mut Vec<u8>, v: Option<&[u8]>) {
@@ -218,19 +251,38 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// JSON string content: `"`, `\` and control bytes escaped; bytes above
 /// 0x7E (obs-text in a header value) as `\u00XX`, so the line is valid UTF-8.
 fn escape_json(out: &mut Vec<u8>, v: &[u8]) {
-    for &b in v {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0x20..=0x7e => out.push(b),
-            _ => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 15) as usize],
-            ]),
+    let plain = |b: u8| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\';
+    escape_runs(out, v, plain, |out, b| match b {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        _ => out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[(b >> 4) as usize],
+            HEX[(b & 15) as usize],
+        ]),
+    });
+}
+
+/// Copies `v` into `out`, runs of `plain` bytes at once, the others through
+/// `escape`.
+fn escape_runs(
+    out: &mut Vec<u8>,
+    v: &[u8],
+    plain: impl Fn(u8) -> bool,
+    escape: impl Fn(&mut Vec<u8>, u8),
+) {
+    let mut rest = v;
+    while !rest.is_empty() {
+        let run = rest.iter().position(|&b| !plain(b)).unwrap_or(rest.len());
+        out.extend_from_slice(&rest[..run]);
+        if let Some(&b) = rest.get(run) {
+            escape(out, b);
+            rest = &rest[run + 1..];
+        } else {
+            break;
         }
     }
 }
@@ -238,17 +290,10 @@ fn escape_json(out: &mut Vec<u8>, v: &[u8]) {
 /// nginx's escaping for the combined format: `"`, `\` and bytes outside
 /// printable ASCII as `\xHH`.
 fn escape_clf(out: &mut Vec<u8>, v: &[u8]) {
-    for &b in v {
-        match b {
-            b'"' | b'\\' | 0..=0x1f | 0x7f..=0xff => out.extend_from_slice(&[
-                b'\\',
-                b'x',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 15) as usize],
-            ]),
-            _ => out.push(b),
-        }
-    }
+    let plain = |b: u8| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\';
+    escape_runs(out, v, plain, |out, b| {
+        out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]])
+    });
 }
 
 /// The wall clock a worker logs with: the calendar part is worked out once a
@@ -293,7 +338,14 @@ impl Clock {
 
     fn rfc3339(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.iso);
-        let _ = write!(out, ".{:03}Z", self.ms);
+        let ms = self.ms;
+        out.extend_from_slice(&[
+            b'.',
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+        ]);
     }
 
     fn clf(&self, out: &mut Vec<u8>) {
@@ -374,6 +426,36 @@ mod tests {
         let mut out = Vec::new();
         write_line(&mut out, Format::Json, &Clock::now(), &c, &outcome());
         assert!(out.len() <= LONGEST_LINE, "{}", out.len());
+    }
+
+    #[test]
+    fn numbers_without_the_formatter() {
+        for n in [0, 7, 10, 999, 1000, 123_456_789, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        for (us, text) in [
+            (0, "0.000"),
+            (7, "0.007"),
+            (999, "0.999"),
+            (1500, "1.500"),
+            (60_000_123, "60000.123"),
+        ] {
+            let mut out = Vec::new();
+            push_ms(&mut out, us);
+            assert_eq!(out, text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn escapes_between_plain_runs() {
+        let mut out = Vec::new();
+        escape_json(&mut out, b"\"a\\b\x7fc\xff");
+        assert_eq!(out, b"\\\"a\\\\b\\u007fc\\u00ff");
+        let mut out = Vec::new();
+        escape_clf(&mut out, b"x\"\x00y\x80");
+        assert_eq!(out, b"x\\x22\\x00y\\x80");
     }
 
     #[test]

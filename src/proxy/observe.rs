@@ -95,14 +95,12 @@ pub fn finish(ctx: &WorkerCtx, ip: &ClientIp, tally: &Tally) {
         return;
     };
     let upstream = tally.upstream.get().map(usize::from);
+    // The server's address as text, from the metrics labels (formatted once).
     let server = tally.server.get().zip(upstream).map(|(slot, u)| {
-        let first = ctx.metrics.layout.upstreams[u].first_server;
-        ctx.upstreams[u].servers[usize::from(slot) - first].addr
+        let labels = &ctx.metrics.layout.upstreams[u];
+        labels.servers[usize::from(slot) - labels.first_server].as_str()
     });
-    // Text without allocating: the server address and the reason, into
-    // buffers on the stack.
-    let mut addr = [0u8; 64];
-    let server = server.map(|a| stack_text(&mut addr, format_args!("{a}")));
+    // The reason as text without allocating, into a buffer on the stack.
     let mut why = [0u8; 160];
     let reason = tally
         .failed
