@@ -144,6 +144,39 @@ impl Reply {
     }
 }
 
+/// `/status`: health from the checker, each pool's admission state and the
+/// shed counts from the workers' metrics.
+fn status_json(state: &State) -> String {
+    let reg = &state.metrics;
+    let admission = |ui: usize, out: &mut String| {
+        let limits: Vec<String> = reg
+            .workers
+            .iter()
+            .map(|w| w.admission_limit[ui].get())
+            .filter(|&l| l >= 0 && l < i64::from(u32::MAX))
+            .map(|l| l.to_string())
+            .collect();
+        let queued: i64 = reg.workers.iter().map(|w| w.queued[ui].get()).sum();
+        let limits = if limits.is_empty() {
+            "null".to_string()
+        } else {
+            format!("[{}]", limits.join(","))
+        };
+        out.push_str(&format!(
+            ",\"admission\":{{\"limit_per_worker\":{limits},\"queued\":{queued}}}"
+        ));
+    };
+    let shed: Vec<String> = crate::error::Shed::ALL
+        .iter()
+        .map(|&why| {
+            let n: u64 = reg.workers.iter().map(|w| w.shed[why as usize].get()).sum();
+            format!("\"{}\":{n}", why.label())
+        })
+        .collect();
+    let tail = format!(",\"shed\":{{{}}}", shed.join(","));
+    state.health.to_json(&state.configs, &admission, &tail)
+}
+
 fn respond(head: &request::RequestHead<'_, '_>, state: &State) -> Reply {
     if !matches!(head.kind, Method::Get | Method::Head) {
         return Reply {
@@ -152,7 +185,7 @@ fn respond(head: &request::RequestHead<'_, '_>, state: &State) -> Reply {
         };
     }
     let (content_type, body) = match head.target {
-        "/status" => ("application/json", state.health.to_json(&state.configs)),
+        "/status" => ("application/json", status_json(state)),
         "/metrics" => {
             let health = &state.health;
             let server_health = |u: usize, s: usize| {

@@ -11,6 +11,58 @@ pub enum Origin {
     Internal,
 }
 
+/// Which overload limit turned a request or a connection away. Every one is
+/// answered `503` with `Retry-After`, and its label names it in the body, the
+/// log and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The worker holds its share of `[limits] max_connections`.
+    ConnLimit,
+    /// The client address holds `max_connections_per_ip` in this worker.
+    IpLimit,
+    /// The pool has `max_in_flight` (or each server `max_in_flight_per_server`)
+    /// requests in flight and no queue.
+    InFlight,
+    /// Over the limit and the queue is full.
+    QueueFull,
+    /// Waited `queue_timeout` in the queue.
+    QueueTimeout,
+    /// The adaptive concurrency limit, below the configured one, is reached.
+    Adaptive,
+    /// The worker's buffers are all out (the memory cap).
+    Memory,
+}
+
+impl Shed {
+    pub const ALL: [Shed; 7] = [
+        Shed::ConnLimit,
+        Shed::IpLimit,
+        Shed::InFlight,
+        Shed::QueueFull,
+        Shed::QueueTimeout,
+        Shed::Adaptive,
+        Shed::Memory,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Shed::ConnLimit => "conn_limit",
+            Shed::IpLimit => "ip_limit",
+            Shed::InFlight => "in_flight",
+            Shed::QueueFull => "queue_full",
+            Shed::QueueTimeout => "queue_timeout",
+            Shed::Adaptive => "adaptive",
+            Shed::Memory => "memory",
+        }
+    }
+
+    /// Whether the client connection is closed after the answer (the
+    /// connection itself is what is over the limit).
+    pub fn closes_client(self) -> bool {
+        matches!(self, Shed::ConnLimit | Shed::IpLimit | Shed::Memory)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyError {
     /// Malformed or ambiguous request (smuggling attempts included).
@@ -45,6 +97,8 @@ pub enum ProxyError {
     /// ringlb ran out of a local resource (descriptors, ephemeral ports,
     /// socket buffers) reaching an upstream: its own failure, not the server's.
     LocalResources(&'static str),
+    /// Load shed by one of ringlb's limits (see `Shed`).
+    Shed(Shed),
     Internal(&'static str),
 }
 
@@ -77,7 +131,7 @@ impl ProxyError {
             | UpstreamClosed
             | UpstreamBadResponse(_)
             | UpstreamBodyFailed => Origin::Upstream,
-            LocalResources(_) | Internal(_) => Origin::Internal,
+            LocalResources(_) | Shed(_) | Internal(_) => Origin::Internal,
         }
     }
 
@@ -93,7 +147,7 @@ impl ProxyError {
             Internal(_) => 500,
             NotImplemented(_) => 501,
             UpstreamConnect | UpstreamClosed | UpstreamBadResponse(_) => 502,
-            NoHealthyServer | LocalResources(_) => 503,
+            NoHealthyServer | LocalResources(_) | Shed(_) => 503,
             UpstreamConnectTimeout | UpstreamResponseTimeout => 504,
             ClientGone | UpstreamBodyFailed => return None,
         })
@@ -102,6 +156,9 @@ impl ProxyError {
     /// Whether the client connection must be closed after answering.
     pub fn closes_client(self) -> bool {
         use ProxyError::*;
+        if let Shed(why) = self {
+            return why.closes_client();
+        }
         !matches!(
             self,
             NoRoute
@@ -136,6 +193,7 @@ impl fmt::Display for ProxyError {
             UpstreamBadResponse(why) => write!(f, "invalid upstream response: {why}"),
             UpstreamBodyFailed => f.write_str("upstream failed during the response body"),
             LocalResources(why) => write!(f, "out of local resources: {why}"),
+            Shed(why) => write!(f, "overloaded: {}", why.label()),
             Internal(why) => write!(f, "internal error: {why}"),
         }
     }
@@ -159,5 +217,8 @@ mod tests {
         assert!(ProxyError::ClientBodyTimeout.closes_client());
         assert!(ProxyError::BadRequest("x").closes_client());
         assert!(!ProxyError::UpstreamConnect.closes_client());
+        assert_eq!(ProxyError::Shed(Shed::QueueTimeout).status(), Some(503));
+        assert!(!ProxyError::Shed(Shed::InFlight).closes_client());
+        assert!(ProxyError::Shed(Shed::ConnLimit).closes_client());
     }
 }

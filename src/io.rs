@@ -14,6 +14,21 @@ use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::time::Duration;
 
+/// How `Reader::until_closed_within` ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Watched<T> {
+    Done(T),
+    Closed,
+    TimedOut,
+}
+
+/// What a socket holds (see `Reader::peek`).
+enum Peek {
+    Nothing,
+    Data,
+    Closed,
+}
+
 /// Result of one read.
 #[derive(Debug)]
 pub enum ReadOutcome {
@@ -108,6 +123,98 @@ impl Reader {
         timeout: Duration,
     ) -> Race<'_, impl Future<Output = io::Result<()>> + '_> {
         self.timer.within(timeout, self.stream().readable(false))
+    }
+
+    /// Runs `f` until it completes, the peer closes the connection, or
+    /// `timeout` passes, whichever comes first (`f` is dropped in the other
+    /// two cases). Bytes from the peer (a pipelined request, the rest of a
+    /// body) are left in the socket and end the watch for a close: only `f`
+    /// and the timeout count after that.
+    pub async fn until_closed_within<F: Future>(
+        &self,
+        timeout: Duration,
+        f: F,
+    ) -> Watched<F::Output> {
+        let mut f = std::pin::pin!(f);
+        let mut readable = std::pin::pin!(self.stream().readable(false));
+        let mut watching = true;
+        let watched = std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Watched::Done(v));
+            }
+            while watching {
+                if readable.as_mut().poll(cx).is_pending() {
+                    break;
+                }
+                match self.peek() {
+                    Peek::Closed => return std::task::Poll::Ready(Watched::Closed),
+                    Peek::Data => watching = false,
+                    // Readiness without data: watch again.
+                    Peek::Nothing => readable.set(self.stream().readable(false)),
+                }
+            }
+            std::task::Poll::Pending
+        });
+        self.timer
+            .within(timeout, watched)
+            .await
+            .unwrap_or(Watched::TimedOut)
+    }
+
+    /// Reads and throws away what the peer sends until it closes, `limit`
+    /// bytes have come, or `timeout` passes (a lingering close: the peer
+    /// reads an answer sent before it instead of meeting a reset). Uses one
+    /// scratch area per thread, shared by every lingering connection, and
+    /// lends no buffer to the kernel.
+    pub async fn discard_within(&self, timeout: Duration, limit: usize) {
+        thread_local! {
+            static SINK: std::cell::RefCell<[u8; 4096]> = const { std::cell::RefCell::new([0; 4096]) };
+        }
+        let mut left = limit;
+        self.timer.arm(timeout);
+        while left > 0 {
+            let ready = self.timer.race(self.stream().readable(false)).await;
+            if !matches!(ready, Some(Ok(()))) {
+                break;
+            }
+            let n = SINK.with(|b| {
+                let mut b = b.borrow_mut();
+                let room = b.len().min(left);
+                // SAFETY: recv writes at most `room` bytes into the thread's
+                // scratch array, borrowed mutably for the call alone.
+                unsafe { libc::recv(self.fd(), b.as_mut_ptr().cast(), room, libc::MSG_DONTWAIT) }
+            });
+            match n {
+                1.. => left = left.saturating_sub(n as usize),
+                0 => break,
+                _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => {}
+                _ => break,
+            }
+        }
+        self.timer.disarm();
+    }
+
+    /// What the socket holds, without taking it (`recv(MSG_PEEK | MSG_DONTWAIT)`).
+    fn peek(&self) -> Peek {
+        let mut byte = 0u8;
+        // SAFETY: recv on this reader's open fd into a 1-byte stack buffer;
+        // MSG_PEEK leaves the data in the socket, MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                self.fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            1.. => Peek::Data,
+            0 => Peek::Closed,
+            _ => match io::Error::last_os_error().kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Peek::Nothing,
+                _ => Peek::Closed,
+            },
+        }
     }
 
     /// Appends to `buf` (which must have spare room). On timeout the read is

@@ -312,8 +312,16 @@ fn out_of_descriptors_is_a_local_503_that_blames_no_server() {
     const LIMIT: usize = 48;
     let a = Origin::start();
     let b = Origin::start();
-    let cfg = proxy_config(&[a.addr, b.addr], "max_idle = 0", "");
+    // A connection cap the descriptor limit cannot hold (warned about at
+    // start), so that the table, not the cap, runs out.
+    let top = "[limits]\nmax_connections = 1000";
+    let cfg = proxy_config(&[a.addr, b.addr], "max_idle = 0", top);
     let lb = Ringlb::start_with(&cfg, common::with_nofile(LIMIT as u64));
+    assert!(
+        lb.log_contains("needs more than the open-file limit (48)"),
+        "{}",
+        lb.log_text()
+    );
     let fds = || {
         std::fs::read_dir(format!("/proc/{}/fd", lb.pid()))
             .unwrap()

@@ -5,6 +5,7 @@
 mod client;
 mod demo;
 mod duration;
+mod limits;
 mod listener;
 mod raw;
 mod upstream;
@@ -15,6 +16,7 @@ pub use crate::upstream::balance::Algorithm;
 pub use crate::upstream::outlier::OutlierConfig;
 pub use demo::DEMO_CONFIG;
 pub use duration::parse_duration;
+pub use limits::{AdmissionConfig, LimitsConfig};
 
 use raw::RawConfig;
 use std::fmt;
@@ -45,6 +47,8 @@ pub struct Config {
     pub log_level: crate::log::Level,
     pub log_json: bool,
     pub client: ClientSettings,
+    /// Client connection limits (`[limits]`).
+    pub limits: LimitsConfig,
     pub listeners: Vec<ListenerConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     /// Admin listener (JSON pool state, /healthz), if configured.
@@ -197,6 +201,8 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// Idle pooled connections kept per server and per worker.
     pub max_idle: usize,
+    /// In-flight limits, queue and adaptive concurrency.
+    pub admission: AdmissionConfig,
 }
 
 /// A configuration error pointing at the offending place in the file.
@@ -439,7 +445,7 @@ impl Ctx<'_> {
                 return Err(self.err(s.span(), "log_format", "must be \"text\" or \"json\""))
             }
         };
-        let client = self.client(raw.client.unwrap_or_default())?;
+        let limits = self.limits(raw.limits.as_ref())?;
 
         let mut upstreams = Vec::with_capacity(raw.upstream.len());
         for up in &raw.upstream {
@@ -456,6 +462,8 @@ impl Ctx<'_> {
             }
             upstreams.push(cfg);
         }
+        self.limits_cover_workers(&raw, &limits, &upstreams, workers)?;
+        let client = self.client(raw.client.unwrap_or_default())?;
 
         if raw.listener.is_empty() {
             return Err(self.err(0..0, "listener", "at least one [[listener]] is required"));
@@ -488,6 +496,7 @@ impl Ctx<'_> {
             uring_setup,
             drain_timeout,
             client,
+            limits,
             listeners,
             upstreams,
         })

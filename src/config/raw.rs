@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub log_level: Option<Spanned<String>>,
     pub log_format: Option<Spanned<String>>,
     pub client: Option<RawClient>,
+    pub limits: Option<RawLimits>,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
@@ -88,6 +89,29 @@ pub struct RawUpstream {
     pub slow_start: Option<Spanned<String>>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
     pub outlier: Option<RawOutlier>,
+    pub max_in_flight: Option<Spanned<i64>>,
+    pub max_in_flight_per_server: Option<Spanned<i64>>,
+    pub queue_size: Option<Spanned<i64>>,
+    pub queue_timeout: Option<Spanned<String>>,
+    pub adaptive_concurrency: Option<Spanned<RawAdaptive>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdaptive {
+    pub enabled: Option<bool>,
+    pub min_limit: Option<Spanned<i64>>,
+    pub max_limit: Option<Spanned<i64>>,
+    pub initial_limit: Option<Spanned<i64>>,
+    pub tolerance: Option<Spanned<f64>>,
+    pub window: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_ip: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -151,6 +151,7 @@ impl Ctx<'_> {
                 Duration::from_secs(30),
             )?,
             max_idle: self.int(&up.max_idle, "max_idle", 0, 100_000, 256)? as usize,
+            admission: self.admission(up)?,
         })
     }
 

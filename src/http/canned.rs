@@ -104,11 +104,84 @@ define!(
     "16"
 );
 
+// Overload answers: the body names the limit that fired (`error::Shed`).
+define!(
+    SHED_CONN_LIMIT,
+    "503",
+    "Service Unavailable",
+    "Retry-After: 1\r\n",
+    "overloaded: conn_limit\n",
+    "23"
+);
+define!(
+    SHED_IP_LIMIT,
+    "503",
+    "Service Unavailable",
+    "Retry-After: 1\r\n",
+    "overloaded: ip_limit\n",
+    "21"
+);
+define!(
+    SHED_IN_FLIGHT,
+    "503",
+    "Service Unavailable",
+    "Retry-After: 1\r\n",
+    "overloaded: in_flight\n",
+    "22"
+);
+define!(
+    SHED_QUEUE_FULL,
+    "503",
+    "Service Unavailable",
+    "Retry-After: 1\r\n",
+    "overloaded: queue_full\n",
+    "23"
+);
+define!(
+    SHED_QUEUE_TIMEOUT,
+    "503",
+    "Service Unavailable",
+    "Retry-After: 1\r\n",
+    "overloaded: queue_timeout\n",
+    "26"
+);
+define!(
+    SHED_ADAPTIVE,
+    "503",
+    "Service Unavailable",
+    "Retry-After: 1\r\n",
+    "overloaded: adaptive\n",
+    "21"
+);
+define!(
+    SHED_MEMORY,
+    "503",
+    "Service Unavailable",
+    "Retry-After: 1\r\n",
+    "overloaded: memory\n",
+    "19"
+);
+
+/// The canned response for a shed request or connection.
+pub fn for_shed(why: crate::error::Shed) -> &'static Canned {
+    use crate::error::Shed;
+    match why {
+        Shed::ConnLimit => &SHED_CONN_LIMIT,
+        Shed::IpLimit => &SHED_IP_LIMIT,
+        Shed::InFlight => &SHED_IN_FLIGHT,
+        Shed::QueueFull => &SHED_QUEUE_FULL,
+        Shed::QueueTimeout => &SHED_QUEUE_TIMEOUT,
+        Shed::Adaptive => &SHED_ADAPTIVE,
+        Shed::Memory => &SHED_MEMORY,
+    }
+}
+
 /// The canned response for a failure (the status from `ProxyError::status`,
 /// with a body that says which 503 it is); `None`: close without an answer.
 pub fn for_error(e: crate::error::ProxyError) -> Option<&'static Canned> {
     match e {
         crate::error::ProxyError::LocalResources(_) => Some(&LOCAL_RESOURCES),
+        crate::error::ProxyError::Shed(why) => Some(for_shed(why)),
         e => e.status().map(for_status),
     }
 }
@@ -152,12 +225,14 @@ mod tests {
                 assert!(head.starts_with(&format!("HTTP/1.1 {status} ")));
             }
         }
-        for c in [&UNAVAILABLE, &LOCAL_RESOURCES] {
+        let shed = crate::error::Shed::ALL.map(for_shed);
+        for c in [&UNAVAILABLE, &LOCAL_RESOURCES].into_iter().chain(shed) {
             for bytes in [c.keep_alive, c.close] {
                 let text = std::str::from_utf8(bytes).unwrap();
                 assert!(text.contains("Retry-After: 1\r\n"));
                 let (head, body) = text.split_once("\r\n\r\n").unwrap();
                 assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
+                assert!(head.starts_with("HTTP/1.1 503 "));
             }
         }
     }

@@ -115,6 +115,7 @@ pub fn render(reg: &Registry, outside: &Outside<'_>) -> String {
             "ringlb_rejected_requests_total{{code=\"{code}\",reason=\"{reason}\"}} {v}"
         );
     }
+    shedding(&mut out, reg);
     family(
         &mut out,
         "ringlb_panics_total",
@@ -124,6 +125,52 @@ pub fn render(reg: &Registry, outside: &Outside<'_>) -> String {
     let _ = writeln!(out, "ringlb_panics_total {}", outside.panics);
     process(&mut out, reg);
     out
+}
+
+/// Shed decisions by reason, and each pool's admission limit and queue.
+fn shedding(out: &mut String, reg: &Registry) {
+    family(
+        out,
+        "ringlb_shed_total",
+        "counter",
+        "Requests and connections shed with a 503 (or closed), by reason.",
+    );
+    for why in crate::error::Shed::ALL {
+        let v = sum(reg, |w| w.shed[why as usize].get());
+        let _ = writeln!(out, "ringlb_shed_total{{reason=\"{}\"}} {v}", why.label());
+    }
+    family(
+        out,
+        "ringlb_upstream_in_flight_limit",
+        "gauge",
+        "Requests a worker lets into the pool at once (limited pools only; adaptive pools move it).",
+    );
+    for (u, up) in reg.layout.upstreams.iter().enumerate() {
+        for (i, w) in reg.workers.iter().enumerate() {
+            let limit = w.admission_limit[u].get();
+            if limit >= 0 && limit < i64::from(u32::MAX) {
+                let _ = writeln!(
+                    out,
+                    "ringlb_upstream_in_flight_limit{{upstream=\"{}\",worker=\"{i}\"}} {limit}",
+                    esc(&up.name)
+                );
+            }
+        }
+    }
+    family(
+        out,
+        "ringlb_upstream_queued",
+        "gauge",
+        "Requests waiting in the pool's queues for an in-flight slot.",
+    );
+    for (u, up) in reg.layout.upstreams.iter().enumerate() {
+        let v = sum_i(reg, |w| w.queued[u].get());
+        let _ = writeln!(
+            out,
+            "ringlb_upstream_queued{{upstream=\"{}\"}} {v}",
+            esc(&up.name)
+        );
+    }
 }
 
 fn requests(out: &mut String, reg: &Registry) {

@@ -214,6 +214,13 @@ pub struct WorkerMetrics {
     /// Per server (pool slot order).
     pub servers: Box<[ServerMetrics]>,
     pub rejected: [Counter; Reject::ALL.len()],
+    /// Requests and connections shed, by reason (`error::Shed`).
+    pub shed: [Counter; crate::error::Shed::ALL.len()],
+    /// Per upstream: the admission limit in force in this worker
+    /// (`u32::MAX` when unlimited) and the requests queued, as of the last
+    /// housekeeping tick.
+    pub admission_limit: Box<[Gauge]>,
+    pub queued: Box<[Gauge]>,
     pub connections_accepted: Counter,
     pub connections_closed: Counter,
     /// Access log lines dropped because the log writer fell behind.
@@ -237,6 +244,9 @@ impl WorkerMetrics {
             upstream_bytes_in: cells(layout.upstreams.len()),
             servers: cells(layout.server_count()),
             rejected: Default::default(),
+            shed: Default::default(),
+            admission_limit: cells(layout.upstreams.len()),
+            queued: cells(layout.upstreams.len()),
             connections_accepted: Counter::default(),
             connections_closed: Counter::default(),
             access_log_dropped: Counter::default(),
@@ -246,6 +256,10 @@ impl WorkerMetrics {
 
     pub fn reject(&self, r: Reject) {
         self.rejected[r as usize].inc();
+    }
+
+    pub fn shed(&self, why: crate::error::Shed) {
+        self.shed[why as usize].inc();
     }
 
     pub fn connect_failed(&self, server: usize, why: ConnectFailure) {

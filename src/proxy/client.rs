@@ -1,6 +1,7 @@
 //! One client connection: wait for a request without holding a buffer, read and
 //! validate its head, route it, answer or forward it, repeat while keep-alive holds.
 
+use super::conn_limit::ConnSlot;
 use super::exchange::{self, Failure, Prepared};
 use super::observe;
 use super::route::RouteAction;
@@ -16,7 +17,6 @@ use crate::io::{Conn, ReadOutcome};
 use crate::pooled::Pooled;
 use crate::upstream::balance::maglev_hash;
 use monoio::net::TcpStream;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -28,19 +28,13 @@ pub fn serve(
     ctx: Rc<WorkerCtx>,
     listener: usize,
     stream: TcpStream,
-    peer: SocketAddr,
+    slot: ConnSlot,
 ) -> impl std::future::Future<Output = ()> {
     // Set up outside the async body: what is moved into `Conn` here (the
-    // stream, the peer address) would otherwise stay in the task's state.
+    // stream) would otherwise stay in the task's state.
     let _ = stream.set_nodelay(true);
     let counted = crate::metrics::connection_opened();
-    connection(
-        ctx,
-        listener,
-        Conn::new(stream),
-        ClientIp::new(peer.ip()),
-        counted,
-    )
+    connection(ctx, listener, Conn::new(stream), slot, counted)
 }
 
 /// The connection's task: waits between requests, runs each in a pooled block.
@@ -53,12 +47,14 @@ fn connection(
     ctx: Rc<WorkerCtx>,
     listener: usize,
     mut client: Conn,
-    ip: ClientIp,
+    slot: ConnSlot,
     counted: crate::metrics::ConnectionGuard,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         // Zero-sized: counts the close when the task ends, however it ends.
         let _counted = counted;
+        // `slot`: the connection's place under the caps (given back however
+        // the task ends) and the client's address.
         let mut inbuf = Buffer::placeholder();
         loop {
             if inbuf.is_empty() {
@@ -86,7 +82,13 @@ fn connection(
             }
             // Built in its own `let`: a temporary held across the `.await` would
             // also reserve room for the request's future in this task.
-            let request = Pooled::new(handle_request(&ctx, listener, &ip, &mut client, &mut inbuf));
+            let request = Pooled::new(handle_request(
+                &ctx,
+                listener,
+                &slot,
+                &mut client,
+                &mut inbuf,
+            ));
             if !request.await || ctx.draining.get() {
                 client.writer.shutdown_write();
                 return;

@@ -13,14 +13,15 @@ use super::route::RouteAction;
 use super::tally::Tally;
 use super::WorkerCtx;
 use crate::buf::Buffer;
+use crate::error::Shed;
 use crate::error::{Origin, ProxyError};
 use crate::http::request::Method;
 use crate::http::Framing;
-use crate::io::{self, Conn, ConnectError};
+use crate::io::{self, Conn, ConnectError, Watched};
 use crate::metrics::ConnectFailure;
 use crate::pooled::Pooled;
 use crate::upstream::pool::UpstreamConn;
-use crate::upstream::{Outcome, Server, Upstream};
+use crate::upstream::{Admit, Outcome, Permit, Server, Upstream};
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
@@ -132,14 +133,72 @@ pub async fn forward(
         // connection after the keep-alive race, or to another server.
         resendable: body_done && (req.method.is_idempotent() || upstream.retry_non_idempotent),
     };
+    let permit = match admit(upstream, client).await {
+        Ok(p) => p,
+        Err(error) => {
+            if let ProxyError::Shed(why) = error {
+                ctx.shed_log
+                    .shed(why, format_args!("upstream {}", upstream.name));
+            }
+            inbuf.consume(out.initial);
+            let reusable = body_done && error != ProxyError::ClientGone;
+            return Err(Failure::before_response(error, reusable));
+        }
+    };
+    let result = forward_admitted(ctx, upstream, client, inbuf, req, tally, out, body).await;
+    match (tally.head_latency_us(), &result) {
+        (Some(us), _) => permit.latency(us),
+        (None, Err(f)) if f.error == ProxyError::UpstreamResponseTimeout => {
+            permit.latency(upstream.response_timeout.as_micros() as u64)
+        }
+        _ => {}
+    }
+    result
+}
+
+/// A permit for one of the pool's in-flight slots: at once, after a wait in
+/// the queue, or the overload error that sheds the request. A client that
+/// closes while queued leaves the queue at once.
+async fn admit<'u>(upstream: &'u Upstream, client: &Conn) -> Result<Permit<'u>, ProxyError> {
+    match upstream.admit() {
+        Admit::Now(p) => Ok(p),
+        Admit::Shed(why) => Err(ProxyError::Shed(why)),
+        Admit::Queued(wait) => match client
+            .reader
+            .until_closed_within(upstream.queue_timeout, wait)
+            .await
+        {
+            Watched::Done(()) => Ok(Permit::granted(upstream)),
+            Watched::TimedOut => Err(ProxyError::Shed(Shed::QueueTimeout)),
+            Watched::Closed => Err(ProxyError::ClientGone),
+        },
+    }
+}
+
+/// `forward` once the request holds a permit.
+#[allow(clippy::too_many_arguments)]
+async fn forward_admitted(
+    ctx: &WorkerCtx,
+    upstream: &Upstream,
+    client: &mut Conn,
+    inbuf: &mut Buffer,
+    req: &Prepared,
+    tally: &Tally,
+    out: Outbound,
+    mut body: BodyState,
+) -> Result<bool, Failure> {
     upstream.note_request();
     let mut tried = 0u64;
     let mut retries_left = upstream.retries;
-    let mut last_error = ProxyError::NoHealthyServer;
+    let mut last_error = upstream.no_server_reason();
     loop {
         let Some(si) = upstream.pick(req.hash_key, tried) else {
+            if let ProxyError::Shed(why) = last_error {
+                ctx.shed_log
+                    .shed(why, format_args!("upstream {}", upstream.name));
+            }
             inbuf.consume(out.initial);
-            return Err(Failure::before_response(last_error, body_done));
+            return Err(Failure::before_response(last_error, out.body_done));
         };
         if si < 64 {
             tried |= 1 << si;
@@ -188,7 +247,7 @@ pub async fn forward(
                 if !may_retry {
                     note_upstream(upstream, server, error);
                     inbuf.consume(out.initial);
-                    return Err(Failure::before_response(error, body_done));
+                    return Err(Failure::before_response(error, out.body_done));
                 }
                 cells.retries.inc();
                 tally.retries.set(tally.retries.get().saturating_add(1));

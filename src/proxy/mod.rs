@@ -8,10 +8,12 @@
 
 pub mod body;
 pub mod client;
+pub mod conn_limit;
 pub mod exchange;
 pub mod observe;
 mod response;
 pub mod route;
+pub mod shed_log;
 pub mod tally;
 pub mod tunnel;
 
@@ -54,6 +56,8 @@ pub struct WorkerCtx {
     /// Requests started since the worker began (tells the housekeeping loop
     /// whether the worker has been quiet).
     pub started: Cell<u64>,
+    /// Logs load shedding once per burst.
+    pub shed_log: shed_log::ShedLog,
 }
 
 impl WorkerCtx {
@@ -80,14 +84,14 @@ impl Drop for BusyGuard<'_> {
 
 /// The longest address text: eight full IPv6 groups. IPv4-mapped addresses
 /// are shown as IPv4, so the dotted-quad tail forms never occur.
-const MAX_IP_TEXT: usize = 39;
+pub(crate) const MAX_IP_TEXT: usize = 39;
 
 /// The client address pre-formatted once per connection for X-Forwarded-For.
 /// It lives in every connection's task, idle ones included: sized to the
 /// longest text and padded with zero bytes (which address text never holds)
 /// instead of carrying a length, so the idle task stays at 248 bytes.
 pub struct ClientIp {
-    bytes: [u8; MAX_IP_TEXT],
+    pub(crate) bytes: [u8; MAX_IP_TEXT],
 }
 
 impl ClientIp {

@@ -100,8 +100,14 @@ impl Tally {
         let listener = self.listener as usize;
         m.client_bytes_in[listener].add(self.request_bytes());
         m.client_bytes_out[listener].add(self.client_out.get());
-        if let Some(r) = self.failed.get().and_then(ProxyError::rejection) {
-            m.reject(r);
+        match self.failed.get() {
+            Some(ProxyError::Shed(why)) => m.shed(why),
+            Some(e) => {
+                if let Some(r) = e.rejection() {
+                    m.reject(r);
+                }
+            }
+            None => {}
         }
         if let Some(u) = self.upstream.get() {
             let u = u as usize;

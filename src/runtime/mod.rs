@@ -3,6 +3,7 @@
 //! shutdown sequence: stop accepting, drain in-flight requests, exit.
 
 pub mod driver;
+pub mod fd_limit;
 pub mod listener;
 pub mod monitor;
 pub mod signals;
@@ -12,7 +13,7 @@ use crate::config::Config;
 use crate::http::request::Limits;
 use crate::metrics::{Registry, WorkerMetrics};
 use crate::proxy::route::ListenerRoutes;
-use crate::proxy::{client, WorkerCtx};
+use crate::proxy::{client, conn_limit, ClientIp, WorkerCtx};
 use crate::upstream::health::{self, Health};
 use crate::upstream::idle_watch::IdleWatch;
 use crate::upstream::pool::ConnPool;
@@ -84,6 +85,7 @@ impl Running {
 /// Binds every listener and starts the workers. Returns once all are running.
 pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running> {
     let workers = config.workers;
+    let max_connections = connection_cap(&config);
     let mut per_worker: Vec<Vec<std::net::TcpListener>> =
         (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
@@ -168,6 +170,8 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
                 let _ = registry.driver.set(rt.kind());
                 crate::metrics::set_current(metrics.clone());
                 IN_WORKER.with(|w| w.set(true));
+                let cap = crate::upstream::admission::share(Some(max_connections), workers, id);
+                conn_limit::install(cap.unwrap_or(1), config.limits.max_connections_per_ip);
                 Buffer::prefill(crate::memory::BASE_FREE);
                 crate::pooled::prefill(crate::memory::BASE_FREE);
                 rt.block_on(async move {
@@ -199,6 +203,29 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
         shutdown,
         log_writer,
     })
+}
+
+/// Raises the open-file limit and works out the client connection cap
+/// (logged, with a warning when a configured cap does not fit the limit).
+fn connection_cap(config: &Config) -> u32 {
+    let nofile = fd_limit::raise_nofile();
+    let (cap, source) = fd_limit::max_connections(config, nofile);
+    crate::info!(
+        "client connections: at most {cap} ({source}; open-file limit {nofile}){}",
+        config
+            .limits
+            .max_connections_per_ip
+            .map_or(String::new(), |n| format!(
+                ", {n} per client address and worker"
+            ))
+    );
+    if !fd_limit::fits(config, cap, nofile) {
+        crate::warn!(
+            "max_connections = {cap} with an upstream connection each needs more than the \
+             open-file limit ({nofile}): raise it (LimitNOFILE=, ulimit -n) or lower max_connections"
+        );
+    }
+    cap
 }
 
 /// The health thread: active checks for every upstream that has them, and the
@@ -300,7 +327,7 @@ fn worker_ctx(
         .iter()
         .enumerate()
         .map(|(i, u)| {
-            let up = Upstream::new(u, i, health.clone(), id, &mut next_slot);
+            let up = Upstream::new(u, i, health.clone(), (id, config.workers), &mut next_slot);
             for _ in &up.servers {
                 pool.add_slot(u.max_idle, u.idle_timeout);
             }
@@ -334,6 +361,7 @@ fn worker_ctx(
         draining: Cell::new(false),
         busy: Cell::new(0),
         started: Cell::new(0),
+        shed_log: Default::default(),
     })
 }
 
@@ -379,10 +407,14 @@ async fn worker_main(
         if crate::contain::test_hooks::worker_panic_requested() {
             panic!("test hook: a panic outside any connection task");
         }
-        let second = crate::deadline::now_ms() / 1000;
-        for up in &ctx.upstreams {
-            up.housekeeping(second);
+        let now_ms = crate::deadline::now_ms();
+        for (i, up) in ctx.upstreams.iter().enumerate() {
+            up.housekeeping(now_ms);
+            let (limit, _, queued) = up.admission_state();
+            ctx.metrics.admission_limit[i].set(i64::from(limit));
+            ctx.metrics.queued[i].set(i64::from(queued));
         }
+        ctx.shed_log.tick(id, now_ms);
         if ticks % 20 == 0 {
             ctx.pool.borrow_mut().sweep();
         }
@@ -441,11 +473,20 @@ async fn accept_loop(
 ) {
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
-            Ok((stream, peer)) => {
-                // A panic ends this connection only (see `contain`).
-                let serve = client::serve(ctx.clone(), idx, stream, peer);
-                monoio::spawn(crate::contain::CatchUnwind::new(serve));
-            }
+            Ok((stream, peer)) => match conn_limit::admit(ClientIp::new(peer.ip())) {
+                Ok(slot) => {
+                    // A panic ends this connection only (see `contain`).
+                    let serve = client::serve(ctx.clone(), idx, stream, slot);
+                    monoio::spawn(crate::contain::CatchUnwind::new(serve));
+                }
+                Err(why) => {
+                    ctx.metrics.shed(why);
+                    let listener = &ctx.metrics.layout.listeners[idx];
+                    ctx.shed_log.shed(why, format_args!("listener {listener}"));
+                    let refuse = conn_limit::refuse(stream, why, ctx.client.write_timeout);
+                    monoio::spawn(crate::contain::CatchUnwind::new(refuse));
+                }
+            },
             Err(_) if ctx.draining.get() => return,
             Err(e) => {
                 crate::log::rate_limited(format_args!("accept failed: {e}"));

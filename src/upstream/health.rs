@@ -112,8 +112,15 @@ impl Health {
         }
     }
 
-    /// The admin view: every pool and server as JSON.
-    pub fn to_json(&self, configs: &[crate::config::UpstreamConfig]) -> String {
+    /// The admin view: every pool and server as JSON. `extra(ui, out)` may
+    /// append fields (`,"key":value`) to upstream `ui`'s object, and
+    /// `tail` to the top-level object.
+    pub fn to_json(
+        &self,
+        configs: &[crate::config::UpstreamConfig],
+        extra: &dyn Fn(usize, &mut String),
+        tail: &str,
+    ) -> String {
         let mut out = String::from("{\"upstreams\":[");
         for (ui, u) in self.upstreams.iter().enumerate() {
             if ui > 0 {
@@ -147,9 +154,14 @@ impl Health {
                     s.last_check_ok.load(Ordering::Relaxed)
                 ));
             }
-            out.push_str("]}");
+            out.push(']');
+            extra(ui, &mut out);
+            out.push('}');
         }
-        out.push_str(&format!("],\"panics\":{}}}", crate::contain::panics()));
+        out.push_str(&format!(
+            "],\"panics\":{}{tail}}}",
+            crate::contain::panics()
+        ));
         out
     }
 }

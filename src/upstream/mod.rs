@@ -7,6 +7,8 @@
 //! (written by the checker thread), and passive ejections, published only when
 //! they change, for the admin view.
 
+pub mod adaptive;
+pub mod admission;
 pub mod balance;
 pub mod health;
 pub mod idle_watch;
@@ -15,6 +17,9 @@ pub mod pool;
 pub mod retry;
 
 use crate::config::{HashKey, UpstreamConfig};
+use crate::error::Shed;
+use adaptive::Gradient;
+use admission::{Admission, Entered, Refused, Room, Wait};
 use balance::{Algorithm, Balancer, PeakEwma, Servers};
 use health::Health;
 use outlier::{Change, Kind, Outlier, OutlierConfig};
@@ -66,6 +71,61 @@ pub struct Upstream {
     retry_cursor: Cell<usize>,
     /// Until when some server's slow-start ramp runs (weights move).
     ramp_until: Cell<Option<Instant>>,
+    /// Requests in flight to the pool, and the queue for the rest.
+    admission: Admission,
+    /// This worker's share of `max_in_flight_per_server` (`u32::MAX`: none).
+    per_server_limit: u32,
+    /// Adaptive concurrency: the limit in force follows latency.
+    adaptive: Option<RefCell<Gradient>>,
+    /// How long a request may wait in the queue.
+    pub queue_timeout: Duration,
+}
+
+/// What admission decided for a request (see `Upstream::admit`).
+pub enum Admit<'a> {
+    Now(Permit<'a>),
+    /// Wait for the permit (at most `queue_timeout`), then `Permit::new`.
+    Queued(Wait<'a>),
+    Shed(Shed),
+}
+
+/// A request's hold on one of its pool's in-flight slots. Dropping it frees
+/// the slot (or hands it to the oldest queued request).
+pub struct Permit<'a> {
+    up: &'a Upstream,
+}
+
+impl<'a> Permit<'a> {
+    /// The permit a queued request was granted (its `Wait` completed).
+    pub fn granted(up: &'a Upstream) -> Permit<'a> {
+        Permit { up }
+    }
+
+    /// Feeds the request's latency (request sent to response head, µs) to
+    /// adaptive concurrency.
+    #[inline]
+    pub fn latency(&self, us: u64) {
+        if let Some(g) = &self.up.adaptive {
+            g.borrow_mut().sample(us);
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.up.admission.leave(self.up.room());
+    }
+}
+
+impl Room for Upstream {
+    /// With a per-server limit: some server has room under it.
+    fn room(&self) -> bool {
+        self.per_server_limit == u32::MAX
+            || self
+                .servers
+                .iter()
+                .any(|s| s.inflight.get() < self.per_server_limit)
+    }
 }
 
 /// How one attempt on a server ended, for passive health and latency.
@@ -93,7 +153,10 @@ impl Servers for View<'_> {
 
     #[inline]
     fn available(&self, i: usize) -> bool {
-        self.up.shared(i).is_healthy() && !self.up.servers[i].outlier.borrow().is_out(self.now)
+        let s = &self.up.servers[i];
+        s.inflight.get() < self.up.per_server_limit
+            && self.up.shared(i).is_healthy()
+            && !s.outlier.borrow().is_out(self.now)
     }
 
     #[inline]
@@ -142,12 +205,13 @@ impl Servers for View<'_> {
 }
 
 impl Upstream {
-    /// Builds the worker-local view; `next_slot` hands out pool slots.
+    /// Builds the worker-local view of worker `worker` of `workers`;
+    /// `next_slot` hands out pool slots.
     pub fn new(
         cfg: &UpstreamConfig,
         index: usize,
         health: Arc<Health>,
-        worker: usize,
+        (worker, workers): (usize, usize),
         next_slot: &mut usize,
     ) -> Upstream {
         let servers = cfg
@@ -169,6 +233,16 @@ impl Upstream {
             })
             .collect::<Vec<_>>();
         let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(worker as u64 + 1) ^ index as u64;
+        let a = &cfg.admission;
+        let limit = admission::share(a.max_in_flight, workers, worker);
+        let adaptive = a.adaptive.map(Gradient::new);
+        let admission = Admission::new(
+            limit,
+            admission::share(Some(a.queue_size), workers, worker).unwrap_or(0),
+        );
+        if let Some(g) = &adaptive {
+            admission.set_limit(g.limit(), &admission::AnyRoom);
+        }
         Upstream {
             name: cfg.name.clone(),
             balancer: RefCell::new(Balancer::new(cfg.balance, servers.len(), seed)),
@@ -195,7 +269,47 @@ impl Upstream {
             seen_generation: Cell::new(0),
             retry_cursor: Cell::new(worker),
             ramp_until: Cell::new(None),
+            admission,
+            per_server_limit: admission::share(a.max_in_flight_per_server, workers, worker)
+                .unwrap_or(u32::MAX),
+            adaptive: adaptive.map(RefCell::new),
+            queue_timeout: a.queue_timeout,
         }
+    }
+
+    /// Admission before a server is picked: a permit now, a place in the
+    /// queue, or the limit that sheds the request.
+    pub fn admit(&self) -> Admit<'_> {
+        match self.admission.enter(self.room()) {
+            Ok(Entered::Now) => Admit::Now(Permit { up: self }),
+            Ok(Entered::Queued(q)) => Admit::Queued(Wait::new(&self.admission, q, self)),
+            Err(Refused::QueueFull) => Admit::Shed(Shed::QueueFull),
+            Err(Refused::Limit) if self.admission.limit_is_adaptive() => {
+                Admit::Shed(Shed::Adaptive)
+            }
+            Err(Refused::Limit) => Admit::Shed(Shed::InFlight),
+        }
+    }
+
+    /// Why `pick` found no server: every available one is at its per-server
+    /// limit (the request is shed), or none is up (503 no healthy server).
+    pub fn no_server_reason(&self) -> crate::error::ProxyError {
+        let full = |s: &Server| s.inflight.get() >= self.per_server_limit;
+        if self.per_server_limit != u32::MAX && self.servers.iter().any(full) {
+            crate::error::ProxyError::Shed(Shed::InFlight)
+        } else {
+            crate::error::ProxyError::NoHealthyServer
+        }
+    }
+
+    /// The admission limit in force, the requests holding a permit, and the
+    /// requests queued (for `/status` and the metrics).
+    pub fn admission_state(&self) -> (u32, u32, u32) {
+        (
+            self.admission.limit(),
+            self.admission.in_flight(),
+            self.admission.queued(),
+        )
     }
 
     #[inline]
@@ -254,10 +368,18 @@ impl Upstream {
         self.budget.borrow_mut().try_retry()
     }
 
-    /// Off the request path, a few times a second: moves the retry budget's
-    /// window to `second` (any monotonic count of seconds).
-    pub fn housekeeping(&self, second: u64) {
-        self.budget.borrow_mut().advance(second);
+    /// Off the request path, a few times a second (`now_ms`: any monotonic
+    /// milliseconds): moves the retry budget's window, and closes an adaptive
+    /// concurrency window when one is due.
+    pub fn housekeeping(&self, now_ms: u64) {
+        self.budget.borrow_mut().advance(now_ms / 1000);
+        let changed = self
+            .adaptive
+            .as_ref()
+            .and_then(|g| g.borrow_mut().tick(now_ms));
+        if let Some(limit) = changed {
+            self.admission.set_limit(limit, self);
+        }
     }
 
     #[inline]

@@ -1,0 +1,212 @@
+//! Client connection caps, per worker: `[limits] max_connections` (this
+//! worker's share) and `max_connections_per_ip`.
+//!
+//! Each worker counts its own connections (no shared counter). A connection
+//! holds a `ConnSlot` for its whole life; dropping it, however the
+//! connection ends (a panic included), gives the slot back. The per-address
+//! counts live in a map sized at start for twice the worker's cap, so
+//! counting never allocates (a hash map with at most half its capacity in
+//! use rehashes in place).
+//!
+//! Over a cap, the connection is accepted and refused (`refuse`): a
+//! pre-rendered `503` with `Connection: close`, then a bounded linger that
+//! reads what the client still sends, so the answer is not lost to a reset.
+//! Pausing accept instead leaves clients in the kernel's backlog with no
+//! answer until a slot frees, and past the backlog their SYNs are dropped and
+//! retried for seconds: a client then learns nothing, while a 503 tells it
+//! at once to come back later.
+
+use super::ClientIp;
+use crate::error::Shed;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+struct Limits {
+    cap: u32,
+    open: Cell<u32>,
+    /// None: no per-address cap.
+    per_ip: Option<PerIp>,
+    /// Connections being refused right now (each lingers briefly).
+    refusing: Cell<u32>,
+}
+
+/// The per-address cap and the connections each address holds now.
+struct PerIp {
+    max: u32,
+    open: RefCell<HashMap<[u8; super::MAX_IP_TEXT], u32>>,
+}
+
+thread_local! {
+    static LIMITS: RefCell<Option<Limits>> = const { RefCell::new(None) };
+}
+
+/// Sets this worker's caps (call once at worker start). `cap`: its share of
+/// `max_connections`.
+pub fn install(cap: u32, per_ip: Option<u32>) {
+    let per_ip = per_ip.map(|n| {
+        let room = (cap as usize).saturating_mul(2).min(1 << 22);
+        PerIp {
+            max: n,
+            open: RefCell::new(HashMap::with_capacity(room)),
+        }
+    });
+    LIMITS.with(|l| {
+        *l.borrow_mut() = Some(Limits {
+            cap,
+            open: Cell::new(0),
+            per_ip,
+            refusing: Cell::new(0),
+        })
+    });
+}
+
+/// A client connection's place under the caps, and its address.
+pub struct ConnSlot {
+    ip: ClientIp,
+}
+
+impl std::ops::Deref for ConnSlot {
+    type Target = ClientIp;
+    fn deref(&self) -> &ClientIp {
+        &self.ip
+    }
+}
+
+/// Takes a slot for a connection from `ip`, or says which cap refuses it.
+/// Without `install` (tests of the request path alone), every connection is
+/// admitted.
+pub fn admit(ip: ClientIp) -> Result<ConnSlot, Shed> {
+    LIMITS.with(|l| {
+        let l = l.borrow();
+        let Some(l) = l.as_ref() else {
+            return Ok(());
+        };
+        if l.open.get() >= l.cap {
+            return Err(Shed::ConnLimit);
+        }
+        if let Some(per_ip) = &l.per_ip {
+            let mut map = per_ip.open.borrow_mut();
+            let n = map.entry(ip.bytes).or_insert(0);
+            if *n >= per_ip.max {
+                return Err(Shed::IpLimit);
+            }
+            *n += 1;
+        }
+        l.open.set(l.open.get() + 1);
+        Ok(())
+    })?;
+    Ok(ConnSlot { ip })
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let _ = LIMITS.try_with(|l| {
+            let l = l.borrow();
+            let Some(l) = l.as_ref() else {
+                return;
+            };
+            l.open.set(l.open.get().saturating_sub(1));
+            if let Some(per_ip) = &l.per_ip {
+                let mut map = per_ip.open.borrow_mut();
+                if let Some(n) = map.get_mut(&self.ip.bytes) {
+                    *n -= 1;
+                    if *n == 0 {
+                        map.remove(&self.ip.bytes);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Client connections this worker holds now.
+pub fn open() -> u32 {
+    LIMITS.with(|l| l.borrow().as_ref().map_or(0, |l| l.open.get()))
+}
+
+/// Most connections refused at once (lingering); more are closed at once.
+const MAX_REFUSING: u32 = 256;
+
+/// A refusal in progress; None when too many are already lingering (the
+/// connection is then closed without an answer).
+pub struct Refusing(());
+
+pub fn start_refusal() -> Option<Refusing> {
+    LIMITS.with(|l| {
+        let l = l.borrow();
+        let l = l.as_ref()?;
+        if l.refusing.get() >= MAX_REFUSING {
+            return None;
+        }
+        l.refusing.set(l.refusing.get() + 1);
+        Some(Refusing(()))
+    })
+}
+
+impl Drop for Refusing {
+    fn drop(&mut self) {
+        let _ = LIMITS.try_with(|l| {
+            if let Some(l) = l.borrow().as_ref() {
+                l.refusing.set(l.refusing.get().saturating_sub(1));
+            }
+        });
+    }
+}
+
+/// Answers a connection over a cap with its `503` and closes it after a
+/// bounded linger (see the module doc).
+pub async fn refuse(stream: monoio::net::TcpStream, why: Shed, write_timeout: std::time::Duration) {
+    let Some(_refusing) = start_refusal() else {
+        return; // too many lingering already: close at once
+    };
+    let mut conn = crate::io::Conn::new(stream);
+    let canned = crate::http::canned::for_shed(why);
+    if conn
+        .writer
+        .write_static(canned.close, write_timeout)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    conn.writer.shutdown_write();
+    conn.reader
+        .discard_within(std::time::Duration::from_secs(1), 64 * 1024)
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> ClientIp {
+        ClientIp::new(s.parse::<IpAddr>().unwrap())
+    }
+
+    #[test]
+    fn caps_per_worker_and_per_address_and_slots_come_back() {
+        install(3, Some(2));
+        let a1 = admit(ip("127.0.0.1")).unwrap();
+        let a2 = admit(ip("127.0.0.1")).unwrap();
+        assert_eq!(admit(ip("127.0.0.1")).err(), Some(Shed::IpLimit));
+        let b1 = admit(ip("127.0.0.2")).unwrap();
+        assert_eq!(open(), 3);
+        assert_eq!(admit(ip("127.0.0.3")).err(), Some(Shed::ConnLimit));
+        drop(a1);
+        let a3 = admit(ip("::ffff:127.0.0.1"))
+            .expect("the mapped form is the same address, and it has room again");
+        drop((a2, b1));
+        assert_eq!(open(), 1);
+        drop(a3);
+        assert_eq!(open(), 0);
+        LIMITS.with(|l| {
+            let l = l.borrow();
+            let per_ip = l.as_ref().unwrap().per_ip.as_ref().unwrap();
+            assert!(
+                per_ip.open.borrow().is_empty(),
+                "addresses without connections leave the map"
+            );
+        });
+    }
+}
