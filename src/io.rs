@@ -22,6 +22,11 @@ pub enum Watched<T> {
     TimedOut,
 }
 
+/// When `Reader::until_closed_within` looks for a close, in milliseconds
+/// after the previous look; then every `CLOSE_CHECK_MAX`.
+const CLOSE_CHECKS: [u64; 4] = [10, 20, 40, 80];
+const CLOSE_CHECK_MAX: u64 = 100;
+
 /// What a socket holds (see `Reader::peek`).
 enum Peek {
     Nothing,
@@ -130,35 +135,44 @@ impl Reader {
     /// two cases). Bytes from the peer (a pipelined request, the rest of a
     /// body) are left in the socket and end the watch for a close: only `f`
     /// and the timeout count after that.
+    ///
+    /// The close is found by peeking at the socket when the watch starts and
+    /// then at growing intervals (`CLOSE_CHECKS`), not by a readiness poll:
+    /// monoio boxes the state of a poll dropped in flight, which would cost
+    /// an allocation every time `f` wins, and `f` usually wins.
     pub async fn until_closed_within<F: Future>(
         &self,
         timeout: Duration,
         f: F,
     ) -> Watched<F::Output> {
         let mut f = std::pin::pin!(f);
-        let mut readable = std::pin::pin!(self.stream().readable(false));
+        let deadline = crate::deadline::now_ms() + timeout.as_millis() as u64;
+        let mut checks = CLOSE_CHECKS
+            .iter()
+            .chain(std::iter::repeat(&CLOSE_CHECK_MAX));
         let mut watching = true;
-        let watched = std::future::poll_fn(|cx| {
-            if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
-                return std::task::Poll::Ready(Watched::Done(v));
-            }
-            while watching {
-                if readable.as_mut().poll(cx).is_pending() {
-                    break;
-                }
+        loop {
+            if watching {
                 match self.peek() {
-                    Peek::Closed => return std::task::Poll::Ready(Watched::Closed),
+                    Peek::Closed => return Watched::Closed,
                     Peek::Data => watching = false,
-                    // Readiness without data: watch again.
-                    Peek::Nothing => readable.set(self.stream().readable(false)),
+                    Peek::Nothing => {}
                 }
             }
-            std::task::Poll::Pending
-        });
-        self.timer
-            .within(timeout, watched)
-            .await
-            .unwrap_or(Watched::TimedOut)
+            let left = deadline.saturating_sub(crate::deadline::now_ms());
+            if left == 0 {
+                return Watched::TimedOut;
+            }
+            let next = checks.next().copied().unwrap_or(CLOSE_CHECK_MAX);
+            let slice = if watching { left.min(next) } else { left };
+            if let Some(v) = self
+                .timer
+                .within(Duration::from_millis(slice), f.as_mut())
+                .await
+            {
+                return Watched::Done(v);
+            }
+        }
     }
 
     /// Reads and throws away what the peer sends until it closes, `limit`

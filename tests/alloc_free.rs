@@ -233,6 +233,109 @@ fn fast_503_when_no_server_is_up_does_not_allocate() {
     assert_eq!(n, 0, "allocations on the 503 path: {n}");
 }
 
+/// The value of one exact series on the admin listener's `/metrics`.
+fn metric(admin: SocketAddr, series: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn shed_503_path_does_not_allocate() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let origin = Origin::start();
+    let config = proxied_with(
+        &format!("\"{}\"", origin.addr),
+        "max_in_flight = 1\nresponse_timeout = \"30s\"",
+    );
+    let (shutdown, running) = start(&config);
+    let addr = running.bound[0];
+    // One slow request holds the pool's only slot while the others are shed.
+    let holder = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.send(b"GET /slow/2500 HTTP/1.1\r\nHost: x\r\n\r\n");
+        c.read_response(false).status
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while origin.requests() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let n = count_over(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        false,
+        503,
+        200,
+        1000,
+    );
+    assert_eq!(holder.join().unwrap(), 200);
+    shutdown.request();
+    running.wait();
+    assert_eq!(n, 0, "allocations on the shed path: {n}");
+}
+
+#[test]
+fn queued_requests_do_not_allocate() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let origin = Origin::start();
+    let config = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        proxied_with(
+            &format!("\"{}\"", origin.addr),
+            "max_in_flight = 1\nqueue_size = 4\nqueue_timeout = \"10s\"",
+        )
+    );
+    let (shutdown, running) = start(&config);
+    let addr = running.bound[0];
+    let admin = running.admin.expect("admin listener");
+    // Two clients against a limit of one: while one request is at the
+    // (1 ms) origin, the other's waits in the queue. The connections are
+    // opened once, before counting (a connection's setup allocates).
+    let both = |clients: [Client; 2], n: usize| -> [Client; 2] {
+        clients
+            .map(|mut c| {
+                std::thread::spawn(move || {
+                    for _ in 0..n {
+                        c.send(b"GET /slow/1 HTTP/1.1\r\nHost: x\r\n\r\n");
+                        assert_eq!(c.read_response(false).status, 200);
+                    }
+                    c
+                })
+            })
+            .map(|t| t.join().unwrap())
+    };
+    let waited = || {
+        metric(
+            admin,
+            "ringlb_upstream_queued_requests_total{upstream=\"app\"}",
+        )
+    };
+    let clients = both([Client::connect(addr), Client::connect(addr)], 300);
+    let (before, waited_before) = (ALLOCS.load(Ordering::SeqCst), waited());
+    let _clients = both(clients, 500);
+    let n = ALLOCS.load(Ordering::SeqCst) - before;
+    let queued = waited() - waited_before;
+    shutdown.request();
+    running.wait();
+    assert!(
+        queued >= 200.0,
+        "only {queued} of 1000 requests waited in the queue"
+    );
+    assert_eq!(n, 0, "allocations with {queued} requests queued: {n}");
+}
+
 /// Opens `n` keep-alive connections, one request each, and leaves them idle.
 fn idle_connections(addr: SocketAddr, n: usize) -> Vec<Client> {
     let mut conns: Vec<Client> = (0..n).map(|_| Client::connect(addr)).collect();

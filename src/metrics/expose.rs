@@ -171,6 +171,20 @@ fn shedding(out: &mut String, reg: &Registry) {
             esc(&up.name)
         );
     }
+    family(
+        out,
+        "ringlb_upstream_queued_requests_total",
+        "counter",
+        "Requests that waited in the pool's queue for a slot and then went on.",
+    );
+    for (u, up) in reg.layout.upstreams.iter().enumerate() {
+        let v = sum(reg, |w| w.waited[u].get());
+        let _ = writeln!(
+            out,
+            "ringlb_upstream_queued_requests_total{{upstream=\"{}\"}} {v}",
+            esc(&up.name)
+        );
+    }
 }
 
 fn requests(out: &mut String, reg: &Registry) {

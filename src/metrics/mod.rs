@@ -221,6 +221,8 @@ pub struct WorkerMetrics {
     /// housekeeping tick.
     pub admission_limit: Box<[Gauge]>,
     pub queued: Box<[Gauge]>,
+    /// Per upstream: requests that waited in the queue and then went on.
+    pub waited: Box<[Counter]>,
     pub connections_accepted: Counter,
     pub connections_closed: Counter,
     /// Access log lines dropped because the log writer fell behind.
@@ -247,6 +249,7 @@ impl WorkerMetrics {
             shed: Default::default(),
             admission_limit: cells(layout.upstreams.len()),
             queued: cells(layout.upstreams.len()),
+            waited: cells(layout.upstreams.len()),
             connections_accepted: Counter::default(),
             connections_closed: Counter::default(),
             access_log_dropped: Counter::default(),

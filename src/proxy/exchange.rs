@@ -133,7 +133,7 @@ pub async fn forward(
         // connection after the keep-alive race, or to another server.
         resendable: body_done && (req.method.is_idempotent() || upstream.retry_non_idempotent),
     };
-    let permit = match admit(upstream, client).await {
+    let permit = match admit(ctx, upstream, client).await {
         Ok(p) => p,
         Err(error) => {
             if let ProxyError::Shed(why) = error {
@@ -159,7 +159,11 @@ pub async fn forward(
 /// A permit for one of the pool's in-flight slots: at once, after a wait in
 /// the queue, or the overload error that sheds the request. A client that
 /// closes while queued leaves the queue at once.
-async fn admit<'u>(upstream: &'u Upstream, client: &Conn) -> Result<Permit<'u>, ProxyError> {
+async fn admit<'u>(
+    ctx: &WorkerCtx,
+    upstream: &'u Upstream,
+    client: &Conn,
+) -> Result<Permit<'u>, ProxyError> {
     match upstream.admit() {
         Admit::Now(p) => Ok(p),
         Admit::Shed(why) => Err(ProxyError::Shed(why)),
@@ -168,7 +172,10 @@ async fn admit<'u>(upstream: &'u Upstream, client: &Conn) -> Result<Permit<'u>, 
             .until_closed_within(upstream.queue_timeout, wait)
             .await
         {
-            Watched::Done(()) => Ok(Permit::granted(upstream)),
+            Watched::Done(()) => {
+                ctx.metrics.waited[upstream.index()].inc();
+                Ok(Permit::granted(upstream))
+            }
             Watched::TimedOut => Err(ProxyError::Shed(Shed::QueueTimeout)),
             Watched::Closed => Err(ProxyError::ClientGone),
         },

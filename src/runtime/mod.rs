@@ -55,6 +55,8 @@ pub fn in_worker() -> bool {
 /// A running set of workers.
 pub struct Running {
     pub bound: Vec<SocketAddr>,
+    /// The admin listener's address, if one is configured.
+    pub admin: Option<SocketAddr>,
     threads: Vec<std::thread::JoinHandle<()>>,
     exits: std::sync::mpsc::Receiver<monitor::ThreadExit>,
     shutdown: Arc<Shutdown>,
@@ -108,13 +110,13 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
         driver: std::sync::OnceLock::new(),
         started: std::time::SystemTime::now(),
     });
-    let admin = match config.admin {
+    let (admin, admin_addr) = match config.admin {
         Some(addr) => {
             let (mut sockets, bound_admin) = listener::bind_all(addr, 1)?;
             crate::admin::announce(bound_admin);
-            sockets.pop()
+            (sockets.pop(), Some(bound_admin))
         }
-        None => None,
+        None => (None, None),
     };
     let (log_sinks, mut log_ends, log_writer) = start_access_logs(&config)?;
     let (exit_tx, exits) = std::sync::mpsc::channel();
@@ -198,6 +200,7 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
     }
     Ok(Running {
         bound,
+        admin: admin_addr,
         threads,
         exits,
         shutdown,

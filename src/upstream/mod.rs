@@ -235,7 +235,15 @@ impl Upstream {
         let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(worker as u64 + 1) ^ index as u64;
         let a = &cfg.admission;
         let limit = admission::share(a.max_in_flight, workers, worker);
-        let adaptive = a.adaptive.map(Gradient::new);
+        // Adaptive limits are per worker (each measures its own latency);
+        // `max_in_flight`, when set, caps them at this worker's share.
+        let adaptive = a.adaptive.map(|mut g| {
+            if let Some(share) = limit {
+                g.max_limit = g.max_limit.min(share).max(g.min_limit);
+                g.initial_limit = g.initial_limit.clamp(g.min_limit, g.max_limit);
+            }
+            Gradient::new(g)
+        });
         let admission = Admission::new(
             limit,
             admission::share(Some(a.queue_size), workers, worker).unwrap_or(0),
@@ -275,6 +283,12 @@ impl Upstream {
             adaptive: adaptive.map(RefCell::new),
             queue_timeout: a.queue_timeout,
         }
+    }
+
+    /// The pool's position in the config (its metrics slot).
+    #[inline]
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// Admission before a server is picked: a permit now, a place in the
