@@ -166,11 +166,22 @@ fn status_json(state: &State) -> String {
             ",\"admission\":{{\"limit_per_worker\":{limits},\"queued\":{queued}}}"
         ));
     };
+    // Shed counts per reason: the total and each worker's.
     let shed: Vec<String> = crate::error::Shed::ALL
         .iter()
         .map(|&why| {
-            let n: u64 = reg.workers.iter().map(|w| w.shed[why as usize].get()).sum();
-            format!("\"{}\":{n}", why.label())
+            let per: Vec<u64> = reg
+                .workers
+                .iter()
+                .map(|w| w.shed[why as usize].get())
+                .collect();
+            let per_text: Vec<String> = per.iter().map(u64::to_string).collect();
+            format!(
+                "\"{}\":{{\"total\":{},\"per_worker\":[{}]}}",
+                why.label(),
+                per.iter().sum::<u64>(),
+                per_text.join(",")
+            )
         })
         .collect();
     let tail = format!(",\"shed\":{{{}}}", shed.join(","));

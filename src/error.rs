@@ -29,19 +29,16 @@ pub enum Shed {
     QueueTimeout,
     /// The adaptive concurrency limit, below the configured one, is reached.
     Adaptive,
-    /// The worker's buffers are all out (the memory cap).
-    Memory,
 }
 
 impl Shed {
-    pub const ALL: [Shed; 7] = [
+    pub const ALL: [Shed; 6] = [
         Shed::ConnLimit,
         Shed::IpLimit,
         Shed::InFlight,
         Shed::QueueFull,
         Shed::QueueTimeout,
         Shed::Adaptive,
-        Shed::Memory,
     ];
 
     pub fn label(self) -> &'static str {
@@ -52,14 +49,13 @@ impl Shed {
             Shed::QueueFull => "queue_full",
             Shed::QueueTimeout => "queue_timeout",
             Shed::Adaptive => "adaptive",
-            Shed::Memory => "memory",
         }
     }
 
     /// Whether the client connection is closed after the answer (the
     /// connection itself is what is over the limit).
     pub fn closes_client(self) -> bool {
-        matches!(self, Shed::ConnLimit | Shed::IpLimit | Shed::Memory)
+        matches!(self, Shed::ConnLimit | Shed::IpLimit)
     }
 }
 

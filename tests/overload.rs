@@ -95,8 +95,27 @@ fn metric(admin: SocketAddr, series: &str) -> f64 {
         .map_or(0.0, |v| v.parse().unwrap())
 }
 
+/// Sheds for `reason`, summed over the workers (up to two in these tests).
+/// The admin listener's `/status` body.
+fn status(admin: SocketAddr) -> String {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 fn shed(admin: SocketAddr, reason: &str) -> f64 {
-    metric(admin, &format!("ringlb_shed_total{{reason=\"{reason}\"}}"))
+    (0..2)
+        .map(|w| {
+            metric(
+                admin,
+                &format!("ringlb_shed_total{{reason=\"{reason}\",worker=\"{w}\"}}"),
+            )
+        })
+        .sum()
 }
 
 /// A shed answer: 503, `Retry-After`, the reason in the body.
@@ -274,6 +293,12 @@ fn the_queue_is_fifo_and_a_client_that_leaves_frees_its_place_at_once() {
     );
     assert_eq!(steered.peak_conns.load(Ordering::SeqCst), 1);
     assert_eq!(shed(admin, "queue_full"), 1.0);
+    let st = status(admin);
+    assert!(
+        st.contains("\"admission\":{\"limit_per_worker\":[1],\"queued\":")
+            && st.contains("\"queue_full\":{\"total\":1,\"per_worker\":[1]}"),
+        "/status shows the limit and the sheds: {st}"
+    );
     assert_eq!(
         metric(
             admin,

@@ -2,6 +2,7 @@
 # One command for the load benchmark: installs what it needs (Debian: wrk, nginx,
 # haproxy; crates.io: oha), builds ringlb in release mode, then runs the matrix
 # with ringlb, nginx and HAProxy in the same run and topology (run.py --help).
+# `run.sh overload` and `run.sh failover` run those scenarios (overload.py, failover.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 need=()
@@ -16,4 +17,9 @@ fi
 (systemctl stop nginx haproxy 2>/dev/null || true)
 command -v oha >/dev/null || cargo install oha --locked
 cargo build --release --quiet
+# `run.sh overload ...` and `run.sh failover ...` run those scenarios instead
+# of the matrix (each script's --help says what it measures).
+case "${1:-}" in
+  overload|failover) script="$1"; shift; exec python3 "benches/load/$script.py" "$@" ;;
+esac
 exec python3 benches/load/run.py "$@"

@@ -153,14 +153,6 @@ define!(
     "overloaded: adaptive\n",
     "21"
 );
-define!(
-    SHED_MEMORY,
-    "503",
-    "Service Unavailable",
-    "Retry-After: 1\r\n",
-    "overloaded: memory\n",
-    "19"
-);
 
 /// The canned response for a shed request or connection.
 pub fn for_shed(why: crate::error::Shed) -> &'static Canned {
@@ -172,7 +164,6 @@ pub fn for_shed(why: crate::error::Shed) -> &'static Canned {
         Shed::QueueFull => &SHED_QUEUE_FULL,
         Shed::QueueTimeout => &SHED_QUEUE_TIMEOUT,
         Shed::Adaptive => &SHED_ADAPTIVE,
-        Shed::Memory => &SHED_MEMORY,
     }
 }
 

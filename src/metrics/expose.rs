@@ -133,11 +133,17 @@ fn shedding(out: &mut String, reg: &Registry) {
         out,
         "ringlb_shed_total",
         "counter",
-        "Requests and connections shed with a 503 (or closed), by reason.",
+        "Requests and connections shed with a 503 (or closed), by reason, per worker.",
     );
     for why in crate::error::Shed::ALL {
-        let v = sum(reg, |w| w.shed[why as usize].get());
-        let _ = writeln!(out, "ringlb_shed_total{{reason=\"{}\"}} {v}", why.label());
+        for (i, w) in reg.workers.iter().enumerate() {
+            let v = w.shed[why as usize].get();
+            let _ = writeln!(
+                out,
+                "ringlb_shed_total{{reason=\"{}\",worker=\"{i}\"}} {v}",
+                why.label()
+            );
+        }
     }
     family(
         out,
