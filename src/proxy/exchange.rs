@@ -169,7 +169,7 @@ async fn admit<'u>(
         Admit::Shed(why) => Err(ProxyError::Shed(why)),
         Admit::Queued(wait) => match client
             .reader
-            .until_closed_within(upstream.queue_timeout, wait)
+            .until_closed_within(upstream.queue_wait(), wait)
             .await
         {
             Watched::Done(()) => {

@@ -12,6 +12,16 @@
 //! leaves (timeout, client gone) frees its entry at once, and its handle left
 //! in the ring is skipped.
 //!
+//! A queue absorbs bursts; under overload that lasts, a FIFO never empties
+//! and adds its whole timeout to every admitted request. So when the queue
+//! has not been empty once during a whole `queue_timeout` (a standing queue,
+//! after CoDel), it switches to overload mode (adaptive LIFO, after
+//! Facebook's servers): a freed slot goes to the newest waiter, and new
+//! waiters wait at most `STANDING_WAIT_MS` (`queue_wait`), so admitted
+//! requests keep about the servers' own latency and the excess is shed
+//! within milliseconds. The mode ends after an interval in which the queue
+//! was empty at some moment.
+//!
 //! Limits are per worker: the process-wide `max_in_flight` and `queue_size`
 //! are split across workers (`share`), so no counter is shared between threads.
 
@@ -109,9 +119,18 @@ impl WaitQueue {
         Some(h)
     }
 
-    /// Grants the oldest live waiter (wakes it); false if there is none.
-    fn grant_oldest(&mut self) -> bool {
-        while let Some(h) = self.order.pop_front() {
+    /// Grants the oldest live waiter (the newest when `newest_first`) and
+    /// wakes it; false if there is none.
+    fn grant_next(&mut self, newest_first: bool) -> bool {
+        loop {
+            let next = if newest_first {
+                self.order.pop_back()
+            } else {
+                self.order.pop_front()
+            };
+            let Some(h) = next else {
+                return false;
+            };
             if !self.is_live(h) {
                 continue;
             }
@@ -123,7 +142,6 @@ impl WaitQueue {
             }
             return true;
         }
-        false
     }
 
     /// Frees an entry (its waiter took its grant or left).
@@ -151,6 +169,21 @@ pub enum Refused {
     QueueFull,
 }
 
+/// The longest wait in a standing queue (ms; the timing wheel adds up to two
+/// 10 ms ticks).
+pub const STANDING_WAIT_MS: u64 = 10;
+
+/// Standing-queue detection over intervals of `queue_timeout`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Standing {
+    /// When the current interval began (ms).
+    since_ms: u64,
+    /// The queue was empty at some point in this interval.
+    drained: bool,
+    /// Overload mode: newest waiter first, short waits.
+    on: bool,
+}
+
 /// One pool's admission state in one worker.
 #[derive(Debug)]
 pub struct Admission {
@@ -160,18 +193,63 @@ pub struct Admission {
     limit: Cell<u32>,
     in_flight: Cell<u32>,
     queue: RefCell<WaitQueue>,
+    /// The standing-queue interval (the queue timeout, ms).
+    interval_ms: u64,
+    standing: Cell<Standing>,
 }
 
 impl Admission {
     /// `limit`: this worker's share of `max_in_flight` (None: unlimited);
-    /// `queue`: its share of `queue_size`.
-    pub fn new(limit: Option<u32>, queue: u32) -> Admission {
+    /// `queue`: its share of `queue_size`; `queue_timeout_ms`: the longest
+    /// wait, also the standing-queue interval.
+    pub fn new(limit: Option<u32>, queue: u32, queue_timeout_ms: u64) -> Admission {
         let configured = limit.unwrap_or(u32::MAX);
         Admission {
             configured,
             limit: Cell::new(configured),
             in_flight: Cell::new(0),
             queue: RefCell::new(WaitQueue::new(queue)),
+            interval_ms: queue_timeout_ms.max(1),
+            // Nothing seen yet: not standing.
+            standing: Cell::new(Standing {
+                drained: true,
+                ..Standing::default()
+            }),
+        }
+    }
+
+    /// Whether the queue is standing (overload mode, see the module doc).
+    pub fn is_standing(&self) -> bool {
+        self.standing.get().on
+    }
+
+    /// How long a request entering the queue now may wait: `configured`, or
+    /// `STANDING_WAIT_MS` while the queue is standing.
+    pub fn queue_wait(&self, configured: std::time::Duration) -> std::time::Duration {
+        if self.is_standing() {
+            configured.min(std::time::Duration::from_millis(STANDING_WAIT_MS))
+        } else {
+            configured
+        }
+    }
+
+    /// Closes a standing-queue interval when one is due at `now_ms`.
+    fn observe(&self, now_ms: u64) {
+        let mut st = self.standing.get();
+        if now_ms.saturating_sub(st.since_ms) >= self.interval_ms {
+            st.on = !st.drained;
+            st.since_ms = now_ms;
+            st.drained = self.queue.borrow().waiting == 0;
+            self.standing.set(st);
+        }
+    }
+
+    /// Notes an empty queue (it drained in this interval).
+    fn note_drained(&self) {
+        if self.queue.borrow().waiting == 0 {
+            let mut st = self.standing.get();
+            st.drained = true;
+            self.standing.set(st);
         }
     }
 
@@ -199,7 +277,7 @@ impl Admission {
     pub fn set_limit(&self, limit: u32, room: &dyn Room) {
         self.limit.set(limit.min(self.configured).max(1));
         while self.in_flight.get() < self.limit.get() && room.room() {
-            if !self.queue.borrow_mut().grant_oldest() {
+            if !self.queue.borrow_mut().grant_next(self.is_standing()) {
                 break;
             }
             self.in_flight.set(self.in_flight.get() + 1);
@@ -210,16 +288,17 @@ impl Admission {
     /// this request (`room`: the caller's own condition, such as a server
     /// with room under a per-server limit); otherwise queues the request, or
     /// refuses it when there is no queue or it is full.
-    pub fn enter(&self, room: bool) -> Result<Entered, Refused> {
+    pub fn enter(&self, room: bool, now_ms: u64) -> Result<Entered, Refused> {
         let queue_empty = self.queue.borrow().waiting == 0;
         if queue_empty && room && self.in_flight.get() < self.limit.get() {
             self.in_flight.set(self.in_flight.get() + 1);
             return Ok(Entered::Now);
         }
-        let mut q = self.queue.borrow_mut();
-        if q.entries.is_empty() {
+        if self.queue.borrow().entries.is_empty() {
             return Err(Refused::Limit);
         }
+        self.observe(now_ms);
+        let mut q = self.queue.borrow_mut();
         match q.push() {
             Some(h) => Ok(Entered::Queued(Queued { handle: h })),
             None => Err(Refused::QueueFull),
@@ -231,8 +310,9 @@ impl Admission {
     pub fn leave(&self, room: bool) {
         if room
             && self.in_flight.get() <= self.limit.get()
-            && self.queue.borrow_mut().grant_oldest()
+            && self.queue.borrow_mut().grant_next(self.is_standing())
         {
+            self.note_drained();
             return; // the permit moved to the waiter
         }
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
@@ -266,6 +346,7 @@ impl Admission {
         }
         let was = self.queue.borrow_mut().release(q.handle);
         q.handle.index = u32::MAX;
+        self.note_drained();
         was == WaitState::Granted
     }
 }
@@ -353,6 +434,49 @@ mod tests {
         Pin::new(f).poll(&mut Context::from_waker(waker))
     }
 
+    #[test]
+    fn a_standing_queue_serves_the_newest_with_short_waits_until_it_drains() {
+        // Limit 1, queue 3, queue_timeout 100 ms.
+        let a = Admission::new(Some(1), 3, 100);
+        let long = std::time::Duration::from_millis(100);
+        let waker = Waker::noop();
+        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
+        let mut w1 = Wait::new(&a, queued(a.enter(true, 10)), &AnyRoom);
+        // A burst that drains within the interval: not standing.
+        a.leave(true);
+        assert!(poll(&mut w1, waker).is_ready());
+        drop(w1);
+        // Each interval so far saw the queue empty (at 120 before w2 came).
+        let mut w2 = Wait::new(&a, queued(a.enter(true, 120)), &AnyRoom);
+        let mut w3 = Wait::new(&a, queued(a.enter(true, 240)), &AnyRoom);
+        assert!(!a.is_standing());
+        assert_eq!(a.queue_wait(long), long);
+        // [240, 350) never saw the queue empty: standing from here.
+        let mut w4 = Wait::new(&a, queued(a.enter(true, 350)), &AnyRoom);
+        assert!(a.is_standing());
+        assert_eq!(a.queue_wait(long).as_millis() as u64, STANDING_WAIT_MS);
+        // Newest first while standing.
+        a.leave(true);
+        assert!(poll(&mut w4, waker).is_ready());
+        assert!(poll(&mut w2, waker).is_pending() && poll(&mut w3, waker).is_pending());
+        drop(w4);
+        // The queue empties (its waiters leave or are served) ...
+        a.leave(true);
+        assert!(poll(&mut w3, waker).is_ready());
+        drop((w2, w3));
+        // ... so the next interval ends the mode: oldest first again.
+        let _w5 = Wait::new(&a, queued(a.enter(true, 470)), &AnyRoom);
+        assert!(!a.is_standing());
+    }
+
+    #[test]
+    fn a_fresh_queue_is_not_standing_however_late_its_first_wait() {
+        let a = Admission::new(Some(1), 2, 100);
+        assert!(matches!(a.enter(true, 5_000_000), Ok(Entered::Now)));
+        let _w = queued(a.enter(true, 5_000_001));
+        assert!(!a.is_standing());
+    }
+
     fn queued(e: Result<Entered, Refused>) -> Queued {
         match e {
             Ok(Entered::Queued(q)) => q,
@@ -373,25 +497,25 @@ mod tests {
 
     #[test]
     fn limit_without_queue_refuses_and_a_leave_makes_room() {
-        let a = Admission::new(Some(2), 0);
-        assert!(matches!(a.enter(true), Ok(Entered::Now)));
-        assert!(matches!(a.enter(true), Ok(Entered::Now)));
-        assert_eq!(a.enter(true).unwrap_err(), Refused::Limit);
+        let a = Admission::new(Some(2), 0, 100);
+        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
+        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
+        assert_eq!(a.enter(true, 0).unwrap_err(), Refused::Limit);
         a.leave(true);
-        assert!(matches!(a.enter(true), Ok(Entered::Now)));
+        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
         assert_eq!(a.in_flight(), 2);
     }
 
     #[test]
     fn waiters_are_granted_first_in_first_out_and_newcomers_queue_behind() {
-        let a = Admission::new(Some(1), 3);
+        let a = Admission::new(Some(1), 3, 100);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
-        assert!(matches!(a.enter(true), Ok(Entered::Now)));
-        let mut w1 = Wait::new(&a, queued(a.enter(true)), &AnyRoom);
-        let mut w2 = Wait::new(&a, queued(a.enter(true)), &AnyRoom);
-        let mut w3 = Wait::new(&a, queued(a.enter(true)), &AnyRoom);
-        assert_eq!(a.enter(true).unwrap_err(), Refused::QueueFull);
+        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
+        let mut w1 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
+        let mut w2 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
+        let mut w3 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
+        assert_eq!(a.enter(true, 0).unwrap_err(), Refused::QueueFull);
         assert!(poll(&mut w1, &waker).is_pending());
         assert!(poll(&mut w2, &waker).is_pending());
         assert!(poll(&mut w3, &waker).is_pending());
@@ -402,7 +526,7 @@ mod tests {
         assert!(poll(&mut w2, &waker).is_pending());
         // A newcomer while w2 and w3 wait queues behind them (the queue has
         // room again: w1's entry was freed when it took its permit).
-        let mut w4 = Wait::new(&a, queued(a.enter(true)), &AnyRoom);
+        let mut w4 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
         a.leave(true);
         assert!(poll(&mut w2, &waker).is_ready());
         assert!(poll(&mut w3, &waker).is_pending());
@@ -413,18 +537,18 @@ mod tests {
 
     #[test]
     fn a_waiter_that_leaves_frees_its_place_and_passes_on_a_grant() {
-        let a = Admission::new(Some(1), 2);
+        let a = Admission::new(Some(1), 2, 100);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
-        assert!(matches!(a.enter(true), Ok(Entered::Now)));
-        let mut w1 = Wait::new(&a, queued(a.enter(true)), &AnyRoom);
-        let mut w2 = Wait::new(&a, queued(a.enter(true)), &AnyRoom);
+        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
+        let mut w1 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
+        let mut w2 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
         assert!(poll(&mut w1, &waker).is_pending());
         assert!(poll(&mut w2, &waker).is_pending());
         // w1 times out before any grant: its place is free at once.
         drop(w1);
         assert_eq!(a.queued(), 1);
-        let w3 = Wait::new(&a, queued(a.enter(true)), &AnyRoom);
+        let w3 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
         // The permit goes to w2 (w1's stale handle is skipped) ...
         a.leave(true);
         assert_eq!(a.queued(), 1);
@@ -438,10 +562,10 @@ mod tests {
 
     #[test]
     fn stale_handles_never_grow_the_ring() {
-        let a = Admission::new(Some(1), 4);
-        assert!(matches!(a.enter(true), Ok(Entered::Now)));
+        let a = Admission::new(Some(1), 4, 100);
+        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
         for _ in 0..1000 {
-            let w = Wait::new(&a, queued(a.enter(true)), &AnyRoom);
+            let w = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
             drop(w);
         }
         let q = a.queue.borrow();
@@ -451,11 +575,11 @@ mod tests {
 
     #[test]
     fn a_raised_limit_admits_waiters_and_a_lowered_one_holds_them() {
-        let a = Admission::new(Some(4), 4);
+        let a = Admission::new(Some(4), 4, 100);
         a.set_limit(1, &AnyRoom);
-        assert!(matches!(a.enter(true), Ok(Entered::Now)));
-        let w1 = Wait::new(&a, queued(a.enter(true)), &AnyRoom);
-        let w2 = Wait::new(&a, queued(a.enter(true)), &AnyRoom);
+        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
+        let w1 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
+        let w2 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
         assert!(a.limit_is_adaptive());
         a.set_limit(3, &AnyRoom);
         assert_eq!(a.in_flight(), 3);

@@ -247,6 +247,7 @@ impl Upstream {
         let admission = Admission::new(
             limit,
             admission::share(Some(a.queue_size), workers, worker).unwrap_or(0),
+            a.queue_timeout.as_millis() as u64,
         );
         if let Some(g) = &adaptive {
             admission.set_limit(g.limit(), &admission::AnyRoom);
@@ -285,6 +286,13 @@ impl Upstream {
         }
     }
 
+    /// How long a request queued now may wait (`queue_timeout`, shorter
+    /// while the queue is standing: see `admission`).
+    #[inline]
+    pub fn queue_wait(&self) -> std::time::Duration {
+        self.admission.queue_wait(self.queue_timeout)
+    }
+
     /// The pool's position in the config (its metrics slot).
     #[inline]
     pub fn index(&self) -> usize {
@@ -294,7 +302,7 @@ impl Upstream {
     /// Admission before a server is picked: a permit now, a place in the
     /// queue, or the limit that sheds the request.
     pub fn admit(&self) -> Admit<'_> {
-        match self.admission.enter(self.room()) {
+        match self.admission.enter(self.room(), crate::deadline::now_ms()) {
             Ok(Entered::Now) => Admit::Now(Permit { up: self }),
             Ok(Entered::Queued(q)) => Admit::Queued(Wait::new(&self.admission, q, self)),
             Err(Refused::QueueFull) => Admit::Shed(Shed::QueueFull),
