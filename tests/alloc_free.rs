@@ -233,21 +233,6 @@ fn fast_503_when_no_server_is_up_does_not_allocate() {
     assert_eq!(n, 0, "allocations on the 503 path: {n}");
 }
 
-/// The value of one exact series on the admin listener's `/metrics`.
-fn metric(admin: SocketAddr, series: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.parse().unwrap())
-}
-
 #[test]
 fn shed_503_path_does_not_allocate() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -317,7 +302,7 @@ fn queued_requests_do_not_allocate() {
             .map(|t| t.join().unwrap())
     };
     let waited = || {
-        metric(
+        common::metric(
             admin,
             "ringlb_upstream_queued_requests_total{upstream=\"app\"}",
         )

@@ -8,7 +8,7 @@ mod common;
 
 use common::client::{Client, Response};
 use common::origin::{read_head, token_field, Origin, Stats};
-use common::{eventually, proxy_config, Ringlb};
+use common::{admin_get, eventually, metric, proxy_config, Ringlb};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -82,31 +82,7 @@ impl Steered {
     }
 }
 
-/// The value of one exact series on `/metrics` (0 if absent).
-fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.parse().unwrap())
-}
-
 /// Sheds for `reason`, summed over the workers (up to two in these tests).
-/// The admin listener's `/status` body.
-fn status(admin: SocketAddr) -> String {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
 fn shed(admin: SocketAddr, reason: &str) -> f64 {
     (0..2)
         .map(|w| {
@@ -293,7 +269,7 @@ fn the_queue_is_fifo_and_a_client_that_leaves_frees_its_place_at_once() {
     );
     assert_eq!(steered.peak_conns.load(Ordering::SeqCst), 1);
     assert_eq!(shed(admin, "queue_full"), 1.0);
-    let st = status(admin);
+    let st = admin_get(admin, "/status");
     assert!(
         st.contains("\"admission\":{\"limit_per_worker\":[1],\"queued\":")
             && st.contains("\"queue_full\":{\"total\":1,\"per_worker\":[1]}"),

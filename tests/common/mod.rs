@@ -318,3 +318,24 @@ impl Ringlb {
             .collect()
     }
 }
+
+/// `GET path` on the admin listener; returns the whole answer (head and body).
+pub fn admin_get(admin: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The value of one exact series on the admin listener's `/metrics` (0 if
+/// absent).
+pub fn metric(admin: SocketAddr, series: &str) -> f64 {
+    admin_get(admin, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
