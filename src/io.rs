@@ -146,7 +146,7 @@ impl Reader {
         f: F,
     ) -> Watched<F::Output> {
         let mut f = std::pin::pin!(f);
-        let deadline = crate::deadline::now_ms() + timeout.as_millis() as u64;
+        let deadline = crate::deadline::now_ms().saturating_add(timeout.as_millis() as u64);
         let mut checks = CLOSE_CHECKS
             .iter()
             .chain(std::iter::repeat(&CLOSE_CHECK_MAX));

@@ -589,3 +589,98 @@ fn the_adaptive_limit_falls_when_the_upstream_slows_and_recovers() {
         "the slowed origin still saw {slow_peak} at once"
     );
 }
+
+#[test]
+fn with_a_server_down_a_per_server_limit_still_queues_for_the_live_one() {
+    let live = Arc::new(Steered::default());
+    let origin = live.origin();
+    let config = proxy_config(
+        &[origin.addr, common::origin::dead_addr()],
+        "max_in_flight_per_server = 2\nqueue_size = 8\nqueue_timeout = \"5s\"\n\
+         response_timeout = \"30s\"\n[upstream.health_check]\ntype = \"tcp\"\n\
+         interval = \"100ms\"\ntimeout = \"100ms\"\nfall = 1",
+        ADMIN,
+    );
+    let (rl, admin) = start(&config);
+    eventually(
+        "the dead server marked down",
+        Duration::from_secs(10),
+        || rl.log_contains("up -> down"),
+    );
+    let mut clients: Vec<Client> = (0..6).map(|_| Client::connect(rl.addr())).collect();
+    for c in clients.iter_mut() {
+        send_get(c, "/gated");
+    }
+    eventually(
+        "two at the live server, four queued",
+        Duration::from_secs(5),
+        || {
+            live.arrived().len() == 2
+                && metric(admin, "ringlb_upstream_queued{upstream=\"app\"}") as usize == 4
+        },
+    );
+    live.release(6);
+    for c in clients.iter_mut() {
+        let r = c.read_response(false);
+        assert_eq!(
+            r.status,
+            200,
+            "queued for the live server, not shed: {}",
+            r.body_str()
+        );
+    }
+    assert_eq!(live.peak.load(Ordering::SeqCst), 2);
+    assert_eq!(shed(admin, "in_flight"), 0.0);
+}
+
+#[test]
+fn a_client_shed_while_it_still_sends_its_body_reads_the_503() {
+    let steered = Arc::new(Steered::default());
+    let origin = steered.origin();
+    let config = proxy_config(
+        &[origin.addr],
+        "max_in_flight = 1\nresponse_timeout = \"30s\"",
+        ADMIN,
+    );
+    let (rl, _admin) = start(&config);
+    let mut holder = Client::connect(rl.addr());
+    send_get(&mut holder, "/gated");
+    eventually("the held request", Duration::from_secs(5), || {
+        steered.arrived().len() == 1
+    });
+    // A client that writes its whole 4 MiB body before reading anything.
+    let mut s = TcpStream::connect(rl.addr()).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = vec![b'x'; 4 << 20];
+    s.write_all(
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let written = s.write_all(&body);
+    assert!(written.is_ok(), "the body was cut off: {written:?}");
+    let answer = raw_get_answer(&mut s);
+    assert!(
+        answer.starts_with("HTTP/1.1 503 ") && answer.contains("overloaded: in_flight"),
+        "{answer:?}"
+    );
+    steered.release(1);
+    assert_eq!(holder.read_response(false).status, 200);
+}
+
+/// Reads one answer (head and a short body) from a raw socket.
+fn raw_get_answer(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    let mut tmp = [0u8; 1024];
+    while !String::from_utf8_lossy(&out).contains("overloaded") {
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&tmp[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

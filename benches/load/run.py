@@ -32,6 +32,22 @@ LOGGING = {"ringlb-log", "nginx-log"}
 # comparisons): --ringlb-b PATH, --ringlb-c PATH.
 RINGLB_B = None
 RINGLB_C = None
+# --proxy-quota PCT: each proxy runs in a cgroup capped at PCT % of a core
+# (the proxy-bound topology of BENCHMARKING.md); None: uncapped.
+PROXY_QUOTA = None
+CGROUP = "/sys/fs/cgroup/cpu/ringlb-bench-proxy"
+
+
+def confine(pid):
+    """Moves every thread of `pid` into the capped cgroup (cgroup v1 cpu controller)."""
+    os.makedirs(CGROUP, exist_ok=True)
+    with open(os.path.join(CGROUP, "cpu.cfs_period_us"), "w") as f:
+        f.write("10000")
+    with open(os.path.join(CGROUP, "cpu.cfs_quota_us"), "w") as f:
+        f.write(str(int(PROXY_QUOTA * 100)))
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(os.path.join(CGROUP, "tasks"), "w") as f:
+            f.write(tid)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 WORKLOADS = {
@@ -43,6 +59,10 @@ WORKLOADS = {
     "64KiB-c50": ("/64k", 50, "wrk"),
     "fixed-10k": ("/", 50, "oha-rate"),
     "dead-c50": ("/", 50, "wrk-dead"),
+    # Many concurrent clients: throughput, CPU, p99 and RSS.
+    "13B-c3000": ("/", 3000, "wrk"),
+    # A new connection for every request (`Connection: close`): the accept path.
+    "close-c50": ("/", 50, "wrk-close"),
 }
 
 WRK_LUA = r"""
@@ -111,6 +131,8 @@ class Setup:
         time.sleep(0.1)
         if p.poll() is not None:
             raise RuntimeError(f"{name} exited at start: see {self.tmp}/{name}.log")
+        if PROXY_QUOTA and name != "origin":
+            confine(p.pid)
         return p
 
     def start_origin(self):
@@ -219,9 +241,11 @@ backend be
             self.stop(n)
 
 
-def run_wrk(port, path, conns, duration, lua):
+def run_wrk(port, path, conns, duration, lua, close=False):
     cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "-s", lua,
            f"http://127.0.0.1:{port}{path}"]
+    if close:
+        cmd[5:5] = ["-H", "Connection: close"]
     out = sh(cmd, timeout=duration + 60).stdout
     m = re.search(r"RESULT (.*)", out)
     if not m:
@@ -254,7 +278,7 @@ def measure(setup, target, workload, duration, lua):
     if kind == "oha-rate":
         r = run_oha_rate(port, path, conns, duration)
     else:
-        r = run_wrk(port, path, conns, duration, lua)
+        r = run_wrk(port, path, conns, duration, lua, close=kind == "wrk-close")
     p1, g1 = cpu_times(1), cpu_times(0)
     per_req = lambda key: (p1[key] - p0[key]) / CLK_TCK * 1e6 / max(1, r["requests"])
     busy_share = lambda a, b: (b["busy"] - a["busy"]) / max(1, b["total"] - a["total"])
@@ -341,9 +365,12 @@ def main():
     ap.add_argument("--ringlb-c", help="a third ringlb binary, run as target ringlb-c")
     ap.add_argument("--no-floor", action="store_true",
                     help="skip the no-proxy (direct) cell of the fixed-rate workloads")
+    ap.add_argument("--proxy-quota", type=float,
+                    help="run each proxy in a cgroup capped at this %% of a core (e.g. 40): the proxy-bound topology")
     ap.add_argument("--ringlb-extra", default="", help="top-level TOML lines added to ringlb's config, e.g. 'io = \"epoll\"'")
     args = ap.parse_args()
-    global RINGLB_B, RINGLB_C
+    global RINGLB_B, RINGLB_C, PROXY_QUOTA
+    PROXY_QUOTA = args.proxy_quota
     RINGLB_B = args.ringlb_b
     RINGLB_C = args.ringlb_c
     workloads = [w for w in args.workloads.split(",") if w]
@@ -402,6 +429,11 @@ def main():
     finally:
         live.stop_all()
         dead.stop_all()
+        if PROXY_QUOTA:
+            try:
+                os.rmdir(CGROUP)
+            except OSError:
+                pass
 
     workloads = [wl for wl in workloads if all(raw[wl][t] for t in cell_targets(wl))]
     for wl in workloads:

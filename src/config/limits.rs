@@ -72,11 +72,14 @@ impl Ctx<'_> {
             "queue_timeout",
             Duration::from_millis(100),
         )?;
+        // A disabled table is still checked: enabling it later must not
+        // uncover errors.
         let adaptive = match &up.adaptive_concurrency {
-            Some(a) if a.get_ref().enabled.unwrap_or(false) => {
-                Some(self.adaptive(a.get_ref(), max_in_flight)?)
+            Some(a) => {
+                let cfg = self.adaptive(a.get_ref(), max_in_flight)?;
+                a.get_ref().enabled.unwrap_or(false).then_some(cfg)
             }
-            _ => None,
+            None => None,
         };
         let cfg = AdmissionConfig {
             max_in_flight,
@@ -119,6 +122,23 @@ impl Ctx<'_> {
         if max_limit < min_limit {
             let span = a.max_limit.as_ref().map_or(0..0, |s| s.span());
             return Err(self.err(span, "max_limit", "must not be below min_limit"));
+        }
+        if let Some(cap) = max_in_flight {
+            // Limits apply per worker; max_in_flight caps them at its share.
+            if let (Some(m), true) = (&a.max_limit, max_limit > cap) {
+                return Err(self.err(
+                    m.span(),
+                    "max_limit",
+                    format!("{max_limit} is above max_in_flight ({cap}), which caps it"),
+                ));
+            }
+            if let (Some(m), true) = (&a.min_limit, min_limit > cap) {
+                return Err(self.err(
+                    m.span(),
+                    "min_limit",
+                    format!("{min_limit} is above max_in_flight ({cap})"),
+                ));
+            }
         }
         let initial_default = d.initial_limit.clamp(min_limit, max_limit);
         let initial_limit = self.int(
@@ -184,6 +204,24 @@ impl Ctx<'_> {
                 if below(n) {
                     let span = span.as_ref().map_or(0..0, |s| s.span());
                     return Err(self.err(span, key, message(n.unwrap_or(0))));
+                }
+            }
+            if let (Some(g), Some(cap)) = (&a.adaptive, a.max_in_flight) {
+                let share = cap as usize / workers;
+                if (g.min_limit as usize) > share {
+                    let span = r
+                        .adaptive_concurrency
+                        .as_ref()
+                        .and_then(|t| t.get_ref().min_limit.as_ref())
+                        .map_or(0..0, |s| s.span());
+                    return Err(self.err(
+                        span,
+                        "min_limit",
+                        format!(
+                            "{} is above each worker's share of max_in_flight ({share} = {cap} / {workers} workers)",
+                            g.min_limit
+                        ),
+                    ));
                 }
             }
             if a.queue_size > 0 && (a.queue_size as usize) < workers {

@@ -301,6 +301,9 @@ struct Ctx<'a> {
     file: &'a str,
 }
 
+/// The longest duration any key accepts (timers compute deadlines in
+/// milliseconds; nothing here needs more).
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 impl Ctx<'_> {
     fn position(&self, offset: usize) -> (usize, usize) {
         let before = &self.text[..offset.min(self.text.len())];
@@ -347,6 +350,9 @@ impl Ctx<'_> {
                 let d = parse_duration(s.get_ref()).map_err(|m| self.err(s.span(), key, m))?;
                 if d.is_zero() {
                     return Err(self.err(s.span(), key, "must be greater than zero"));
+                }
+                if d > MAX_DURATION {
+                    return Err(self.err(s.span(), key, "must be at most 720h (30 days)"));
                 }
                 Ok(d)
             }

@@ -151,3 +151,103 @@ fn check_refuses_every_address_collision_run_would_hit() {
         assert!(parse(&cfg(a, b, admin)).is_ok(), "{a} {b} {admin}");
     }
 }
+
+/// MINIMAL with `top` before the listener and `upstream` lines in the pool.
+fn limited(top: &str, upstream: &str) -> Result<Config, ConfigError> {
+    let text = format!("workers = 2\n{top}\n{MINIMAL}").replace(
+        "servers = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]",
+        &format!("servers = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]\n{upstream}"),
+    );
+    parse(&text)
+}
+
+#[test]
+fn shedding_keys_of_the_contract_parse() {
+    let c = limited(
+        "[limits]\nmax_connections = 1000\nmax_connections_per_ip = 20",
+        "max_in_flight = 40\nmax_in_flight_per_server = 30\nqueue_size = 100\nqueue_timeout = \"250ms\"\n\
+         [upstream.adaptive_concurrency]\nenabled = true\nmin_limit = 2\nmax_limit = 40\n\
+         initial_limit = 10\ntolerance = 1.5\nwindow = \"200ms\"",
+    )
+    .unwrap();
+    assert_eq!(c.limits.max_connections, Some(1000));
+    assert_eq!(c.limits.max_connections_per_ip, Some(20));
+    let a = &c.upstreams[0].admission;
+    assert_eq!(a.max_in_flight, Some(40));
+    assert_eq!(a.max_in_flight_per_server, Some(30));
+    assert_eq!(a.queue_size, 100);
+    assert_eq!(a.queue_timeout, Duration::from_millis(250));
+    let g = a.adaptive.unwrap();
+    assert_eq!((g.min_limit, g.max_limit, g.initial_limit), (2, 40, 10));
+    assert_eq!((g.tolerance, g.window_ms), (1.5, 200));
+    let d = limited("", "").unwrap();
+    assert_eq!(
+        d.limits.max_connections, None,
+        "derived from the open-file limit at start"
+    );
+    assert_eq!(d.upstreams[0].admission.queue_size, 0);
+    assert!(d.upstreams[0].admission.adaptive.is_none());
+}
+
+#[test]
+fn shedding_key_errors_name_the_key_and_line() {
+    let cases: [(&str, &str, &str, &str); 9] = [
+        ("", "queue_size = 10", "queue_size", "needs a limit"),
+        (
+            "",
+            "max_in_flight = 4\nqueue_timeout = \"1s\"",
+            "queue_timeout",
+            "queue_size",
+        ),
+        (
+            "",
+            "max_in_flight = 1",
+            "max_in_flight",
+            "below the number of workers",
+        ),
+        (
+            "[limits]\nmax_connections = 1",
+            "",
+            "max_connections",
+            "below the number of workers",
+        ),
+        (
+            "[limits]\nmax_connections_per_ip = 0",
+            "",
+            "max_connections_per_ip",
+            "",
+        ),
+        (
+            "",
+            "max_in_flight = 8\nqueue_size = 4\nqueue_timeout = \"100000h\"",
+            "queue_timeout",
+            "at most 720h",
+        ),
+        (
+            "",
+            "[upstream.adaptive_concurrency]\nenabled = false\nmin_limit = 5\nmax_limit = 2",
+            "max_limit",
+            "below min_limit",
+        ),
+        (
+            "",
+            "max_in_flight = 10\n[upstream.adaptive_concurrency]\nenabled = true\nmax_limit = 20",
+            "max_limit",
+            "above max_in_flight",
+        ),
+        (
+            "",
+            "max_in_flight = 10\n[upstream.adaptive_concurrency]\nenabled = true\nmin_limit = 6",
+            "min_limit",
+            "share",
+        ),
+    ];
+    for (top, upstream, key, says) in cases {
+        let e = limited(top, upstream).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:"), "{e}");
+        assert!(
+            e.contains(key) && e.contains(says),
+            "{top} / {upstream}: {e}"
+        );
+    }
+}

@@ -393,8 +393,23 @@ async fn answer_failure(
         canned.close
     };
     tally.answered(f.error.status().unwrap_or(0), bytes.len());
-    send_static(ctx, client, bytes, keep).await
+    let kept = send_static(ctx, client, bytes, keep).await;
+    if !keep && !f.client_reusable {
+        // The body was not read: let the client finish sending it (bounded)
+        // so that it reads the answer instead of meeting a reset.
+        client.writer.shutdown_write();
+        client
+            .reader
+            .discard_within(LINGER_TIME, LINGER_BYTES)
+            .await;
+    }
+    kept
 }
+
+/// A lingering close after an answer sent before the request body was read:
+/// at most this long, and this many bytes discarded.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 << 20;
 
 /// Answers a rejected request head and closes in stages: half-close, then drain
 /// what the client still sends (bounded), so the answer is not lost to a reset.

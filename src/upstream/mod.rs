@@ -118,13 +118,27 @@ impl Drop for Permit<'_> {
 }
 
 impl Room for Upstream {
-    /// With a per-server limit: some server has room under it.
+    /// With a per-server limit: some available server has room under it, or
+    /// none is available at all (the request then goes on to its fast 503
+    /// rather than waiting in the queue for a server that is not there).
     fn room(&self) -> bool {
-        self.per_server_limit == u32::MAX
-            || self
-                .servers
-                .iter()
-                .any(|s| s.inflight.get() < self.per_server_limit)
+        if self.per_server_limit == u32::MAX {
+            return true;
+        }
+        let view = View {
+            up: self,
+            now: Instant::now(),
+        };
+        let mut any_up = false;
+        for i in 0..self.servers.len() {
+            if view.up_and_in(i) {
+                any_up = true;
+                if self.servers[i].inflight.get() < self.per_server_limit {
+                    return true;
+                }
+            }
+        }
+        !any_up
     }
 }
 
@@ -145,6 +159,14 @@ struct View<'a> {
     now: Instant,
 }
 
+impl View<'_> {
+    /// Healthy and not ejected (whatever its load).
+    #[inline]
+    fn up_and_in(&self, i: usize) -> bool {
+        self.up.shared(i).is_healthy() && !self.up.servers[i].outlier.borrow().is_out(self.now)
+    }
+}
+
 impl Servers for View<'_> {
     #[inline]
     fn len(&self) -> usize {
@@ -153,10 +175,7 @@ impl Servers for View<'_> {
 
     #[inline]
     fn available(&self, i: usize) -> bool {
-        let s = &self.up.servers[i];
-        s.inflight.get() < self.up.per_server_limit
-            && self.up.shared(i).is_healthy()
-            && !s.outlier.borrow().is_out(self.now)
+        self.up.servers[i].inflight.get() < self.up.per_server_limit && self.up_and_in(i)
     }
 
     #[inline]
