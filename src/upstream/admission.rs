@@ -19,8 +19,9 @@
 //! Facebook's servers): a freed slot goes to the newest waiter, and new
 //! waiters wait at most `STANDING_WAIT_MS` (`queue_wait`), so admitted
 //! requests keep about the servers' own latency and the excess is shed
-//! within milliseconds. The mode ends after an interval in which the queue
-//! was empty at some moment.
+//! within milliseconds. The mode ends after an interval in which no waiter
+//! gave up (every one was served), so short lulls in a lasting overload do
+//! not bring back the long waits.
 //!
 //! Limits are per worker: the process-wide `max_in_flight` and `queue_size`
 //! are split across workers (`share`), so no counter is shared between threads.
@@ -180,6 +181,8 @@ struct Standing {
     since_ms: u64,
     /// The queue was empty at some point in this interval.
     drained: bool,
+    /// A waiter gave up (timed out or left) in this interval.
+    abandoned: bool,
     /// Overload mode: newest waiter first, short waits.
     on: bool,
 }
@@ -237,9 +240,10 @@ impl Admission {
     fn observe(&self, now_ms: u64) {
         let mut st = self.standing.get();
         if now_ms.saturating_sub(st.since_ms) >= self.interval_ms {
-            st.on = !st.drained;
+            st.on = if st.on { st.abandoned } else { !st.drained };
             st.since_ms = now_ms;
             st.drained = self.queue.borrow().waiting == 0;
+            st.abandoned = false;
             self.standing.set(st);
         }
     }
@@ -346,6 +350,11 @@ impl Admission {
         }
         let was = self.queue.borrow_mut().release(q.handle);
         q.handle.index = u32::MAX;
+        if was != WaitState::Granted {
+            let mut st = self.standing.get();
+            st.abandoned = true;
+            self.standing.set(st);
+        }
         self.note_drained();
         was == WaitState::Granted
     }
@@ -435,7 +444,7 @@ mod tests {
     }
 
     #[test]
-    fn a_standing_queue_serves_the_newest_with_short_waits_until_it_drains() {
+    fn a_standing_queue_serves_the_newest_with_short_waits_until_no_waiter_gives_up() {
         // Limit 1, queue 3, queue_timeout 100 ms.
         let a = Admission::new(Some(1), 3, 100);
         let long = std::time::Duration::from_millis(100);
@@ -460,13 +469,18 @@ mod tests {
         assert!(poll(&mut w4, waker).is_ready());
         assert!(poll(&mut w2, waker).is_pending() && poll(&mut w3, waker).is_pending());
         drop(w4);
-        // The queue empties (its waiters leave or are served) ...
         a.leave(true);
         assert!(poll(&mut w3, waker).is_ready());
         drop((w2, w3));
-        // ... so the next interval ends the mode: oldest first again.
-        let _w5 = Wait::new(&a, queued(a.enter(true, 470)), &AnyRoom);
-        assert!(!a.is_standing());
+        // A waiter gave up in this interval (w2): still standing.
+        let mut w5 = Wait::new(&a, queued(a.enter(true, 470)), &AnyRoom);
+        assert!(a.is_standing());
+        // An interval in which every waiter is served ends the mode.
+        a.leave(true);
+        assert!(poll(&mut w5, waker).is_ready());
+        drop(w5);
+        let _w6 = Wait::new(&a, queued(a.enter(true, 580)), &AnyRoom);
+        assert!(!a.is_standing(), "oldest first again");
     }
 
     #[test]
