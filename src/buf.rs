@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 use monoio::buf::{IoBuf, IoBufMut};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// Size of every pooled buffer. Large enough for typical request heads and a
 /// productive body read; the head limit (`max_head_bytes`) may grow one buffer.
@@ -17,6 +17,28 @@ const MAX_FREE: usize = 256;
 
 thread_local! {
     static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    /// Buffers of this thread out of its pool now, and the most a worker may
+    /// have out before it stops starting requests (`[limits] max_memory_mb`).
+    static OUT: Cell<usize> = const { Cell::new(0) };
+    static CAP: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Buffers one request may take (its head, the response, a streamed body, a
+/// tunnel's second direction): the headroom a new request needs under the cap.
+pub const PER_REQUEST: usize = 4;
+
+/// Caps this thread's buffers out at once (a worker's share of
+/// `max_memory_mb`, in buffers).
+pub fn set_cap(buffers: usize) {
+    CAP.with(|c| c.set(buffers));
+}
+
+/// Whether this thread may start a request: its buffers out plus a whole
+/// request's stay under the cap. Requests already running are never refused
+/// a buffer, so the cap holds to within `PER_REQUEST` buffers.
+#[inline]
+pub fn has_room_for_request() -> bool {
+    OUT.with(|o| o.get()) + PER_REQUEST <= CAP.with(|c| c.get())
 }
 
 /// Debug builds (the test suite's) count the buffers out of the pools, and
@@ -67,6 +89,7 @@ impl Buffer {
             .unwrap_or_else(|| BytesMut::with_capacity(BUF_SIZE));
         #[cfg(debug_assertions)]
         outstanding::taken();
+        OUT.with(|o| o.set(o.get() + 1));
         Buffer { bytes, pos: 0 }
     }
 
@@ -239,10 +262,12 @@ pub fn trim(keep: usize) {
 impl Drop for Buffer {
     fn drop(&mut self) {
         let mut bytes = std::mem::take(&mut self.bytes);
-        #[cfg(debug_assertions)]
-        if bytes.capacity() != 0 {
-            outstanding::returned();
+        if bytes.capacity() == 0 {
+            return; // a placeholder
         }
+        #[cfg(debug_assertions)]
+        outstanding::returned();
+        let _ = OUT.try_with(|o| o.set(o.get().saturating_sub(1)));
         if bytes.capacity() != BUF_SIZE {
             return; // grown for an oversize head: let it go
         }

@@ -29,16 +29,19 @@ pub enum Shed {
     QueueTimeout,
     /// The adaptive concurrency limit, below the configured one, is reached.
     Adaptive,
+    /// The worker's buffers are at its share of `max_memory_mb`.
+    Memory,
 }
 
 impl Shed {
-    pub const ALL: [Shed; 6] = [
+    pub const ALL: [Shed; 7] = [
         Shed::ConnLimit,
         Shed::IpLimit,
         Shed::InFlight,
         Shed::QueueFull,
         Shed::QueueTimeout,
         Shed::Adaptive,
+        Shed::Memory,
     ];
 
     pub fn label(self) -> &'static str {
@@ -49,13 +52,14 @@ impl Shed {
             Shed::QueueFull => "queue_full",
             Shed::QueueTimeout => "queue_timeout",
             Shed::Adaptive => "adaptive",
+            Shed::Memory => "memory",
         }
     }
 
     /// Whether the client connection is closed after the answer (the
     /// connection itself is what is over the limit).
     pub fn closes_client(self) -> bool {
-        matches!(self, Shed::ConnLimit | Shed::IpLimit)
+        matches!(self, Shed::ConnLimit | Shed::IpLimit | Shed::Memory)
     }
 }
 

@@ -684,3 +684,86 @@ fn raw_get_answer(s: &mut TcpStream) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[test]
+fn past_its_buffer_memory_a_worker_sheds_new_requests_and_serves_the_running_ones() {
+    let steered = Arc::new(Steered::default());
+    let origin = steered.origin();
+    // 1 MiB: 16 buffers of 64 KiB for the one worker.
+    let config = proxy_config(
+        &[origin.addr],
+        "response_timeout = \"30s\"",
+        &format!("[limits]\nmax_memory_mb = 1\n{ADMIN}"),
+    );
+    let (rl, admin) = start(&config);
+    let mut held = Vec::new();
+    let mut refused = None;
+    for n in 0..16 {
+        let mut s = TcpStream::connect(rl.addr()).unwrap();
+        s.write_all(b"GET /gated HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        // Either it reaches the origin, or it is shed at once.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if steered.arrived().len() == n + 1 {
+                held.push(s);
+                break;
+            }
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            let mut tmp = [0u8; 512];
+            if let Ok(k) = s.read(&mut tmp) {
+                refused = Some(String::from_utf8_lossy(&tmp[..k]).into_owned());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "request {n} neither held nor shed"
+            );
+        }
+        if refused.is_some() {
+            break;
+        }
+    }
+    let answer = refused.expect("16 buffers cannot hold 16 requests");
+    assert!(
+        answer.starts_with("HTTP/1.1 503 ")
+            && answer.contains("Connection: close")
+            && answer.ends_with("overloaded: memory\n"),
+        "{answer:?}"
+    );
+    // Each held request has at least one buffer out; a new one needs room
+    // for four under the cap of 16.
+    assert!(
+        (2..=12).contains(&held.len()),
+        "{} held before the cap",
+        held.len()
+    );
+    assert_eq!(shed(admin, "memory"), 1.0);
+    steered.release(held.len());
+    for s in held.iter_mut() {
+        let a = raw_get_answer_ok(s);
+        assert!(
+            a.starts_with("HTTP/1.1 200 "),
+            "running requests finish: {a:?}"
+        );
+    }
+    drop(held);
+    eventually("room again", Duration::from_secs(5), || {
+        let mut s = TcpStream::connect(rl.addr()).unwrap();
+        raw_get(&mut s).starts_with("HTTP/1.1 200 ")
+    });
+}
+
+/// Reads one answer's head from a raw socket.
+fn raw_get_answer_ok(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    let mut tmp = [0u8; 1024];
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&tmp[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

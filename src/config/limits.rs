@@ -13,6 +13,9 @@ pub struct LimitsConfig {
     /// None: derived from the open-file limit at start.
     pub max_connections: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
+    /// Buffer memory for the whole process, in MiB (split across workers):
+    /// past its share a worker sheds new requests (`Shed::Memory`).
+    pub max_memory_mb: Option<u32>,
 }
 
 /// One upstream's admission limits (see `upstream::admission`).
@@ -59,6 +62,7 @@ impl Ctx<'_> {
             max_connections: self.optional_count(&l.max_connections, "max_connections")?,
             max_connections_per_ip: self
                 .optional_count(&l.max_connections_per_ip, "max_connections_per_ip")?,
+            max_memory_mb: self.optional_count(&l.max_memory_mb, "max_memory_mb")?,
         })
     }
 
@@ -182,6 +186,14 @@ impl Ctx<'_> {
             format!("{n} is below the number of workers ({workers}): each worker enforces its share and needs at least 1")
         };
         if let Some(l) = &raw.limits {
+            if below(limits.max_memory_mb) {
+                let span = l.max_memory_mb.as_ref().map_or(0..0, |s| s.span());
+                return Err(self.err(
+                    span,
+                    "max_memory_mb",
+                    message(limits.max_memory_mb.unwrap_or(0)),
+                ));
+            }
             if below(limits.max_connections) {
                 let span = l.max_connections.as_ref().map_or(0..0, |s| s.span());
                 return Err(self.err(

@@ -112,6 +112,7 @@ pub struct RawAdaptive {
 pub struct RawLimits {
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_ip: Option<Spanned<i64>>,
+    pub max_memory_mb: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -164,7 +164,7 @@ fn limited(top: &str, upstream: &str) -> Result<Config, ConfigError> {
 #[test]
 fn shedding_keys_of_the_contract_parse() {
     let c = limited(
-        "[limits]\nmax_connections = 1000\nmax_connections_per_ip = 20",
+        "[limits]\nmax_connections = 1000\nmax_connections_per_ip = 20\nmax_memory_mb = 512",
         "max_in_flight = 40\nmax_in_flight_per_server = 30\nqueue_size = 100\nqueue_timeout = \"250ms\"\n\
          [upstream.adaptive_concurrency]\nenabled = true\nmin_limit = 2\nmax_limit = 40\n\
          initial_limit = 10\ntolerance = 1.5\nwindow = \"200ms\"",
@@ -172,6 +172,7 @@ fn shedding_keys_of_the_contract_parse() {
     .unwrap();
     assert_eq!(c.limits.max_connections, Some(1000));
     assert_eq!(c.limits.max_connections_per_ip, Some(20));
+    assert_eq!(c.limits.max_memory_mb, Some(512));
     let a = &c.upstreams[0].admission;
     assert_eq!(a.max_in_flight, Some(40));
     assert_eq!(a.max_in_flight_per_server, Some(30));
@@ -191,7 +192,13 @@ fn shedding_keys_of_the_contract_parse() {
 
 #[test]
 fn shedding_key_errors_name_the_key_and_line() {
-    let cases: [(&str, &str, &str, &str); 9] = [
+    let cases: [(&str, &str, &str, &str); 10] = [
+        (
+            "[limits]\nmax_memory_mb = 1",
+            "",
+            "max_memory_mb",
+            "below the number of workers",
+        ),
         ("", "queue_size = 10", "queue_size", "needs a limit"),
         (
             "",

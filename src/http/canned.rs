@@ -138,6 +138,14 @@ define!(
     "23"
 );
 define!(
+    SHED_MEMORY,
+    "503",
+    "Service Unavailable",
+    "Retry-After: 1\r\n",
+    "overloaded: memory\n",
+    "19"
+);
+define!(
     SHED_QUEUE_TIMEOUT,
     "503",
     "Service Unavailable",
@@ -164,6 +172,7 @@ pub fn for_shed(why: crate::error::Shed) -> &'static Canned {
         Shed::QueueFull => &SHED_QUEUE_FULL,
         Shed::QueueTimeout => &SHED_QUEUE_TIMEOUT,
         Shed::Adaptive => &SHED_ADAPTIVE,
+        Shed::Memory => &SHED_MEMORY,
     }
 }
 

@@ -70,6 +70,11 @@ fn connection(
                     if !matches!(ready.await, Some(Ok(()))) {
                         return;
                     }
+                    if !crate::buf::has_room_for_request() {
+                        let shed = Pooled::new(shed_for_memory(&ctx, listener, &mut client));
+                        shed.await;
+                        return;
+                    }
                     match first_bytes(&mut client) {
                         Ok(Some(buf)) => {
                             inbuf = buf;
@@ -142,6 +147,30 @@ async fn handle_request(
     };
     observe::finish(ctx, ip, &tally);
     keep
+}
+
+/// A request the worker has no buffer room for (`max_memory_mb`): its 503
+/// with `Connection: close`, then a bounded linger. Reads nothing into a
+/// buffer (the request is never parsed).
+async fn shed_for_memory(ctx: &WorkerCtx, listener: usize, client: &mut Conn) {
+    let why = crate::error::Shed::Memory;
+    ctx.metrics.shed(why);
+    let name = &ctx.metrics.layout.listeners[listener];
+    ctx.shed_log.shed(why, format_args!("listener {name}"));
+    let canned = canned::for_shed(why);
+    if client
+        .writer
+        .write_static(canned.close, ctx.client.write_timeout)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    client.writer.shutdown_write();
+    client
+        .reader
+        .discard_within(Duration::from_secs(1), 64 * 1024)
+        .await;
 }
 
 /// After readiness: the next request's first bytes, read with a direct `recv`

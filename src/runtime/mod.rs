@@ -174,6 +174,11 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
                 IN_WORKER.with(|w| w.set(true));
                 let cap = crate::upstream::admission::share(Some(max_connections), workers, id);
                 conn_limit::install(cap.unwrap_or(1), config.limits.max_connections_per_ip);
+                if let Some(mb) =
+                    crate::upstream::admission::share(config.limits.max_memory_mb, workers, id)
+                {
+                    crate::buf::set_cap(mb as usize * (1 << 20) / crate::buf::BUF_SIZE);
+                }
                 Buffer::prefill(crate::memory::BASE_FREE);
                 crate::pooled::prefill(crate::memory::BASE_FREE);
                 rt.block_on(async move {
