@@ -33,9 +33,11 @@ pub fn set_cap(buffers: usize) {
     CAP.with(|c| c.set(buffers));
 }
 
-/// Whether this thread may start a request: its buffers out plus a whole
-/// request's stay under the cap. Requests already running are never refused
-/// a buffer, so the cap holds to within `PER_REQUEST` buffers.
+/// Whether this thread may start a request: its buffers counted (those out,
+/// plus what running requests reserved) and a whole request's stay under
+/// the cap. Running requests are never refused a buffer; the reservation
+/// keeps them within the cap (a request's buffers beyond its head are
+/// counted twice while out, which errs on the safe side).
 #[inline]
 pub fn has_room_for_request() -> bool {
     OUT.with(|o| o.get()) + PER_REQUEST <= CAP.with(|c| c.get())
@@ -79,6 +81,9 @@ pub mod outstanding {
 pub struct Buffer {
     bytes: BytesMut,
     pos: usize,
+    /// Buffers counted for this one beyond itself (a request's head buffer
+    /// reserves the rest of its request's share, see `take_for_request`).
+    reserved: u8,
 }
 
 impl Buffer {
@@ -90,7 +95,22 @@ impl Buffer {
         #[cfg(debug_assertions)]
         outstanding::taken();
         OUT.with(|o| o.set(o.get() + 1));
-        Buffer { bytes, pos: 0 }
+        Buffer {
+            bytes,
+            pos: 0,
+            reserved: 0,
+        }
+    }
+
+    /// Takes the buffer a new request's head is read into, counting a whole
+    /// request's `PER_REQUEST` buffers against the cap until it is dropped:
+    /// requests that later take their other buffers unchecked then stay
+    /// within it (check `has_room_for_request` first).
+    pub fn take_for_request() -> Buffer {
+        let mut b = Buffer::take();
+        b.reserved = (PER_REQUEST - 1) as u8;
+        OUT.with(|o| o.set(o.get() + PER_REQUEST - 1));
+        b
     }
 
     /// Pre-fills this thread's pool so the first requests do not allocate.
@@ -194,6 +214,7 @@ impl Buffer {
         Buffer {
             bytes: BytesMut::new(),
             pos: 0,
+            reserved: 0,
         }
     }
 
@@ -267,7 +288,8 @@ impl Drop for Buffer {
         }
         #[cfg(debug_assertions)]
         outstanding::returned();
-        let _ = OUT.try_with(|o| o.set(o.get().saturating_sub(1)));
+        let counted = 1 + usize::from(self.reserved);
+        let _ = OUT.try_with(|o| o.set(o.get().saturating_sub(counted)));
         if bytes.capacity() != BUF_SIZE {
             return; // grown for an oversize head: let it go
         }
@@ -322,6 +344,32 @@ unsafe impl IoBufMut for Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_reservations_keep_a_worker_within_its_cap() {
+        set_cap(16);
+        // Each request: its head buffer (reserving four), then a response
+        // buffer taken unchecked.
+        let mut held = Vec::new();
+        while has_room_for_request() {
+            held.push((Buffer::take_for_request(), Buffer::take()));
+        }
+        let real = held.len() * 2;
+        assert_eq!(
+            held.len(),
+            3,
+            "16 counted buffers admit 3 requests of 4 (+1)"
+        );
+        // Even if every request took all four, the real buffers stay under the cap.
+        assert!(held.len() * PER_REQUEST <= 16 && real <= 16);
+        drop(held);
+        assert!(
+            has_room_for_request(),
+            "a dropped request gives its reservation back"
+        );
+        OUT.with(|o| assert_eq!(o.get(), 0));
+        set_cap(usize::MAX);
+    }
 
     #[test]
     fn consume_compact_and_recycle() {

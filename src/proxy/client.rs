@@ -178,7 +178,7 @@ async fn shed_for_memory(ctx: &WorkerCtx, listener: usize, client: &mut Conn) {
 /// a burst of clients closing at once returns each buffer as soon as its EOF
 /// is read. `Ok(None)`: nothing there after all; `Err`: the client is gone.
 fn first_bytes(client: &mut Conn) -> Result<Option<Buffer>, ()> {
-    let mut buf = Buffer::take();
+    let mut buf = Buffer::take_for_request();
     buf.reset_with_headroom(HEADROOM);
     match client.reader.read_now(&mut buf) {
         Some(ReadOutcome::Data(_)) => Ok(Some(buf)),

@@ -239,8 +239,17 @@ impl Admission {
     /// Closes a standing-queue interval when one is due at `now_ms`.
     fn observe(&self, now_ms: u64) {
         let mut st = self.standing.get();
-        if now_ms.saturating_sub(st.since_ms) >= self.interval_ms {
-            st.on = if st.on { st.abandoned } else { !st.drained };
+        let gap = now_ms.saturating_sub(st.since_ms);
+        if gap >= self.interval_ms {
+            st.on = if gap >= 2 * self.interval_ms {
+                // A whole interval passed in which no request had to queue:
+                // nothing stands (and a stale flag must not keep the mode).
+                false
+            } else if st.on {
+                st.abandoned
+            } else {
+                !st.drained
+            };
             st.since_ms = now_ms;
             st.drained = self.queue.borrow().waiting == 0;
             st.abandoned = false;
@@ -481,6 +490,23 @@ mod tests {
         drop(w5);
         let _w6 = Wait::new(&a, queued(a.enter(true, 580)), &AnyRoom);
         assert!(!a.is_standing(), "oldest first again");
+    }
+
+    #[test]
+    fn a_standing_queue_ends_after_a_quiet_interval_even_if_its_last_waiter_gave_up() {
+        let a = Admission::new(Some(1), 4, 100);
+        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
+        let w1 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
+        let _w2 = Wait::new(&a, queued(a.enter(true, 100)), &AnyRoom);
+        let w3 = Wait::new(&a, queued(a.enter(true, 200)), &AnyRoom);
+        assert!(a.is_standing());
+        drop((w1, w3)); // they gave up
+                        // Load stops; the next request that has to queue comes much later.
+        let _w4 = Wait::new(&a, queued(a.enter(true, 5_000)), &AnyRoom);
+        assert!(
+            !a.is_standing(),
+            "a burst after a quiet spell is absorbed again"
+        );
     }
 
     #[test]
