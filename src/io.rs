@@ -62,6 +62,30 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Sends a last answer (when there is one), half-closes, then reads and
+    /// drops what the peer still sends, at most `limit` bytes for `linger`:
+    /// a lingering close, so the peer reads the answer instead of meeting a
+    /// reset. Holds no buffer while it lingers.
+    pub async fn answer_and_linger(
+        &mut self,
+        answer: Option<&'static [u8]>,
+        write_timeout: Duration,
+        (linger, limit): (Duration, usize),
+    ) {
+        if let Some(bytes) = answer {
+            if self
+                .writer
+                .write_static(bytes, write_timeout)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        self.writer.shutdown_write();
+        self.reader.discard_within(linger, limit).await;
+    }
+
     pub fn new(stream: TcpStream) -> Conn {
         let (r, w) = stream.into_split();
         Conn {

@@ -293,21 +293,46 @@ fn the_queue_is_fifo_and_a_client_that_leaves_frees_its_place_at_once() {
     );
 }
 
-#[test]
-fn a_request_queued_past_its_deadline_gets_503_and_the_connection_stays_usable() {
+/// A steered origin behind ringlb (`upstream` keys for the pool) with one
+/// `/gated` request already held at the origin by `holder`.
+struct Held {
+    steered: Arc<Steered>,
+    _origin: Origin,
+    rl: Ringlb,
+    admin: SocketAddr,
+    holder: Client,
+}
+
+fn one_request_held(upstream: &str) -> Held {
     let steered = Arc::new(Steered::default());
     let origin = steered.origin();
-    let config = proxy_config(
-        &[origin.addr],
-        "max_in_flight = 1\nqueue_size = 1\nqueue_timeout = \"300ms\"\nresponse_timeout = \"30s\"",
-        ADMIN,
-    );
-    let (rl, admin) = start(&config);
+    let (rl, admin) = start(&proxy_config(&[origin.addr], upstream, ADMIN));
     let mut holder = Client::connect(rl.addr());
     send_get(&mut holder, "/gated");
     eventually("the held request", Duration::from_secs(5), || {
         steered.arrived().len() == 1
     });
+    Held {
+        steered,
+        _origin: origin,
+        rl,
+        admin,
+        holder,
+    }
+}
+
+#[test]
+fn a_request_queued_past_its_deadline_gets_503_and_the_connection_stays_usable() {
+    let Held {
+        steered,
+        _origin,
+        rl,
+        admin,
+        mut holder,
+        ..
+    } = one_request_held(
+        "max_in_flight = 1\nqueue_size = 1\nqueue_timeout = \"300ms\"\nresponse_timeout = \"30s\"",
+    );
     let mut waiter = Client::connect(rl.addr());
     let t = Instant::now();
     send_get(&mut waiter, "/");
@@ -652,19 +677,13 @@ fn with_a_server_down_a_per_server_limit_still_queues_for_the_live_one() {
 
 #[test]
 fn a_client_shed_while_it_still_sends_its_body_reads_the_503() {
-    let steered = Arc::new(Steered::default());
-    let origin = steered.origin();
-    let config = proxy_config(
-        &[origin.addr],
-        "max_in_flight = 1\nresponse_timeout = \"30s\"",
-        ADMIN,
-    );
-    let (rl, _admin) = start(&config);
-    let mut holder = Client::connect(rl.addr());
-    send_get(&mut holder, "/gated");
-    eventually("the held request", Duration::from_secs(5), || {
-        steered.arrived().len() == 1
-    });
+    let Held {
+        steered,
+        _origin,
+        rl,
+        mut holder,
+        ..
+    } = one_request_held("max_in_flight = 1\nresponse_timeout = \"30s\"");
     // A client that writes its whole 4 MiB body before reading anything.
     let mut s = TcpStream::connect(rl.addr()).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -157,19 +157,12 @@ async fn shed_for_memory(ctx: &WorkerCtx, listener: usize, client: &mut Conn) {
     ctx.metrics.shed(why);
     let name = &ctx.metrics.layout.listeners[listener];
     ctx.shed_log.shed(why, format_args!("listener {name}"));
-    let canned = canned::for_shed(why);
-    if client
-        .writer
-        .write_static(canned.close, ctx.client.write_timeout)
-        .await
-        .is_err()
-    {
-        return;
-    }
-    client.writer.shutdown_write();
     client
-        .reader
-        .discard_within(Duration::from_secs(1), 64 * 1024)
+        .answer_and_linger(
+            Some(canned::for_shed(why).close),
+            ctx.client.write_timeout,
+            (Duration::from_secs(1), 64 * 1024),
+        )
         .await;
 }
 
@@ -426,10 +419,8 @@ async fn answer_failure(
     if !keep && !f.client_reusable {
         // The body was not read: let the client finish sending it (bounded)
         // so that it reads the answer instead of meeting a reset.
-        client.writer.shutdown_write();
         client
-            .reader
-            .discard_within(LINGER_TIME, LINGER_BYTES)
+            .answer_and_linger(None, ctx.client.write_timeout, (LINGER_TIME, LINGER_BYTES))
             .await;
     }
     kept
@@ -444,27 +435,17 @@ const LINGER_BYTES: usize = 8 << 20;
 /// what the client still sends (bounded), so the answer is not lost to a reset.
 async fn reject(ctx: &WorkerCtx, client: &mut Conn, e: ProxyError, tally: &Tally) {
     tally.failed.set(Some(e));
-    if let Some(canned) = canned::for_error(e) {
+    let canned = canned::for_error(e);
+    if let Some(canned) = canned {
         tally.answered(e.status().unwrap_or(0), canned.close.len());
-        if client
-            .writer
-            .write_static(canned.close, ctx.client.write_timeout)
-            .await
-            .is_err()
-        {
-            return;
-        }
     }
-    client.writer.shutdown_write();
-    let mut sink = Buffer::take();
-    client.reader.arm(Duration::from_secs(2));
-    for _ in 0..64 {
-        sink.clear();
-        match client.reader.read_armed(&mut sink).await {
-            ReadOutcome::Data(_) => {}
-            _ => break,
-        }
-    }
+    client
+        .answer_and_linger(
+            canned.map(|c| c.close),
+            ctx.client.write_timeout,
+            (Duration::from_secs(2), 4 << 20),
+        )
+        .await;
 }
 
 #[cfg(test)]

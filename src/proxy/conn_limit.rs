@@ -160,19 +160,12 @@ pub async fn refuse(stream: monoio::net::TcpStream, why: Shed, write_timeout: st
         return; // too many lingering already: close at once
     };
     let mut conn = crate::io::Conn::new(stream);
-    let canned = crate::http::canned::for_shed(why);
-    if conn
-        .writer
-        .write_static(canned.close, write_timeout)
-        .await
-        .is_err()
-    {
-        return;
-    }
-    conn.writer.shutdown_write();
-    conn.reader
-        .discard_within(std::time::Duration::from_secs(1), 64 * 1024)
-        .await;
+    conn.answer_and_linger(
+        Some(crate::http::canned::for_shed(why).close),
+        write_timeout,
+        (std::time::Duration::from_secs(1), 64 * 1024),
+    )
+    .await;
 }
 
 #[cfg(test)]
