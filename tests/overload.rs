@@ -803,3 +803,37 @@ fn raw_get_answer_ok(s: &mut TcpStream) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[test]
+fn pausing_at_the_connection_cap_leaves_new_clients_waiting_until_a_slot_frees() {
+    let origin = Origin::start();
+    let config = proxy_config(
+        &[origin.addr],
+        "",
+        &format!("[limits]\nmax_connections = 10\nat_connection_cap = \"pause\"\n{ADMIN}"),
+    );
+    let (rl, admin) = start(&config);
+    let mut kept: Vec<Client> = (0..10).map(|_| Client::connect(rl.addr())).collect();
+    for c in kept.iter_mut() {
+        send_get(c, "/");
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    // The eleventh connects (the kernel's backlog) but is not served yet.
+    let mut late = TcpStream::connect(rl.addr()).unwrap();
+    late.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    late.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut tmp = [0u8; 256];
+    assert!(
+        matches!(late.read(&mut tmp), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "served or refused while the cap is held"
+    );
+    // A slot frees: the waiting client is accepted and served.
+    drop(kept.pop());
+    let t = Instant::now();
+    let answer = raw_get_answer_ok(&mut late);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(shed(admin, "conn_limit"), 0.0, "nothing refused");
+}

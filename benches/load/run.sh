@@ -17,9 +17,9 @@ fi
 (systemctl stop nginx haproxy 2>/dev/null || true)
 command -v oha >/dev/null || cargo install oha --locked
 cargo build --release --quiet
-# `run.sh overload ...` and `run.sh failover ...` run those scenarios instead
+# `run.sh overload|failover|conn_cap ...` run those scenarios instead
 # of the matrix (each script's --help says what it measures).
 case "${1:-}" in
-  overload|failover) script="$1"; shift; exec python3 "benches/load/$script.py" "$@" ;;
+  overload|failover|conn_cap) script="$1"; shift; exec python3 "benches/load/$script.py" "$@" ;;
 esac
 exec python3 benches/load/run.py "$@"

@@ -16,6 +16,9 @@ pub struct LimitsConfig {
     /// Buffer memory for the whole process, in MiB (split across workers):
     /// past its share a worker sheds new requests (`Shed::Memory`).
     pub max_memory_mb: Option<u32>,
+    /// At `max_connections`: answer new connections 503 + close, or stop
+    /// accepting until a connection closes.
+    pub pause_at_cap: bool,
 }
 
 /// One upstream's admission limits (see `upstream::admission`).
@@ -63,6 +66,20 @@ impl Ctx<'_> {
             max_connections_per_ip: self
                 .optional_count(&l.max_connections_per_ip, "max_connections_per_ip")?,
             max_memory_mb: self.optional_count(&l.max_memory_mb, "max_memory_mb")?,
+            pause_at_cap: match &l.at_connection_cap {
+                None => false,
+                Some(v) => match v.get_ref().as_str() {
+                    "refuse" => false,
+                    "pause" => true,
+                    other => {
+                        return Err(self.err(
+                            v.span(),
+                            "at_connection_cap",
+                            format!("{other:?}: expected \"refuse\" or \"pause\""),
+                        ))
+                    }
+                },
+            },
         })
     }
 

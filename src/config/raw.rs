@@ -113,6 +113,7 @@ pub struct RawLimits {
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_ip: Option<Spanned<i64>>,
     pub max_memory_mb: Option<Spanned<i64>>,
+    pub at_connection_cap: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -192,7 +192,13 @@ fn shedding_keys_of_the_contract_parse() {
 
 #[test]
 fn shedding_key_errors_name_the_key_and_line() {
-    let cases: [(&str, &str, &str, &str); 10] = [
+    let cases: [(&str, &str, &str, &str); 11] = [
+        (
+            "[limits]\nat_connection_cap = \"wait\"",
+            "",
+            "at_connection_cap",
+            "expected \"refuse\" or \"pause\"",
+        ),
         (
             "[limits]\nmax_memory_mb = 1",
             "",

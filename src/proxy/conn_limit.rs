@@ -23,11 +23,15 @@ use std::collections::HashMap;
 
 struct Limits {
     cap: u32,
+    /// At the cap, stop accepting instead of refusing (`at_connection_cap`).
+    pause: bool,
     open: Cell<u32>,
     /// None: no per-address cap.
     per_ip: Option<PerIp>,
     /// Connections being refused right now (each lingers briefly).
     refusing: Cell<u32>,
+    /// Refusals answered in the current window: (window start ms, count).
+    refused: Cell<(u64, u32)>,
 }
 
 /// The per-address cap and the connections each address holds now.
@@ -42,7 +46,7 @@ thread_local! {
 
 /// Sets this worker's caps (call once at worker start). `cap`: its share of
 /// `max_connections`.
-pub fn install(cap: u32, per_ip: Option<u32>) {
+pub fn install(cap: u32, per_ip: Option<u32>, pause: bool) {
     let per_ip = per_ip.map(|n| {
         let room = (cap as usize).saturating_mul(2).min(1 << 22);
         PerIp {
@@ -53,9 +57,11 @@ pub fn install(cap: u32, per_ip: Option<u32>) {
     LIMITS.with(|l| {
         *l.borrow_mut() = Some(Limits {
             cap,
+            pause,
             open: Cell::new(0),
             per_ip,
             refusing: Cell::new(0),
+            refused: Cell::new((0, 0)),
         })
     });
 }
@@ -119,6 +125,47 @@ impl Drop for ConnSlot {
     }
 }
 
+/// Refusals a worker answers per `REFUSAL_WINDOW_MS` (500 a second): a
+/// client that reconnects at once after its 503 would otherwise turn every
+/// refusal into another accept, answer and close, and the storm would take
+/// the worker from the connections it serves (measured: 10x fewer answers
+/// for them, `bench-results/*conn-cap*`). Past the budget the worker stops
+/// accepting until the window ends or a connection closes.
+const REFUSALS_PER_WINDOW: u32 = 50;
+const REFUSAL_WINDOW_MS: u64 = 100;
+
+/// Whether this worker should stop accepting for now: it holds its share
+/// and either pauses at its cap (`at_connection_cap = "pause"`) or has
+/// answered its budget of refusals in this window.
+pub fn paused(now_ms: u64) -> bool {
+    LIMITS.with(|l| {
+        l.borrow().as_ref().is_some_and(|l| {
+            let (start, n) = l.refused.get();
+            let spent = now_ms < start + REFUSAL_WINDOW_MS && n >= REFUSALS_PER_WINDOW;
+            l.open.get() >= l.cap && (l.pause || spent)
+        })
+    })
+}
+
+/// Takes one refusal from this window's budget; false when it is spent
+/// (the connection is then closed unanswered).
+pub fn take_refusal(now_ms: u64) -> bool {
+    LIMITS.with(|l| {
+        let l = l.borrow();
+        let Some(l) = l.as_ref() else {
+            return true;
+        };
+        let (start, n) = l.refused.get();
+        let (start, n) = if now_ms >= start + REFUSAL_WINDOW_MS {
+            (now_ms, 0)
+        } else {
+            (start, n)
+        };
+        l.refused.set((start, n.saturating_add(1)));
+        n < REFUSALS_PER_WINDOW
+    })
+}
+
 /// Client connections this worker holds now.
 pub fn open() -> u32 {
     LIMITS.with(|l| l.borrow().as_ref().map_or(0, |l| l.open.get()))
@@ -179,7 +226,7 @@ mod tests {
 
     #[test]
     fn caps_per_worker_and_per_address_and_slots_come_back() {
-        install(3, Some(2));
+        install(3, Some(2), false);
         let a1 = admit(ip("127.0.0.1")).unwrap();
         let a2 = admit(ip("127.0.0.1")).unwrap();
         assert_eq!(admit(ip("127.0.0.1")).err(), Some(Shed::IpLimit));

@@ -173,7 +173,11 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
                 crate::metrics::set_current(metrics.clone());
                 IN_WORKER.with(|w| w.set(true));
                 let cap = crate::upstream::admission::share(Some(max_connections), workers, id);
-                conn_limit::install(cap.unwrap_or(1), config.limits.max_connections_per_ip);
+                conn_limit::install(
+                    cap.unwrap_or(1),
+                    config.limits.max_connections_per_ip,
+                    config.limits.pause_at_cap,
+                );
                 if let Some(mb) =
                     crate::upstream::admission::share(config.limits.max_memory_mb, workers, id)
                 {
@@ -480,6 +484,15 @@ async fn accept_loop(
     cancel: monoio::io::CancelHandle,
 ) {
     loop {
+        // At the cap, with `at_connection_cap = "pause"` or this window's
+        // refusals spent: leave new connections in the kernel's backlog
+        // until one of ours closes (or the next window).
+        while conn_limit::paused(crate::deadline::now_ms()) {
+            if ctx.draining.get() {
+                return;
+            }
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => match conn_limit::admit(ClientIp::new(peer.ip())) {
                 Ok(slot) => {
@@ -491,8 +504,10 @@ async fn accept_loop(
                     ctx.metrics.shed(why);
                     let listener = &ctx.metrics.layout.listeners[idx];
                     ctx.shed_log.shed(why, format_args!("listener {listener}"));
-                    let refuse = conn_limit::refuse(stream, why, ctx.client.write_timeout);
-                    monoio::spawn(crate::contain::CatchUnwind::new(refuse));
+                    if conn_limit::take_refusal(crate::deadline::now_ms()) {
+                        let refuse = conn_limit::refuse(stream, why, ctx.client.write_timeout);
+                        monoio::spawn(crate::contain::CatchUnwind::new(refuse));
+                    } // else: past the refusal budget, closed unanswered
                 }
             },
             Err(_) if ctx.draining.get() => return,
