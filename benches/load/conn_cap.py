@@ -33,24 +33,8 @@ name = "app"
 servers = ["127.0.0.1:{bench.ORIGIN_PORT}"]
 """)
         return ["taskset", "-c", "1", os.path.join(bench.ROOT, "target/release/ringlb"), "--config", conf]
-    conf = s.write("haproxy-cap.cfg", f"""
-global
-  nbthread 1
-defaults
-  mode http
-  retries 0
-  timeout connect 3s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 300s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{port}
-  maxconn {cap}
-  default_backend be
-backend be
-  server s1 127.0.0.1:{bench.ORIGIN_PORT}
-""")
+    conf = s.write("haproxy-cap.cfg", bench.haproxy_config(
+        port, f"server s1 127.0.0.1:{bench.ORIGIN_PORT}", frontend=f"maxconn {cap}"))
     return ["taskset", "-c", "1", "haproxy", "-db", "-f", conf]
 
 

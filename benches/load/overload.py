@@ -65,25 +65,8 @@ http {{ access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
     proxy_set_header Connection ""; proxy_next_upstream off; }} }} }}
 """)
         return ["taskset", "-c", "1", "nginx", "-p", tmp, "-c", conf]
-    conf = s.write("haproxy-overload.cfg", f"""
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  retries 0
-  timeout connect 3s
-  timeout client 60s
-  timeout server 60s
-  timeout queue 100ms
-  timeout http-keep-alive 300s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend be
-backend be
-  server s1 127.0.0.1:{ORIGIN} maxconn {LIMIT} maxqueue {QUEUE}
-""")
+    conf = s.write("haproxy-overload.cfg", bench.haproxy_config(
+        port, f"server s1 127.0.0.1:{ORIGIN} maxconn {LIMIT} maxqueue {QUEUE}", defaults="timeout queue 100ms"))
     return ["taskset", "-c", "1", "haproxy", "-db", "-f", conf]
 
 

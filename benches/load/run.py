@@ -111,6 +111,30 @@ def wait_port(port, timeout=10.0):
     raise RuntimeError(f"port {port} did not open")
 
 
+def haproxy_config(port, server, defaults="", frontend=""):
+    """The benchmarks' HAProxy: one thread, keep-alive both ways, no retries;
+    `server` is the backend's server line, `defaults` and `frontend` extra lines."""
+    extra = lambda lines: "".join(f"\n  {l}" for l in lines.splitlines() if l)
+    return f"""
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  retries 0
+  timeout connect 3s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 300s
+  http-reuse always{extra(defaults)}
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be{extra(frontend)}
+backend be
+  {server}
+"""
+
+
 class Setup:
     def __init__(self, tmp, upstream_port, nginx_keepalive, ringlb_extra=""):
         self.tmp, self.procs = tmp, {}
@@ -197,24 +221,7 @@ http {{
 """)
             cmd = ["taskset", "-c", "1", "nginx", "-p", self.tmp, "-c", conf]
         else:
-            conf = self.write("haproxy.cfg", f"""
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  retries 0
-  timeout connect 3s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 300s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend be
-backend be
-  server s1 127.0.0.1:{up}
-""")
+            conf = self.write("haproxy.cfg", haproxy_config(port, f"server s1 127.0.0.1:{up}"))
             cmd = ["taskset", "-c", "1", "haproxy", "-db", "-f", conf]
         return self.start(name, cmd, port)
 
