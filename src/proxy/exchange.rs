@@ -13,15 +13,14 @@ use super::route::RouteAction;
 use super::tally::Tally;
 use super::WorkerCtx;
 use crate::buf::Buffer;
-use crate::error::Shed;
 use crate::error::{Origin, ProxyError};
 use crate::http::request::Method;
 use crate::http::Framing;
-use crate::io::{self, Conn, ConnectError, Watched};
+use crate::io::{self, Conn, ConnectError};
 use crate::metrics::ConnectFailure;
 use crate::pooled::Pooled;
 use crate::upstream::pool::UpstreamConn;
-use crate::upstream::{Admit, Outcome, Permit, Server, Upstream};
+use crate::upstream::{Outcome, Server, Upstream};
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
@@ -133,7 +132,7 @@ pub async fn forward(
         // connection after the keep-alive race, or to another server.
         resendable: body_done && (req.method.is_idempotent() || upstream.retry_non_idempotent),
     };
-    let permit = match admit(ctx, upstream, client).await {
+    let permit = match super::admit::admit(ctx, upstream, client).await {
         Ok(p) => p,
         Err(error) => {
             if let ProxyError::Shed(why) = error {
@@ -154,32 +153,6 @@ pub async fn forward(
         _ => {}
     }
     result
-}
-
-/// A permit for one of the pool's in-flight slots: at once, after a wait in
-/// the queue, or the overload error that sheds the request. A client that
-/// closes while queued leaves the queue at once.
-async fn admit<'u>(
-    ctx: &WorkerCtx,
-    upstream: &'u Upstream,
-    client: &Conn,
-) -> Result<Permit<'u>, ProxyError> {
-    match upstream.admit() {
-        Admit::Now(p) => Ok(p),
-        Admit::Shed(why) => Err(ProxyError::Shed(why)),
-        Admit::Queued(wait) => match client
-            .reader
-            .until_closed_within(upstream.queue_wait(), wait)
-            .await
-        {
-            Watched::Done(()) => {
-                ctx.metrics.waited[upstream.index()].inc();
-                Ok(Permit::granted(upstream))
-            }
-            Watched::TimedOut => Err(ProxyError::Shed(Shed::QueueTimeout)),
-            Watched::Closed => Err(ProxyError::ClientGone),
-        },
-    }
 }
 
 /// `forward` once the request holds a permit.

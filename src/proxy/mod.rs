@@ -6,6 +6,7 @@
 //! { direct answer | forward: upstream write -> [body pump || response relay] }
 //! -> back to idle if both sides allow keep-alive, else close.
 
+mod admit;
 pub mod body;
 pub mod client;
 pub mod conn_limit;
