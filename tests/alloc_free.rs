@@ -249,14 +249,11 @@ fn shed_503_path_does_not_allocate() {
         c.send(b"GET /slow/2500 HTTP/1.1\r\nHost: x\r\n\r\n");
         c.read_response(false).status
     });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while origin.requests() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the slow request never arrived"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    common::eventually(
+        "the slow request at the origin",
+        std::time::Duration::from_secs(10),
+        || origin.requests() > 0,
+    );
     let n = count_over(
         addr,
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",

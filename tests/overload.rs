@@ -428,17 +428,31 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 /// Connects, sends a GET, and returns the answer read from a raw socket
 /// (a refused connection is answered before the request is read).
 fn raw_get(s: &mut TcpStream) -> String {
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    read_answer(s)
+}
+
+/// Reads one answer from a raw socket: its head and a Content-Length body
+/// (less if the connection ends first).
+fn read_answer(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut out = Vec::new();
     let mut tmp = [0u8; 1024];
-    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = common::origin::header(&text[..end], "content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if out.len() >= end + 4 + length {
+                return text;
+            }
+        }
         match s.read(&mut tmp) {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return text,
             Ok(n) => out.extend_from_slice(&tmp[..n]),
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -698,27 +712,13 @@ fn a_client_shed_while_it_still_sends_its_body_reads_the_503() {
     .unwrap();
     let written = s.write_all(&body);
     assert!(written.is_ok(), "the body was cut off: {written:?}");
-    let answer = raw_get_answer(&mut s);
+    let answer = read_answer(&mut s);
     assert!(
         answer.starts_with("HTTP/1.1 503 ") && answer.contains("overloaded: in_flight"),
         "{answer:?}"
     );
     steered.release(1);
     assert_eq!(holder.read_response(false).status, 200);
-}
-
-/// Reads one answer (head and a short body) from a raw socket.
-fn raw_get_answer(s: &mut TcpStream) -> String {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut out = Vec::new();
-    let mut tmp = [0u8; 1024];
-    while !String::from_utf8_lossy(&out).contains("overloaded") {
-        match s.read(&mut tmp) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&tmp[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[test]
@@ -777,7 +777,7 @@ fn past_its_buffer_memory_a_worker_sheds_new_requests_and_serves_the_running_one
     assert_eq!(shed(admin, "memory"), 1.0);
     steered.release(held.len());
     for s in held.iter_mut() {
-        let a = raw_get_answer_ok(s);
+        let a = read_answer(s);
         assert!(
             a.starts_with("HTTP/1.1 200 "),
             "running requests finish: {a:?}"
@@ -788,20 +788,6 @@ fn past_its_buffer_memory_a_worker_sheds_new_requests_and_serves_the_running_one
         let mut s = TcpStream::connect(rl.addr()).unwrap();
         raw_get(&mut s).starts_with("HTTP/1.1 200 ")
     });
-}
-
-/// Reads one answer's head from a raw socket.
-fn raw_get_answer_ok(s: &mut TcpStream) -> String {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut out = Vec::new();
-    let mut tmp = [0u8; 1024];
-    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut tmp) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&tmp[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[test]
@@ -832,7 +818,7 @@ fn pausing_at_the_connection_cap_leaves_new_clients_waiting_until_a_slot_frees()
     // A slot frees: the waiting client is accepted and served.
     drop(kept.pop());
     let t = Instant::now();
-    let answer = raw_get_answer_ok(&mut late);
+    let answer = read_answer(&mut late);
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
     assert!(t.elapsed() < Duration::from_secs(2));
     assert_eq!(shed(admin, "conn_limit"), 0.0, "nothing refused");

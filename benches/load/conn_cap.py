@@ -58,10 +58,7 @@ def main():
     try:
         for k in range(args.reps):
             for name in names[k % len(names):] + names[:k % len(names)]:
-                p = subprocess.Popen(proxy_cmd(tmp, name, args.cap), stdout=subprocess.DEVNULL,
-                                     stderr=open(os.path.join(tmp, name + ".log"), "w"))
-                bench.wait_port(PROXY[name])
-                time.sleep(0.2)
+                p = bench.spawn(tmp, name, proxy_cmd(tmp, name, args.cap), PROXY[name])
                 c0 = bench.cpu_times(1)
                 w = bench.run_wrk(PROXY[name], "/", args.conns, args.duration, lua)
                 c1 = bench.cpu_times(1)

@@ -29,15 +29,6 @@ PROXY = {"ringlb": 18080, "nginx": 18082, "haproxy": 18083, "ringlb-q0": 18084}
 LIMIT, QUEUE, DELAY_MS = 20, 50, 50
 
 
-def start(tmp, name, cmd, port):
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, name + ".log"), "w"))
-    bench.wait_port(port)
-    time.sleep(0.2)
-    if p.poll() is not None:
-        raise RuntimeError(f"{name} exited at start: see {tmp}/{name}.log")
-    return p
-
-
 def proxy_cmd(tmp, name):
     s, port = bench.Setup(tmp, 0, 0), PROXY[name]
     if name.startswith("ringlb"):
@@ -97,7 +88,7 @@ def pct(values, p):
 
 
 def one(tmp, name, duration, lua, rate, conns):
-    p = None if name == "direct" else start(tmp, name, proxy_cmd(tmp, name), PROXY[name])
+    p = None if name == "direct" else bench.spawn(tmp, name, proxy_cmd(tmp, name), PROXY[name])
     port = ORIGIN if name == "direct" else PROXY[name]
     r = {}
     if p:
@@ -143,7 +134,7 @@ def main():
     lua = os.path.join(tmp, "report.lua")
     with open(lua, "w") as f:
         f.write(bench.WRK_LUA)
-    origin = start(tmp, "origin", ["taskset", "-c", "0", sys.executable,
+    origin = bench.spawn(tmp, "origin", ["taskset", "-c", "0", sys.executable,
                                    os.path.join(os.path.dirname(os.path.abspath(__file__)), "slow_origin.py"),
                                    str(ORIGIN), str(DELAY_MS)], ORIGIN)
     names = ["ringlb", "nginx", "haproxy", "ringlb-q0"]

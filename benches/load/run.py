@@ -111,6 +111,16 @@ def wait_port(port, timeout=10.0):
     raise RuntimeError(f"port {port} did not open")
 
 
+def spawn(tmp, name, cmd, port):
+    """Starts a process logging to TMP/NAME.log and waits until PORT accepts."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, name + ".log"), "w"))
+    wait_port(port)
+    time.sleep(0.2)
+    if p.poll() is not None:
+        raise RuntimeError(f"{name} exited at start: see {tmp}/{name}.log")
+    return p
+
+
 def haproxy_config(port, server, defaults="", frontend=""):
     """The benchmarks' HAProxy: one thread, keep-alive both ways, no retries;
     `server` is the backend's server line, `defaults` and `frontend` extra lines."""

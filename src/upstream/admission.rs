@@ -301,7 +301,9 @@ impl Admission {
     /// this request (`room`: the caller's own condition, such as a server
     /// with room under a per-server limit); otherwise queues the request, or
     /// refuses it when there is no queue or it is full.
-    pub fn enter(&self, room: bool, now_ms: u64) -> Result<Entered, Refused> {
+    /// `now_ms` is read only when the request cannot enter at once (the
+    /// common path reads no clock).
+    pub fn enter(&self, room: bool, now_ms: impl FnOnce() -> u64) -> Result<Entered, Refused> {
         let queue_empty = self.queue.borrow().waiting == 0;
         if queue_empty && room && self.in_flight.get() < self.limit.get() {
             self.in_flight.set(self.in_flight.get() + 1);
@@ -310,7 +312,7 @@ impl Admission {
         if self.queue.borrow().entries.is_empty() {
             return Err(Refused::Limit);
         }
-        self.observe(now_ms);
+        self.observe(now_ms());
         let mut q = self.queue.borrow_mut();
         match q.push() {
             Some(h) => Ok(Entered::Queued(Queued { handle: h })),
@@ -458,19 +460,19 @@ mod tests {
         let a = Admission::new(Some(1), 3, 100);
         let long = std::time::Duration::from_millis(100);
         let waker = Waker::noop();
-        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
-        let mut w1 = Wait::new(&a, queued(a.enter(true, 10)), &AnyRoom);
+        assert!(matches!(a.enter(true, || 0), Ok(Entered::Now)));
+        let mut w1 = Wait::new(&a, queued(a.enter(true, || 10)), &AnyRoom);
         // A burst that drains within the interval: not standing.
         a.leave(true);
         assert!(poll(&mut w1, waker).is_ready());
         drop(w1);
         // Each interval so far saw the queue empty (at 120 before w2 came).
-        let mut w2 = Wait::new(&a, queued(a.enter(true, 120)), &AnyRoom);
-        let mut w3 = Wait::new(&a, queued(a.enter(true, 240)), &AnyRoom);
+        let mut w2 = Wait::new(&a, queued(a.enter(true, || 120)), &AnyRoom);
+        let mut w3 = Wait::new(&a, queued(a.enter(true, || 240)), &AnyRoom);
         assert!(!a.is_standing());
         assert_eq!(a.queue_wait(long), long);
         // [240, 350) never saw the queue empty: standing from here.
-        let mut w4 = Wait::new(&a, queued(a.enter(true, 350)), &AnyRoom);
+        let mut w4 = Wait::new(&a, queued(a.enter(true, || 350)), &AnyRoom);
         assert!(a.is_standing());
         assert_eq!(a.queue_wait(long).as_millis() as u64, STANDING_WAIT_MS);
         // Newest first while standing.
@@ -482,27 +484,27 @@ mod tests {
         assert!(poll(&mut w3, waker).is_ready());
         drop((w2, w3));
         // A waiter gave up in this interval (w2): still standing.
-        let mut w5 = Wait::new(&a, queued(a.enter(true, 470)), &AnyRoom);
+        let mut w5 = Wait::new(&a, queued(a.enter(true, || 470)), &AnyRoom);
         assert!(a.is_standing());
         // An interval in which every waiter is served ends the mode.
         a.leave(true);
         assert!(poll(&mut w5, waker).is_ready());
         drop(w5);
-        let _w6 = Wait::new(&a, queued(a.enter(true, 580)), &AnyRoom);
+        let _w6 = Wait::new(&a, queued(a.enter(true, || 580)), &AnyRoom);
         assert!(!a.is_standing(), "oldest first again");
     }
 
     #[test]
     fn a_standing_queue_ends_after_a_quiet_interval_even_if_its_last_waiter_gave_up() {
         let a = Admission::new(Some(1), 4, 100);
-        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
-        let w1 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
-        let _w2 = Wait::new(&a, queued(a.enter(true, 100)), &AnyRoom);
-        let w3 = Wait::new(&a, queued(a.enter(true, 200)), &AnyRoom);
+        assert!(matches!(a.enter(true, || 0), Ok(Entered::Now)));
+        let w1 = Wait::new(&a, queued(a.enter(true, || 0)), &AnyRoom);
+        let _w2 = Wait::new(&a, queued(a.enter(true, || 100)), &AnyRoom);
+        let w3 = Wait::new(&a, queued(a.enter(true, || 200)), &AnyRoom);
         assert!(a.is_standing());
         drop((w1, w3)); // they gave up
                         // Load stops; the next request that has to queue comes much later.
-        let _w4 = Wait::new(&a, queued(a.enter(true, 5_000)), &AnyRoom);
+        let _w4 = Wait::new(&a, queued(a.enter(true, || 5_000)), &AnyRoom);
         assert!(
             !a.is_standing(),
             "a burst after a quiet spell is absorbed again"
@@ -512,8 +514,8 @@ mod tests {
     #[test]
     fn a_fresh_queue_is_not_standing_however_late_its_first_wait() {
         let a = Admission::new(Some(1), 2, 100);
-        assert!(matches!(a.enter(true, 5_000_000), Ok(Entered::Now)));
-        let _w = queued(a.enter(true, 5_000_001));
+        assert!(matches!(a.enter(true, || 5_000_000), Ok(Entered::Now)));
+        let _w = queued(a.enter(true, || 5_000_001));
         assert!(!a.is_standing());
     }
 
@@ -538,11 +540,11 @@ mod tests {
     #[test]
     fn limit_without_queue_refuses_and_a_leave_makes_room() {
         let a = Admission::new(Some(2), 0, 100);
-        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
-        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
-        assert_eq!(a.enter(true, 0).unwrap_err(), Refused::Limit);
+        assert!(matches!(a.enter(true, || 0), Ok(Entered::Now)));
+        assert!(matches!(a.enter(true, || 0), Ok(Entered::Now)));
+        assert_eq!(a.enter(true, || 0).unwrap_err(), Refused::Limit);
         a.leave(true);
-        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
+        assert!(matches!(a.enter(true, || 0), Ok(Entered::Now)));
         assert_eq!(a.in_flight(), 2);
     }
 
@@ -551,11 +553,11 @@ mod tests {
         let a = Admission::new(Some(1), 3, 100);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
-        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
-        let mut w1 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
-        let mut w2 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
-        let mut w3 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
-        assert_eq!(a.enter(true, 0).unwrap_err(), Refused::QueueFull);
+        assert!(matches!(a.enter(true, || 0), Ok(Entered::Now)));
+        let mut w1 = Wait::new(&a, queued(a.enter(true, || 0)), &AnyRoom);
+        let mut w2 = Wait::new(&a, queued(a.enter(true, || 0)), &AnyRoom);
+        let mut w3 = Wait::new(&a, queued(a.enter(true, || 0)), &AnyRoom);
+        assert_eq!(a.enter(true, || 0).unwrap_err(), Refused::QueueFull);
         assert!(poll(&mut w1, &waker).is_pending());
         assert!(poll(&mut w2, &waker).is_pending());
         assert!(poll(&mut w3, &waker).is_pending());
@@ -566,7 +568,7 @@ mod tests {
         assert!(poll(&mut w2, &waker).is_pending());
         // A newcomer while w2 and w3 wait queues behind them (the queue has
         // room again: w1's entry was freed when it took its permit).
-        let mut w4 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
+        let mut w4 = Wait::new(&a, queued(a.enter(true, || 0)), &AnyRoom);
         a.leave(true);
         assert!(poll(&mut w2, &waker).is_ready());
         assert!(poll(&mut w3, &waker).is_pending());
@@ -580,15 +582,15 @@ mod tests {
         let a = Admission::new(Some(1), 2, 100);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
-        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
-        let mut w1 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
-        let mut w2 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
+        assert!(matches!(a.enter(true, || 0), Ok(Entered::Now)));
+        let mut w1 = Wait::new(&a, queued(a.enter(true, || 0)), &AnyRoom);
+        let mut w2 = Wait::new(&a, queued(a.enter(true, || 0)), &AnyRoom);
         assert!(poll(&mut w1, &waker).is_pending());
         assert!(poll(&mut w2, &waker).is_pending());
         // w1 times out before any grant: its place is free at once.
         drop(w1);
         assert_eq!(a.queued(), 1);
-        let w3 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
+        let w3 = Wait::new(&a, queued(a.enter(true, || 0)), &AnyRoom);
         // The permit goes to w2 (w1's stale handle is skipped) ...
         a.leave(true);
         assert_eq!(a.queued(), 1);
@@ -603,9 +605,9 @@ mod tests {
     #[test]
     fn stale_handles_never_grow_the_ring() {
         let a = Admission::new(Some(1), 4, 100);
-        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
+        assert!(matches!(a.enter(true, || 0), Ok(Entered::Now)));
         for _ in 0..1000 {
-            let w = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
+            let w = Wait::new(&a, queued(a.enter(true, || 0)), &AnyRoom);
             drop(w);
         }
         let q = a.queue.borrow();
@@ -617,9 +619,9 @@ mod tests {
     fn a_raised_limit_admits_waiters_and_a_lowered_one_holds_them() {
         let a = Admission::new(Some(4), 4, 100);
         a.set_limit(1, &AnyRoom);
-        assert!(matches!(a.enter(true, 0), Ok(Entered::Now)));
-        let w1 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
-        let w2 = Wait::new(&a, queued(a.enter(true, 0)), &AnyRoom);
+        assert!(matches!(a.enter(true, || 0), Ok(Entered::Now)));
+        let w1 = Wait::new(&a, queued(a.enter(true, || 0)), &AnyRoom);
+        let w2 = Wait::new(&a, queued(a.enter(true, || 0)), &AnyRoom);
         assert!(a.limit_is_adaptive());
         a.set_limit(3, &AnyRoom);
         assert_eq!(a.in_flight(), 3);

@@ -78,7 +78,7 @@ pub struct Upstream {
     /// Adaptive concurrency: the limit in force follows latency.
     adaptive: Option<RefCell<Gradient>>,
     /// How long a request may wait in the queue.
-    pub queue_timeout: Duration,
+    queue_timeout: Duration,
 }
 
 /// What admission decided for a request (see `Upstream::admit`).
@@ -321,7 +321,7 @@ impl Upstream {
     /// Admission before a server is picked: a permit now, a place in the
     /// queue, or the limit that sheds the request.
     pub fn admit(&self) -> Admit<'_> {
-        match self.admission.enter(self.room(), crate::deadline::now_ms()) {
+        match self.admission.enter(self.room(), crate::deadline::now_ms) {
             Ok(Entered::Now) => Admit::Now(Permit { up: self }),
             Ok(Entered::Queued(q)) => Admit::Queued(Wait::new(&self.admission, q, self)),
             Err(Refused::QueueFull) => Admit::Shed(Shed::QueueFull),
