@@ -95,11 +95,11 @@ async fn answer(mut conn: Conn, state: &State) {
         }
     };
     conn.reader.disarm();
-    let mut out = Buffer::take();
+    let mut out = Buffer::take_large();
     out.clear();
     let text = reply.render();
     if out.spare() < text.len() {
-        out.reserve(text.len());
+        let _ = out.reserve(text.len()); // a large buffer always grows
     }
     out.extend(text.as_bytes());
     let n = out.len();

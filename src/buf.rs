@@ -1,5 +1,11 @@
-//! Per-worker buffer pool. Every buffer ringlb hands to the kernel comes from here
+//! Per-worker buffer pools. Every buffer ringlb hands to the kernel comes from here
 //! and returns here when dropped, so steady-state traffic allocates nothing.
+//!
+//! Two sizes: heads and small messages live in one-page buffers, and a buffer
+//! is enlarged to 64 KiB (its bytes copied into a large one) only where a
+//! body streams or a head outgrows a page. A busy connection with small
+//! requests and responses so costs two pages, not two 64 KiB blocks whose
+//! pages the allocator's own bookkeeping ends up touching.
 //!
 //! A `Buffer` is a fixed-capacity `BytesMut` plus a read cursor: bytes in
 //! `[pos, len)` are unconsumed data, `[len, capacity)` is free space for the next read.
@@ -8,39 +14,57 @@ use bytes::BytesMut;
 use monoio::buf::{IoBuf, IoBufMut};
 use std::cell::{Cell, RefCell};
 
-/// Size of every pooled buffer. Large enough for typical request heads and a
-/// productive body read; the head limit (`max_head_bytes`) may grow one buffer.
-pub const BUF_SIZE: usize = 64 * 1024;
+/// Size of a small buffer: one page, for heads and small messages.
+pub const SMALL_SIZE: usize = 4 * 1024;
 
-/// Free buffers kept per worker beyond which returned buffers are freed.
-const MAX_FREE: usize = 256;
+/// Size of a large buffer: a productive body read, and the most a response
+/// head may take. A request head up to `max_head_bytes` may grow one further.
+pub const LARGE_SIZE: usize = 64 * 1024;
+
+/// Free buffers of each size kept per worker beyond which returned ones are freed.
+const MAX_FREE_SMALL: usize = 1024;
+const MAX_FREE_LARGE: usize = 256;
 
 thread_local! {
-    static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-    /// Buffers of this thread out of its pool now, and the most a worker may
-    /// have out before it stops starting requests (`[limits] max_memory_mb`).
+    static FREE_SMALL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static FREE_LARGE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    /// Bytes of this thread's buffers out of its pools now (plus what running
+    /// requests reserved), and the most a worker may have out before it stops
+    /// starting requests (`[limits] max_memory_mb`).
     static OUT: Cell<usize> = const { Cell::new(0) };
     static CAP: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-/// Buffers one request may take (its head, the response, a streamed body, a
-/// tunnel's second direction): the headroom a new request needs under the cap.
+/// Small buffers one request may take without asking (its head, the
+/// response, a streamed body's, a tunnel's second direction): the room a new
+/// request needs under the cap. Enlarging any of them asks for room first.
 pub const PER_REQUEST: usize = 4;
 
-/// Caps this thread's buffers out at once (a worker's share of
-/// `max_memory_mb`, in buffers).
-pub fn set_cap(buffers: usize) {
-    CAP.with(|c| c.set(buffers));
+/// Caps the bytes of this thread's buffers out at once (a worker's share of
+/// `max_memory_mb`).
+pub fn set_cap(bytes: usize) {
+    CAP.with(|c| c.set(bytes));
 }
 
 /// Whether this thread may start a request: its buffers counted (those out,
 /// plus what running requests reserved) and a whole request's stay under
-/// the cap. Running requests are never refused a buffer; the reservation
-/// keeps them within the cap (a request's buffers beyond its head are
-/// counted twice while out, which errs on the safe side).
+/// the cap. Running requests are never refused a small buffer; the
+/// reservation keeps them within the cap (a request's buffers beyond its
+/// head are counted twice while out, which errs on the safe side).
 #[inline]
 pub fn has_room_for_request() -> bool {
-    OUT.with(|o| o.get()) + PER_REQUEST <= CAP.with(|c| c.get())
+    OUT.with(|o| o.get()) + PER_REQUEST * SMALL_SIZE <= CAP.with(|c| c.get())
+}
+
+/// Whether `extra` more bytes of buffers fit under this thread's cap.
+#[inline]
+fn has_room_for(extra: usize) -> bool {
+    OUT.with(|o| o.get()) + extra <= CAP.with(|c| c.get())
+}
+
+#[inline]
+fn count_out(bytes: usize) {
+    OUT.with(|o| o.set(o.get() + bytes));
 }
 
 /// Debug builds (the test suite's) count the buffers out of the pools, and
@@ -77,52 +101,135 @@ pub mod outstanding {
     }
 }
 
+/// The two buffer sizes, each with its own free list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Size {
+    Small,
+    Large,
+}
+
+impl Size {
+    #[inline]
+    fn bytes(self) -> usize {
+        match self {
+            Size::Small => SMALL_SIZE,
+            Size::Large => LARGE_SIZE,
+        }
+    }
+
+    fn pop(self) -> BytesMut {
+        let free = |f: &RefCell<Vec<BytesMut>>| f.borrow_mut().pop();
+        match self {
+            Size::Small => FREE_SMALL.with(free),
+            Size::Large => FREE_LARGE.with(free),
+        }
+        .unwrap_or_else(|| BytesMut::with_capacity(self.bytes()))
+    }
+
+    /// Keeps `bytes` (emptied) for reuse if its free list has room.
+    fn push(self, mut bytes: BytesMut) {
+        bytes.clear();
+        let keep = |max: usize| {
+            move |f: &RefCell<Vec<BytesMut>>| {
+                if let Ok(mut f) = f.try_borrow_mut() {
+                    if f.len() < max {
+                        f.push(bytes);
+                    }
+                }
+            }
+        };
+        // try_with: the pool may already be gone while a thread shuts down.
+        let _ = match self {
+            Size::Small => FREE_SMALL.try_with(keep(MAX_FREE_SMALL)),
+            Size::Large => FREE_LARGE.try_with(keep(MAX_FREE_LARGE)),
+        };
+    }
+}
+
 /// A pooled buffer. Dropping it returns the memory to this thread's pool.
 pub struct Buffer {
     bytes: BytesMut,
-    /// The read cursor (u32 keeps `Buffer` at 40 bytes with `reserved`: it
-    /// sits in every connection's task).
+    /// The read cursor (u32 keeps `Buffer` at 40 bytes with `reserved` and
+    /// `size`: it sits in every connection's task).
     pos: u32,
-    /// Buffers counted for this one beyond itself (a request's head buffer
-    /// reserves the rest of its request's share, see `take_for_request`).
+    /// Small buffers counted for this one beyond itself (a request's head
+    /// buffer reserves the rest of its request's share, see `take_for_request`).
     reserved: u8,
+    /// The size counted against the cap (and the free list it returns to).
+    size: Size,
 }
 
 impl Buffer {
-    /// Takes a buffer from this thread's pool (allocating only when it is empty).
-    pub fn take() -> Buffer {
-        let bytes = FREE
-            .with(|f| f.borrow_mut().pop())
-            .unwrap_or_else(|| BytesMut::with_capacity(BUF_SIZE));
+    fn take_sized(size: Size) -> Buffer {
+        let bytes = size.pop();
         #[cfg(debug_assertions)]
         outstanding::taken();
-        OUT.with(|o| o.set(o.get() + 1));
+        count_out(size.bytes());
         Buffer {
             bytes,
             pos: 0,
             reserved: 0,
+            size,
         }
     }
 
+    /// Takes a small buffer from this thread's pool (allocating only when it
+    /// is empty). It grows into a large one where needed (`enlarge`, `reserve`).
+    pub fn take() -> Buffer {
+        Buffer::take_sized(Size::Small)
+    }
+
+    /// Takes a large buffer (for output whose size is known to be large).
+    pub fn take_large() -> Buffer {
+        Buffer::take_sized(Size::Large)
+    }
+
     /// Takes the buffer a new request's head is read into, counting a whole
-    /// request's `PER_REQUEST` buffers against the cap until it is dropped:
-    /// requests that later take their other buffers unchecked then stay
-    /// within it (check `has_room_for_request` first).
+    /// request's `PER_REQUEST` small buffers against the cap until it is
+    /// dropped: requests that later take their other small buffers unchecked
+    /// then stay within it (check `has_room_for_request` first).
     pub fn take_for_request() -> Buffer {
         let mut b = Buffer::take();
         b.reserved = (PER_REQUEST - 1) as u8;
-        OUT.with(|o| o.set(o.get() + PER_REQUEST - 1));
+        count_out((PER_REQUEST - 1) * SMALL_SIZE);
         b
     }
 
-    /// Pre-fills this thread's pool so the first requests do not allocate.
+    /// Pre-fills this thread's pools so the first requests do not allocate:
+    /// `n` small buffers and `n` large ones.
     pub fn prefill(n: usize) {
-        FREE.with(|f| {
+        let fill = |f: &RefCell<Vec<BytesMut>>, max: usize, size: usize| {
             let mut f = f.borrow_mut();
-            while f.len() < n.min(MAX_FREE) {
-                f.push(BytesMut::with_capacity(BUF_SIZE));
+            while f.len() < n.min(max) {
+                f.push(BytesMut::with_capacity(size));
             }
-        });
+        };
+        FREE_SMALL.with(|f| fill(f, MAX_FREE_SMALL, SMALL_SIZE));
+        FREE_LARGE.with(|f| fill(f, MAX_FREE_LARGE, LARGE_SIZE));
+    }
+
+    /// Whether this is a small buffer (`enlarge` would make it large).
+    #[inline]
+    pub fn is_small(&self) -> bool {
+        self.size == Size::Small && self.bytes.capacity() > 0
+    }
+
+    /// Moves the data of a small buffer into a large one, if the worker's
+    /// memory cap has room for it (false otherwise, and for a buffer that is
+    /// not small). The bytes before the cursor (headroom) move too, so the
+    /// cursor keeps its offset.
+    pub fn enlarge(&mut self) -> bool {
+        if !self.is_small() || !has_room_for(LARGE_SIZE - SMALL_SIZE) {
+            return false;
+        }
+        let mut large = Size::Large.pop();
+        large.extend_from_slice(&self.bytes);
+        let small = std::mem::replace(&mut self.bytes, large);
+        Size::Small.push(small);
+        count_out(LARGE_SIZE - SMALL_SIZE);
+        self.size = Size::Large;
+        true
     }
 
     /// The read cursor as an index.
@@ -188,16 +295,27 @@ impl Buffer {
         self.pos = 0;
     }
 
-    /// Makes sure at least `n` bytes of spare room follow the data (compacting, and
-    /// growing past `BUF_SIZE` only for an oversize head up to the configured limit).
-    pub fn reserve(&mut self, n: usize) {
+    /// Makes sure at least `n` bytes of spare room follow the data: compacting,
+    /// then enlarging a small buffer, then growing past `LARGE_SIZE` (only
+    /// for an oversize head up to the configured limit). False, with the
+    /// buffer unchanged but compacted, when a small buffer would have to grow
+    /// and the worker's memory cap has no room.
+    #[must_use]
+    pub fn reserve(&mut self, n: usize) -> bool {
         if self.spare() >= n {
-            return;
+            return true;
         }
         self.compact();
+        if self.spare() >= n {
+            return true;
+        }
+        if self.is_small() && !self.enlarge() {
+            return false;
+        }
         if self.spare() < n {
             self.bytes.reserve(n);
         }
+        true
     }
 
     /// Appends bytes (used to write rewritten heads).
@@ -225,6 +343,7 @@ impl Buffer {
             bytes: BytesMut::new(),
             pos: 0,
             reserved: 0,
+            size: Size::Small,
         }
     }
 
@@ -280,38 +399,31 @@ impl Buffer {
     }
 }
 
-/// Frees pooled buffers beyond `keep` (after a burst, see `memory::trim`).
+/// Frees pooled buffers of each size beyond `keep` (after a burst, see `memory::trim`).
 pub fn trim(keep: usize) {
-    let surplus: Vec<BytesMut> = FREE.with(|f| {
+    let split = |f: &RefCell<Vec<BytesMut>>| {
         let mut f = f.borrow_mut();
         let keep = keep.min(f.len());
         f.split_off(keep)
-    });
-    drop(surplus);
+    };
+    drop(FREE_SMALL.with(split));
+    drop(FREE_LARGE.with(split));
 }
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        let mut bytes = std::mem::take(&mut self.bytes);
+        let bytes = std::mem::take(&mut self.bytes);
         if bytes.capacity() == 0 {
             return; // a placeholder
         }
         #[cfg(debug_assertions)]
         outstanding::returned();
-        let counted = 1 + usize::from(self.reserved);
+        let counted = self.size.bytes() + usize::from(self.reserved) * SMALL_SIZE;
         let _ = OUT.try_with(|o| o.set(o.get().saturating_sub(counted)));
-        if bytes.capacity() != BUF_SIZE {
+        if bytes.capacity() != self.size.bytes() {
             return; // grown for an oversize head: let it go
         }
-        bytes.clear();
-        // try_with: the pool may already be gone while a thread shuts down.
-        let _ = FREE.try_with(|f| {
-            if let Ok(mut f) = f.try_borrow_mut() {
-                if f.len() < MAX_FREE {
-                    f.push(bytes);
-                }
-            }
-        });
+        self.size.push(bytes);
     }
 }
 
@@ -357,7 +469,7 @@ mod tests {
 
     #[test]
     fn request_reservations_keep_a_worker_within_its_cap() {
-        set_cap(16);
+        set_cap(16 * SMALL_SIZE);
         // Each request: its head buffer (reserving four), then a response
         // buffer taken unchecked.
         let mut held = Vec::new();
@@ -382,6 +494,41 @@ mod tests {
     }
 
     #[test]
+    fn enlarging_keeps_the_bytes_and_asks_the_cap() {
+        let mut b = Buffer::take_for_request();
+        b.reset_with_headroom(8);
+        b.extend(b"HEAD");
+        assert!(b.is_small() && b.capacity() == SMALL_SIZE);
+        assert!(b.enlarge());
+        assert_eq!(
+            (b.pos(), b.data()),
+            (8, &b"HEAD"[..]),
+            "cursor and data kept"
+        );
+        assert_eq!(b.capacity(), LARGE_SIZE);
+        assert!(!b.enlarge(), "already large");
+        let counted = LARGE_SIZE + (PER_REQUEST - 1) * SMALL_SIZE;
+        OUT.with(|o| assert_eq!(o.get(), counted));
+        drop(b);
+        OUT.with(|o| assert_eq!(o.get(), 0));
+
+        // Under a cap with no room for a large buffer, a small one stays small:
+        // `enlarge` says no and `reserve` reports it, with the data intact.
+        set_cap(PER_REQUEST * SMALL_SIZE);
+        let mut b = Buffer::take_for_request();
+        b.extend(&[b'x'; 3000]);
+        b.consume(1000);
+        assert!(!b.enlarge());
+        assert!(!b.reserve(4096), "no room to grow past a page");
+        assert_eq!((b.pos(), b.len()), (0, 2000), "compacted, data kept");
+        assert!(b.reserve(2000), "a page still has room after compacting");
+        set_cap(usize::MAX);
+        assert!(b.reserve(8192) && b.spare() >= 8192 && !b.is_small());
+        drop(b);
+        OUT.with(|o| assert_eq!(o.get(), 0));
+    }
+
+    #[test]
     fn consume_compact_and_recycle() {
         let mut b = Buffer::take();
         b.extend(b"hello world");
@@ -394,7 +541,7 @@ mod tests {
         let ptr = b.read_ptr();
         drop(b);
         let again = Buffer::take();
-        assert_eq!(again.capacity(), BUF_SIZE);
+        assert_eq!(again.capacity(), SMALL_SIZE);
         assert_eq!(again.read_ptr(), ptr, "buffer came back from the pool");
         assert!(again.is_empty());
     }

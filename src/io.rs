@@ -154,6 +154,16 @@ impl Reader {
         self.timer.within(timeout, self.stream().readable(false))
     }
 
+    /// Waits until the peer sends something (or closes) without lending a
+    /// buffer, racing `timer` (armed and re-armed by the caller): `None`
+    /// once it fires. Not "relaxed", as `readable_within`.
+    pub fn readable_racing<'a>(
+        &'a self,
+        timer: &'a Timer,
+    ) -> Race<'a, impl Future<Output = io::Result<()>> + 'a> {
+        timer.race(self.stream().readable(false))
+    }
+
     /// Runs `f` until it completes, the peer closes the connection, or
     /// `timeout` passes, whichever comes first (`f` is dropped in the other
     /// two cases). Bytes from the peer (a pipelined request, the rest of a

@@ -44,12 +44,15 @@ impl Pipe<'_> {
         self.read_raw(buf, tail).await?.ok_or(RelayError::Source)
     }
 
-    /// One read; `Ok(None)` on a clean end of stream.
+    /// One read; `Ok(None)` on a clean end of stream. A body streams through
+    /// a large buffer: a small one is enlarged first when the memory cap
+    /// has room (and streams a page at a time when it has not).
     async fn read_raw(
         &mut self,
         buf: &mut Buffer,
         tail: usize,
     ) -> Result<Option<usize>, RelayError> {
+        buf.enlarge();
         match self.src.read_leaving(buf, self.read_timeout, tail).await {
             ReadOutcome::Data(n) => {
                 self.read.set(self.read.get() + n as u64);
@@ -211,7 +214,8 @@ pub async fn relay_close_delimited_as_chunked(
     loop {
         if !buf.is_empty() {
             if buf.pos() < CHUNK_HEADROOM || buf.spare() < 2 {
-                buf.reserve(CHUNK_HEADROOM + 2);
+                // A page always has this room once compacted.
+                let _ = buf.reserve(CHUNK_HEADROOM + 2);
                 buf.replace_prefix(0, &[0u8; CHUNK_HEADROOM]);
                 buf.consume(CHUNK_HEADROOM);
             }

@@ -204,8 +204,12 @@ async fn read_head(
             }
             Err(e) => return Err(e),
         }
-        if inbuf.spare() < 1024 {
-            inbuf.reserve(4096);
+        if inbuf.spare() < 1024 && !inbuf.reserve(4096) {
+            // A head past a small buffer, and no memory left to enlarge it.
+            let why = crate::error::Shed::Memory;
+            let name = &ctx.metrics.layout.listeners[listener];
+            ctx.shed_log.shed(why, format_args!("listener {name}"));
+            return Err(ProxyError::Shed(why));
         }
         match client.reader.read_armed(inbuf).await {
             ReadOutcome::Data(_) => {}

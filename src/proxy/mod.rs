@@ -124,7 +124,7 @@ impl ClientIp {
 
 thread_local! {
     /// Scratch space for rewritten heads, reused by every request of the worker.
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(2 * crate::buf::BUF_SIZE));
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(2 * crate::buf::LARGE_SIZE));
 }
 
 /// Lets `f` parse `buf`'s data and write a rewritten head into the worker's

@@ -12,9 +12,9 @@ use super::body::{self, BodyState, Pipe, RelayError};
 use super::exchange::Prepared;
 use super::tally::Tally;
 use super::{rewrite_head, WorkerCtx, HEADROOM};
-use crate::buf::{Buffer, BUF_SIZE};
+use crate::buf::{Buffer, LARGE_SIZE};
 use crate::deadline::Timer;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Shed};
 use crate::http::request::Method;
 use crate::http::rewrite::{self, BodyOut, ConnOut};
 use crate::http::{response, Framing};
@@ -63,7 +63,7 @@ fn plan_response(
             data,
             &mut headers,
             req.method == Method::Head,
-            BUF_SIZE - HEADROOM,
+            LARGE_SIZE - HEADROOM,
         ) {
             Ok(Some(h)) => h,
             Ok(None) => return (Ok(None), None),
@@ -166,8 +166,6 @@ pub(super) async fn relay_response(
     let tally = progress.tally;
     let write_timeout = ctx.client.write_timeout;
     let read_timeout = upstream.response_timeout;
-    let mut rb = Buffer::take();
-    rb.reset_with_headroom(HEADROOM);
     // `silent`: no response byte has been read yet; `first_read`: at most one read
     // has returned bytes (stray bytes on a reused connection arrive in one read).
     let mut silent = true;
@@ -177,6 +175,17 @@ pub(super) async fn relay_response(
         started: started.get(),
         silent,
     };
+    // The first bytes are awaited without a buffer (a request held up by a
+    // slow upstream pins none), then read with a direct `recv`.
+    arm_response_deadline(progress, read_timeout);
+    match up.readable_racing(&progress.deadline).await {
+        None => return Err(fail(ProxyError::UpstreamResponseTimeout, false)),
+        Some(Err(_)) => return Err(fail(ProxyError::UpstreamClosed, true)),
+        Some(Ok(())) => {}
+    }
+    let mut rb = Buffer::take();
+    rb.reset_with_headroom(HEADROOM);
+    let mut readable = true;
     let plan = loop {
         match plan_response(ctx, &mut rb, req) {
             // Garbage as the very first bytes on a connection counts as "silent":
@@ -216,18 +225,19 @@ pub(super) async fn relay_response(
             }
             Ok(Some(p)) => break p,
             Ok(None) => {
-                if rb.spare() == 0 {
-                    rb.compact();
+                if rb.spare() == 0 && !rb.reserve(1) {
+                    // A head past a small buffer, and no memory to enlarge it.
+                    return Err(fail(ProxyError::Shed(Shed::Memory), false));
                 }
-                // The response timeout runs once the request is all sent (the
-                // body pump arms it when it finishes); until then only the
-                // body's own timeouts apply.
-                if progress.request_sent.get() {
-                    progress.deadline.arm(read_timeout);
-                } else {
-                    progress.deadline.disarm();
-                }
-                match up.read_within(&mut rb, &progress.deadline).await {
+                let now = std::mem::take(&mut readable).then(|| up.read_now(&mut rb));
+                let read = match now.flatten() {
+                    Some(read) => read,
+                    None => {
+                        arm_response_deadline(progress, read_timeout);
+                        up.read_within(&mut rb, &progress.deadline).await
+                    }
+                };
+                match read {
                     ReadOutcome::Data(n) => {
                         Tally::add(&tally.upstream_in, n);
                         first_read = silent;
@@ -266,6 +276,7 @@ pub(super) async fn relay_response(
         (Framing::Length(_) | Framing::Chunked, BodyOut::Length(_) | BodyOut::Chunked) => {
             // Pass-through: head plus the body bytes already here in one write.
             let mut state = BodyState::response(plan.upstream_framing);
+            top_up_before_streaming(up, &mut rb);
             let (n, done) = state
                 .frame(&mut rb, plan.head_len)
                 .map_err(|e| ResponseFail {
@@ -313,6 +324,27 @@ pub(super) async fn relay_response(
             && !leftover
             && plan.upstream_framing != Framing::UntilClose,
     })
+}
+
+/// The response timeout runs once the request is all sent (the body pump
+/// arms it when it finishes); until then only the body's own timeouts apply.
+fn arm_response_deadline(progress: &Progress<'_>, read_timeout: std::time::Duration) {
+    if progress.request_sent.get() {
+        progress.deadline.arm(read_timeout);
+    } else {
+        progress.deadline.disarm();
+    }
+}
+
+/// A small buffer that a read filled holds a head and the start of a body
+/// that does not fit: enlarged (room permitting) and topped up with what the
+/// socket already holds, the first write carries the head and as much body
+/// as a large buffer would have, instead of a page of it.
+fn top_up_before_streaming(up: &mut Reader, rb: &mut Buffer) {
+    if rb.spare() == 0 && rb.enlarge() {
+        // Nothing there yet, or an error the relay's own read will see.
+        let _ = up.read_now(rb);
+    }
 }
 
 /// The body relay from an upstream to the client, counting into `tally`.

@@ -96,6 +96,11 @@ async fn pump(
             ReadOutcome::Data(n) => {
                 Tally::add(read, n);
                 idle_timer.arm(idle);
+                if buf.spare() == 0 {
+                    // A busy direction moves to a large buffer (room
+                    // permitting); a quiet one keeps its page.
+                    buf.enlarge();
+                }
             }
             ReadOutcome::Eof => {
                 dst.shutdown_write();

@@ -181,7 +181,7 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
                 if let Some(mb) =
                     crate::upstream::admission::share(config.limits.max_memory_mb, workers, id)
                 {
-                    crate::buf::set_cap(mb as usize * (1 << 20) / crate::buf::BUF_SIZE);
+                    crate::buf::set_cap(mb as usize * (1 << 20));
                 }
                 Buffer::prefill(crate::memory::BASE_FREE);
                 crate::pooled::prefill(crate::memory::BASE_FREE);

@@ -139,6 +139,21 @@ impl Client {
         self.stream.write_all(&tagged).expect("write request");
     }
 
+    /// Like `send`, in two writes a moment apart, the first of `cut` bytes
+    /// (counted in the request as written, token field included).
+    #[allow(dead_code)]
+    pub fn send_split(&mut self, bytes: &[u8], cut: usize) {
+        let tagged = self.tag(bytes);
+        let cut = cut.min(tagged.len() - 1);
+        self.stream
+            .write_all(&tagged[..cut])
+            .expect("write request");
+        std::thread::sleep(Duration::from_millis(2));
+        self.stream
+            .write_all(&tagged[cut..])
+            .expect("write request");
+    }
+
     /// Sends `bytes` exactly as they are (no token, and no token checks from
     /// now on for this connection).
     pub fn send_raw(&mut self, bytes: &[u8]) {

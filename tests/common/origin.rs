@@ -5,6 +5,7 @@
 //! `/chunked` answers chunked, `/close` answers without a length and closes,
 //! `/bytes/N` streams N bytes, `/sink` counts the request body (`count=N sum=S`),
 //! `/status/N` answers status N, `/slow/MS` answers after MS milliseconds,
+//! `/fat-head/N` answers with an `X-Pad` field of N bytes,
 //! `/continue` sends 100 Continue before reading the body.
 //!
 //! Every response echoes the request's `X-Token` field (see `client.rs`), so a
@@ -330,6 +331,11 @@ fn respond(
             sent += len as u64;
         }
         return true;
+    }
+    if let Some(n) = path.strip_prefix("/fat-head/") {
+        let pad = "p".repeat(n.parse().unwrap());
+        let r = format!("HTTP/1.1 200 OK\r\nX-Pad: {pad}\r\nContent-Length: 2\r\n{token}\r\nok");
+        return s.write_all(r.as_bytes()).is_ok();
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let code: u16 = code.parse().unwrap();
