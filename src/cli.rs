@@ -12,6 +12,11 @@ pub enum Command {
     Check {
         config: PathBuf,
     },
+    /// Compare what a config needs with what the host gives.
+    Doctor {
+        config: PathBuf,
+        json: bool,
+    },
     PrintDemoConfig,
     Version,
     Help,
@@ -24,6 +29,9 @@ USAGE:
     ringlb                          run the built-in demo (see what to curl)
     ringlb --config FILE            run with a TOML config file
     ringlb check --config FILE      validate a config file and exit
+    ringlb doctor --config FILE [--json]
+                                    check this host against what the config needs
+                                    (exit 0: fits, 1: something limits it)
     ringlb --print-demo-config      print the demo's config (a starting point)
     ringlb --version | --help
 
@@ -32,6 +40,8 @@ Signals: SIGTERM/SIGINT stop accepting, drain in-flight requests, exit 0.
 
 pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut check = false;
+    let mut doctor = false;
+    let mut json = false;
     let mut config: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -39,7 +49,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "-h" | "--help" | "help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--print-demo-config" => return Ok(Command::PrintDemoConfig),
-            "check" if !check && config.is_none() => check = true,
+            "check" if !check && !doctor && config.is_none() => check = true,
+            "doctor" if !check && !doctor && config.is_none() => doctor = true,
+            "--json" if doctor => json = true,
             "-c" | "--config" => {
                 let v = it
                     .next()
@@ -51,6 +63,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }
             other => return Err(format!("unexpected argument `{other}`")),
         }
+    }
+    if doctor {
+        let config = config.ok_or("`doctor` needs --config FILE")?;
+        return Ok(Command::Doctor { config, json });
     }
     match (check, config) {
         (true, Some(config)) => Ok(Command::Check { config }),

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod contain;
 pub mod deadline;
+pub mod doctor;
 pub mod error;
 pub mod http;
 pub mod io;

@@ -51,6 +51,13 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Doctor { config, json } => match Config::load(&config) {
+            Ok(c) => doctor(&c, &config.display().to_string(), json),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Run { config } => match Config::load(&config) {
             Ok(c) => serve(c),
             Err(e) => {
@@ -70,6 +77,25 @@ fn main() -> ExitCode {
             );
             serve(config)
         }
+    }
+}
+
+/// Prints the host check; exit 1 when the host limits the config.
+fn doctor(config: &Config, source: &str, json: bool) -> ExitCode {
+    use ringlb::doctor;
+    let host = doctor::Host::read(config.ring_entries);
+    let rows = doctor::assess(config, &host);
+    let needs = doctor::Needs::of(config, &host);
+    let report = if json {
+        doctor::json(source, &needs, &rows)
+    } else {
+        doctor::text(source, &needs, &rows)
+    };
+    print!("{report}");
+    if doctor::limits_anything(&rows) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -327,7 +327,11 @@ impl Ctx<'_> {
         let (line, column) = e.span().map_or((1, 1), |s| self.position(s.start));
         let key = e
             .span()
-            .map(|s| key_at(&self.text[s.start..s.end.min(self.text.len())]))
+            .map(|s| {
+                let end = s.end.min(self.text.len());
+                key_before(&self.text[..s.start.min(end)])
+                    .unwrap_or_else(|| key_at(&self.text[s.start..end]))
+            })
             .unwrap_or_default();
         ConfigError {
             file: self.file.to_string(),
@@ -510,6 +514,19 @@ impl Ctx<'_> {
 }
 
 /// The key a toml error span points at (`foo = 1` -> `foo`).
+/// The key a value belongs to, when an error's span starts at the value
+/// (`workers = "many"`: the span is `"many"`, the key `workers`); also in an
+/// inline table (`{ cert = "a", key = 5 }`).
+fn key_before(text: &str) -> Option<String> {
+    let line = &text[text.rfind('\n').map_or(0, |i| i + 1)..];
+    let (before, value) = line.rsplit_once('=')?;
+    if !value.trim().is_empty() {
+        return None; // the span does not start right after `=`
+    }
+    let key = before.rsplit([',', '{']).next()?.trim().trim_matches('"');
+    (!key.is_empty()).then(|| key.to_string())
+}
+
 fn key_at(fragment: &str) -> String {
     let end = fragment
         .find(['=', '\n', ' ', ']'])

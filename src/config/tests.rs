@@ -40,6 +40,21 @@ fn unknown_key_names_line_and_key() {
 }
 
 #[test]
+fn a_value_of_the_wrong_type_names_its_key() {
+    let e = parse(&format!("workers = \"many\"\n{MINIMAL}")).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (1, "workers"), "{e}");
+    let text = MINIMAL.replace("name = \"app\"", "name = \"app\"\nretries = \"3\"");
+    let e = parse(&text).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (8, "retries"), "{e}");
+    let text = MINIMAL.replace(
+        "name = \"app\"",
+        "name = \"app\"\nhealth_check = { path = 5 }",
+    );
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.key, "path", "{e}");
+}
+
+#[test]
 fn unknown_upstream_reference() {
     let e = parse(&MINIMAL.replace("upstream = \"app\"", "upstream = \"nope\"")).unwrap_err();
     assert_eq!(e.line, 4);
