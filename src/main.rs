@@ -104,8 +104,10 @@ fn serve(config: Config) -> ExitCode {
     ringlb::contain::install_hook();
     let shutdown = Arc::new(Shutdown::default());
     runtime::signals::install(shutdown.clone());
+    let workers = config.workers;
     match runtime::start(config, shutdown) {
         Ok(running) => {
+            runtime::notify::ready(&format!("serving with {workers} worker(s)"));
             if running.wait() {
                 ringlb::info!("stopped");
                 ExitCode::SUCCESS

@@ -466,3 +466,51 @@ fn rejection_logs_are_rate_limited_per_worker() {
     );
     assert_eq!(origin.requests(), 0);
 }
+
+/// Reads one notification from the service manager's socket, within 10 s.
+fn notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a notification within 10 s");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn systemd_hears_ready_once_serving_and_stopping_when_the_drain_starts() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let origin = Origin::start();
+    // A path socket, and one in the abstract namespace (`@name`), as systemd uses.
+    let path = temp_path("notify.sock");
+    let name = format!("ringlb-test-notify-{}", std::process::id());
+    let sockets = [
+        (
+            UnixDatagram::bind(&path).unwrap(),
+            path.display().to_string(),
+        ),
+        (
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(&name).unwrap()).unwrap(),
+            format!("@{name}"),
+        ),
+    ];
+    for (socket, target) in &sockets {
+        let mut lb = Ringlb::start_with(&proxy_config(&[origin.addr], "", ""), |c| {
+            c.env("NOTIFY_SOCKET", target);
+        });
+        let ready = notification(socket);
+        assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+        assert!(
+            ready.contains(&format!("MAINPID={}\n", lb.pid())),
+            "{ready:?}"
+        );
+        // READY means serving.
+        assert_eq!(get(lb.addr(), "/").status, 200);
+        lb.signal(libc::SIGTERM);
+        let stopping = notification(socket);
+        assert!(stopping.starts_with("STOPPING=1"), "{stopping:?}");
+        assert_eq!(lb.wait_exit(Duration::from_secs(10)), Some(0));
+    }
+    let _ = std::fs::remove_file(&path);
+}

@@ -6,6 +6,7 @@ pub mod driver;
 pub mod fd_limit;
 pub mod listener;
 pub mod monitor;
+pub mod notify;
 pub mod signals;
 
 use crate::buf::Buffer;

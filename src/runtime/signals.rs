@@ -66,6 +66,7 @@ pub fn install(shutdown: Arc<Shutdown>) {
                             "{name} received: no longer accepting, draining in-flight requests"
                         );
                         shutdown.request();
+                        super::notify::stopping();
                         draining = true;
                     }
                     libc::SIGTERM | libc::SIGINT => {
