@@ -127,8 +127,12 @@ impl Size {
         .unwrap_or_else(|| BytesMut::with_capacity(self.bytes()))
     }
 
-    /// Keeps `bytes` (emptied) for reuse if its free list has room.
+    /// Keeps `bytes` (emptied) for reuse if its free list has room and it
+    /// still has this size (one grown past it is freed).
     fn push(self, mut bytes: BytesMut) {
+        if bytes.capacity() != self.bytes() {
+            return;
+        }
         bytes.clear();
         let keep = |max: usize| {
             move |f: &RefCell<Vec<BytesMut>>| {
@@ -158,6 +162,8 @@ pub struct Buffer {
     reserved: u8,
     /// The size counted against the cap (and the free list it returns to).
     size: Size,
+    /// KiB counted for growth past `LARGE_SIZE` (`make_room`), given back on drop.
+    grown_kib: u16,
 }
 
 impl Buffer {
@@ -171,6 +177,7 @@ impl Buffer {
             pos: 0,
             reserved: 0,
             size,
+            grown_kib: 0,
         }
     }
 
@@ -223,13 +230,19 @@ impl Buffer {
         if !self.is_small() || !has_room_for(LARGE_SIZE - SMALL_SIZE) {
             return false;
         }
+        self.enlarge_unchecked();
+        true
+    }
+
+    /// `enlarge` without asking the cap (for a request already forwarded,
+    /// which must be able to finish).
+    fn enlarge_unchecked(&mut self) {
         let mut large = Size::Large.pop();
         large.extend_from_slice(&self.bytes);
         let small = std::mem::replace(&mut self.bytes, large);
         Size::Small.push(small);
         count_out(LARGE_SIZE - SMALL_SIZE);
         self.size = Size::Large;
-        true
     }
 
     /// The read cursor as an index.
@@ -297,11 +310,24 @@ impl Buffer {
 
     /// Makes sure at least `n` bytes of spare room follow the data: compacting,
     /// then enlarging a small buffer, then growing past `LARGE_SIZE` (only
-    /// for an oversize head up to the configured limit). False, with the
-    /// buffer unchanged but compacted, when a small buffer would have to grow
-    /// and the worker's memory cap has no room.
+    /// for an oversize head up to the configured limit), all counted against
+    /// the worker's memory cap. False, with the buffer unchanged but
+    /// compacted, when the cap has no room for the growth: for a request not
+    /// yet forwarded, which can still be shed.
     #[must_use]
     pub fn reserve(&mut self, n: usize) -> bool {
+        self.make_room(n, true)
+    }
+
+    /// `reserve` for a request already forwarded (a response head, a framing
+    /// line cut by the buffer's end): it must be able to finish, so growth
+    /// is counted but never refused. Bounded by what the parsers allow (a
+    /// response head, a chunk line or trailer section).
+    pub fn reserve_running(&mut self, n: usize) {
+        self.make_room(n, false);
+    }
+
+    fn make_room(&mut self, n: usize, checked: bool) -> bool {
         if self.spare() >= n {
             return true;
         }
@@ -309,11 +335,23 @@ impl Buffer {
         if self.spare() >= n {
             return true;
         }
-        if self.is_small() && !self.enlarge() {
-            return false;
+        if self.is_small() {
+            if checked && !has_room_for(LARGE_SIZE - SMALL_SIZE) {
+                return false;
+            }
+            self.enlarge_unchecked();
         }
         if self.spare() < n {
+            let before = self.bytes.capacity();
+            let wanted = self.bytes.len() + n;
+            if checked && !has_room_for(wanted.saturating_sub(before)) {
+                return false;
+            }
             self.bytes.reserve(n);
+            let kib = (self.bytes.capacity() - before).div_ceil(1024);
+            let kib = u16::try_from(kib).unwrap_or(u16::MAX);
+            self.grown_kib = self.grown_kib.saturating_add(kib);
+            count_out(usize::from(kib) * 1024);
         }
         true
     }
@@ -344,6 +382,7 @@ impl Buffer {
             pos: 0,
             reserved: 0,
             size: Size::Small,
+            grown_kib: 0,
         }
     }
 
@@ -418,7 +457,9 @@ impl Drop for Buffer {
         }
         #[cfg(debug_assertions)]
         outstanding::returned();
-        let counted = self.size.bytes() + usize::from(self.reserved) * SMALL_SIZE;
+        let counted = self.size.bytes()
+            + usize::from(self.grown_kib) * 1024
+            + usize::from(self.reserved) * SMALL_SIZE;
         let _ = OUT.try_with(|o| o.set(o.get().saturating_sub(counted)));
         if bytes.capacity() != self.size.bytes() {
             return; // grown for an oversize head: let it go
@@ -526,6 +567,24 @@ mod tests {
         assert!(b.reserve(8192) && b.spare() >= 8192 && !b.is_small());
         drop(b);
         OUT.with(|o| assert_eq!(o.get(), 0));
+    }
+
+    #[test]
+    fn growth_past_a_large_buffer_is_counted_and_asks_the_cap() {
+        set_cap(PER_REQUEST * SMALL_SIZE + LARGE_SIZE);
+        let mut b = Buffer::take_for_request();
+        b.extend(&[b'h'; 4000]);
+        assert!(!b.reserve(200_000), "an oversize head does not fit the cap");
+        b.reserve_running(200_000); // a forwarded request's head grows anyway
+        assert!(b.spare() >= 200_000);
+        let out = OUT.with(|o| o.get());
+        assert!(
+            out >= b.capacity() + (PER_REQUEST - 1) * SMALL_SIZE,
+            "{out}"
+        );
+        drop(b);
+        OUT.with(|o| assert_eq!(o.get(), 0, "all of it given back"));
+        set_cap(usize::MAX);
     }
 
     #[test]

@@ -343,10 +343,14 @@ async fn read_racing(
     tail: usize,
     timer: &Timer,
 ) -> ReadOutcome {
-    let mut owned = std::mem::replace(buf, Buffer::placeholder());
-    let start = owned.bytes_init();
-    let end = owned.bytes_total() - tail;
-    debug_assert!(end > start, "read into a full buffer");
+    let start = buf.bytes_init();
+    let end = buf.bytes_total().saturating_sub(tail);
+    if end <= start {
+        // Never a zero-length read: its 0 would look like the peer's EOF.
+        debug_assert!(false, "read into a full buffer");
+        return ReadOutcome::Failed(io::Error::other("read into a full buffer"));
+    }
+    let owned = std::mem::replace(buf, Buffer::placeholder());
     let Some((res, slice)) = timer.race(half.read(owned.slice_mut(start..end))).await else {
         return ReadOutcome::TimedOut;
     };

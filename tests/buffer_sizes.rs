@@ -79,3 +79,66 @@ fn bodies_of_every_size_cross_both_ways_whole() {
         assert!(r.body == body, "upload of {n} echoed whole");
     }
 }
+
+/// With the worker's memory cap nearly spent by requests that hold 64 KiB
+/// buffers (downloads whose clients stopped reading), a new request is still
+/// admitted (it needs four pages) but may not enlarge its buffers. What it
+/// has already forwarded must still finish whole: a response head past a
+/// page, a trailer line past a page; and a head that fits a page is never
+/// shed because of how its bytes arrive.
+#[test]
+fn near_the_memory_cap_forwarded_requests_finish_and_page_sized_heads_pass() {
+    use std::io::{Read, Write};
+    let origin = Origin::start();
+    let lb = Ringlb::start(&proxy_config(
+        &[origin.addr],
+        "",
+        "[limits]\nmax_memory_mb = 1",
+    ));
+    // 12 x (head page + 3 reserved + a 64 KiB relay buffer) = 960 KiB of 1 MiB.
+    let hogs: Vec<std::net::TcpStream> = (0..12)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(lb.addr()).unwrap();
+            s.write_all(b"GET /bytes/100000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut first = [0u8; 100_000];
+            let mut got = 0;
+            while got < first.len() {
+                got += s.read(&mut first[got..]).unwrap();
+            }
+            s // and read no more: its relay holds its buffer
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+
+    let mut c = Client::connect(lb.addr());
+    c.send(b"GET /fat-head/5000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(
+        r.status, 200,
+        "a forwarded request's large head is not shed"
+    );
+    assert_eq!(r.header("X-Pad").map(str::len), Some(5000));
+
+    c.send(b"GET /chunked-trailer/5000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (200, &b"hello"[..]),
+        "relayed whole"
+    );
+
+    let pad = "b".repeat(3000);
+    let req = format!("GET /head HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n");
+    for cut in [1448, 2600, 3400] {
+        c.send_split(req.as_bytes(), cut);
+        let r = c.read_response(false);
+        assert_eq!(
+            r.status,
+            200,
+            "a 3 KiB head in pieces of {cut}: {:?}",
+            r.body_str()
+        );
+    }
+    drop(hogs);
+}

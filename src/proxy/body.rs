@@ -53,6 +53,11 @@ impl Pipe<'_> {
         tail: usize,
     ) -> Result<Option<usize>, RelayError> {
         buf.enlarge();
+        if buf.spare() <= tail {
+            // A framing line cut by the end of a full page, and no room under
+            // the cap: this request is forwarded already and must finish.
+            buf.reserve_running(tail + 1);
+        }
         match self.src.read_leaving(buf, self.read_timeout, tail).await {
             ReadOutcome::Data(n) => {
                 self.read.set(self.read.get() + n as u64);

@@ -204,8 +204,14 @@ async fn read_head(
             }
             Err(e) => return Err(e),
         }
+        if inbuf.spare() < 1024 {
+            // Room first from the consumed bytes in front (a page has over
+            // 1 KiB after them unless the head itself outgrows it).
+            inbuf.compact();
+        }
         if inbuf.spare() < 1024 && !inbuf.reserve(4096) {
-            // A head past a small buffer, and no memory left to enlarge it.
+            // A head past a small buffer, and no memory left to enlarge it:
+            // nothing was forwarded yet, so a 503 is safe.
             let why = crate::error::Shed::Memory;
             let name = &ctx.metrics.layout.listeners[listener];
             ctx.shed_log.shed(why, format_args!("listener {name}"));

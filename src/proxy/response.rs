@@ -14,7 +14,7 @@ use super::tally::Tally;
 use super::{rewrite_head, WorkerCtx, HEADROOM};
 use crate::buf::{Buffer, LARGE_SIZE};
 use crate::deadline::Timer;
-use crate::error::{ProxyError, Shed};
+use crate::error::ProxyError;
 use crate::http::request::Method;
 use crate::http::rewrite::{self, BodyOut, ConnOut};
 use crate::http::{response, Framing};
@@ -225,9 +225,10 @@ pub(super) async fn relay_response(
             }
             Ok(Some(p)) => break p,
             Ok(None) => {
-                if rb.spare() == 0 && !rb.reserve(1) {
-                    // A head past a small buffer, and no memory to enlarge it.
-                    return Err(fail(ProxyError::Shed(Shed::Memory), false));
+                if rb.spare() == 0 {
+                    // A head past a small buffer: the request is forwarded
+                    // already, so it grows even past the memory cap.
+                    rb.reserve_running(1);
                 }
                 let now = std::mem::take(&mut readable).then(|| up.read_now(&mut rb));
                 let read = match now.flatten() {

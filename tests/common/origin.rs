@@ -6,6 +6,7 @@
 //! `/bytes/N` streams N bytes, `/sink` counts the request body (`count=N sum=S`),
 //! `/status/N` answers status N, `/slow/MS` answers after MS milliseconds,
 //! `/fat-head/N` answers with an `X-Pad` field of N bytes,
+//! `/chunked-trailer/N` answers chunked with an N-byte trailer field,
 //! `/continue` sends 100 Continue before reading the body.
 //!
 //! Every response echoes the request's `X-Token` field (see `client.rs`), so a
@@ -331,6 +332,11 @@ fn respond(
             sent += len as u64;
         }
         return true;
+    }
+    if let Some(n) = path.strip_prefix("/chunked-trailer/") {
+        let pad = "t".repeat(n.parse().unwrap());
+        let r = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n{token}\r\n5\r\nhello\r\n0\r\nX-Big: {pad}\r\n\r\n");
+        return s.write_all(r.as_bytes()).is_ok();
     }
     if let Some(n) = path.strip_prefix("/fat-head/") {
         let pad = "p".repeat(n.parse().unwrap());
