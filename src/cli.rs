@@ -8,6 +8,9 @@ pub enum Command {
     Demo,
     Run {
         config: PathBuf,
+        /// Take the listening sockets over from the ringlb running on the
+        /// config's `upgrade_socket`, which then drains and exits.
+        upgrade: bool,
     },
     Check {
         config: PathBuf,
@@ -28,6 +31,9 @@ ringlb - thread-per-core io_uring HTTP/1.1 load balancer
 USAGE:
     ringlb                          run the built-in demo (see what to curl)
     ringlb --config FILE            run with a TOML config file
+    ringlb --config FILE --upgrade  take over the listening sockets of the ringlb
+                                    running on the config's upgrade_socket (which
+                                    then drains and exits): a binary upgrade
     ringlb check --config FILE      validate a config file and exit
     ringlb doctor --config FILE [--json]
                                     check this host against what the config needs
@@ -42,6 +48,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut check = false;
     let mut doctor = false;
     let mut json = false;
+    let mut upgrade = false;
     let mut config: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -52,6 +59,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "check" if !check && !doctor && config.is_none() => check = true,
             "doctor" if !check && !doctor && config.is_none() => doctor = true,
             "--json" if doctor => json = true,
+            "--upgrade" if !check && !doctor => upgrade = true,
             "-c" | "--config" => {
                 let v = it
                     .next()
@@ -71,7 +79,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     match (check, config) {
         (true, Some(config)) => Ok(Command::Check { config }),
         (true, None) => Err("`check` needs --config FILE".to_string()),
-        (false, Some(config)) => Ok(Command::Run { config }),
+        (false, Some(config)) => Ok(Command::Run { config, upgrade }),
+        (false, None) if upgrade => Err("`--upgrade` needs --config FILE".to_string()),
         (false, None) => Ok(Command::Demo),
     }
 }
@@ -90,9 +99,26 @@ mod tests {
         assert_eq!(
             p(&["--config", "a.toml"]),
             Ok(Command::Run {
-                config: "a.toml".into()
+                config: "a.toml".into(),
+                upgrade: false
             })
         );
+        assert_eq!(
+            p(&["--config", "a.toml", "--upgrade"]),
+            Ok(Command::Run {
+                config: "a.toml".into(),
+                upgrade: true
+            })
+        );
+        assert!(p(&["--upgrade"]).is_err());
+        assert_eq!(
+            p(&["doctor", "--config", "a.toml", "--json"]),
+            Ok(Command::Doctor {
+                config: "a.toml".into(),
+                json: true
+            })
+        );
+        assert!(p(&["doctor"]).is_err());
         assert_eq!(
             p(&["check", "--config", "a.toml"]),
             Ok(Command::Check {

@@ -58,8 +58,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => match Config::load(&config) {
-            Ok(c) => serve(c),
+        Command::Run { config, upgrade } => match Config::load(&config) {
+            Ok(c) => serve(c, upgrade),
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(1)
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
                  stop with Ctrl-C. Run your own upstreams with: ringlb --config FILE \
                  (ringlb --print-demo-config shows this demo's config)"
             );
-            serve(config)
+            serve(config, false)
         }
     }
 }
@@ -99,14 +99,41 @@ fn doctor(config: &Config, source: &str, json: bool) -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+/// Runs ringlb; `upgrade`: first take the listening sockets over from the
+/// ringlb offering them on the config's `upgrade_socket`.
+fn serve(config: Config, upgrade: bool) -> ExitCode {
     ringlb::log::configure(config.log_level, config.log_json);
     ringlb::contain::install_hook();
     let shutdown = Arc::new(Shutdown::default());
     runtime::signals::install(shutdown.clone());
     let workers = config.workers;
-    match runtime::start(config, shutdown) {
+    let mut takeover = if upgrade {
+        let Some(path) = config.upgrade_socket.clone() else {
+            ringlb::error!("--upgrade: the config sets no upgrade_socket to take sockets from");
+            return ExitCode::from(1);
+        };
+        match runtime::handover::take_over(&path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                ringlb::error!("--upgrade: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        None
+    };
+    let inherited = takeover
+        .as_mut()
+        .map_or_else(Vec::new, |t| std::mem::take(&mut t.sockets));
+    match runtime::start(config, shutdown, inherited) {
         Ok(running) => {
+            if let Some(t) = takeover {
+                let from = t.from_pid;
+                match t.confirm() {
+                    Ok(()) => ringlb::info!("took over from pid {from}, which now drains"),
+                    Err(e) => ringlb::warn!("upgrade: pid {from} did not confirm: {e}"),
+                }
+            }
             runtime::notify::ready(&format!("serving with {workers} worker(s)"));
             if running.wait() {
                 ringlb::info!("stopped");

@@ -81,7 +81,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn start(config: &str) -> (Arc<Shutdown>, runtime::Running) {
     let config = Config::parse(config, "alloc-test").unwrap();
     let shutdown = Arc::new(Shutdown::default());
-    let running = runtime::start(config, shutdown.clone()).unwrap();
+    let running = runtime::start(config, shutdown.clone(), Vec::new()).unwrap();
     (shutdown, running)
 }
 

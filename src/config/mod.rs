@@ -43,6 +43,9 @@ pub struct Config {
     pub ring_entries: u32,
     pub uring_setup: UringSetup,
     pub drain_timeout: Duration,
+    /// Where a running ringlb hands its listening sockets to its successor
+    /// (`ringlb --config FILE --upgrade`), if anywhere.
+    pub upgrade_socket: Option<std::path::PathBuf>,
     /// Event log filter and format.
     pub log_level: crate::log::Level,
     pub log_json: bool,
@@ -438,6 +441,13 @@ impl Ctx<'_> {
         };
         let drain_timeout =
             self.duration(&raw.drain_timeout, "drain_timeout", Duration::from_secs(30))?;
+        let upgrade_socket = match &raw.upgrade_socket {
+            Some(p) if p.get_ref().is_empty() => {
+                return Err(self.err(p.span(), "upgrade_socket", "must be a file path"))
+            }
+            Some(p) => Some(std::path::PathBuf::from(p.get_ref())),
+            None => None,
+        };
         let log_level = match &raw.log_level {
             None => crate::log::Level::Info,
             Some(s) => crate::log::Level::parse(s.get_ref()).ok_or_else(|| {
@@ -505,6 +515,7 @@ impl Ctx<'_> {
             ring_entries,
             uring_setup,
             drain_timeout,
+            upgrade_socket,
             client,
             limits,
             listeners,

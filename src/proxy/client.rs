@@ -63,9 +63,10 @@ fn connection(
                 // to every idle connection).
                 drop(std::mem::replace(&mut inbuf, Buffer::placeholder()));
                 loop {
-                    if ctx.draining.get() {
-                        return;
-                    }
+                    // No draining check here: a connection accepted as the
+                    // drain began, or a kept-alive one whose request arrives
+                    // during it, is answered (with `Connection: close`), not
+                    // closed unanswered.
                     let ready = client.reader.readable_within(ctx.client.idle_timeout);
                     if !matches!(ready.await, Some(Ok(()))) {
                         return;

@@ -71,6 +71,20 @@ pub struct ConnSlot {
     ip: ClientIp,
 }
 
+thread_local! {
+    /// When this worker last accepted a connection (`deadline::now_ms`).
+    static LAST_ACCEPT_MS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Milliseconds since this worker last accepted a connection. A drain waits
+/// until this passes a grace period, so that a connection accepted as the
+/// drain began has sent its first request (and counts as busy) before the
+/// worker exits: it is answered, not dropped. Kept per worker rather than per
+/// connection, where it would cost every idle connection a byte of state.
+pub fn since_last_accept(now_ms: u64) -> u64 {
+    now_ms.saturating_sub(LAST_ACCEPT_MS.with(|l| l.get()))
+}
+
 impl std::ops::Deref for ConnSlot {
     type Target = ClientIp;
     fn deref(&self) -> &ClientIp {
@@ -101,6 +115,7 @@ pub fn admit(ip: ClientIp) -> Result<ConnSlot, Shed> {
         l.open.set(l.open.get() + 1);
         Ok(())
     })?;
+    LAST_ACCEPT_MS.with(|l| l.set(crate::deadline::now_ms()));
     Ok(ConnSlot { ip })
 }
 

@@ -53,6 +53,32 @@ pub fn bind_all(
     Ok((out, bound))
 }
 
+/// Listening sockets a predecessor handed over for `addr`, plus as many new
+/// ones joining their SO_REUSEPORT group as it takes for one per worker (no
+/// exclusivity probe: the port is ours already). Never fewer than handed
+/// over: closing one would reset the connections in its accept queue.
+pub fn adopt(
+    fds: Vec<std::os::fd::OwnedFd>,
+    addr: SocketAddr,
+    count: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut out: Vec<std::net::TcpListener> = fds.into_iter().map(Into::into).collect();
+    for s in &out {
+        s.set_nonblocking(true)?;
+    }
+    while out.len() < count {
+        let s = socket_for(addr)?;
+        s.set_reuse_port(true)?;
+        s.set_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        s.listen(BACKLOG)?;
+        out.push(s.into());
+    }
+    Ok(out)
+}
+
 /// Takes a listening socket out of the kernel's listening tables at once
 /// (`shutdown(2)` on a listener closes it for new connections, and its port is
 /// free again), whoever still holds a reference to it: with io_uring, a

@@ -4,6 +4,7 @@
 
 pub mod driver;
 pub mod fd_limit;
+pub mod handover;
 pub mod listener;
 pub mod monitor;
 pub mod notify;
@@ -32,11 +33,25 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct Shutdown {
     requested: AtomicBool,
+    /// The listening sockets now belong to a successor too: stop accepting
+    /// without shutting them down (see `handover`).
+    handed_over: AtomicBool,
 }
 
 impl Shutdown {
     pub fn request(&self) {
         self.requested.store(true, Ordering::Release);
+    }
+
+    /// A successor took the listening sockets over: drain and exit, leaving
+    /// the sockets open for it.
+    pub fn hand_over(&self) {
+        self.handed_over.store(true, Ordering::Release);
+        self.request();
+    }
+
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Acquire)
     }
 
     pub fn is_requested(&self) -> bool {
@@ -85,17 +100,38 @@ impl Running {
     }
 }
 
-/// Binds every listener and starts the workers. Returns once all are running.
-pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running> {
+/// Binds every listener (or adopts the sockets a predecessor handed over,
+/// `inherited`) and starts the workers. Returns once all are running.
+pub fn start(
+    config: Config,
+    shutdown: Arc<Shutdown>,
+    mut inherited: Vec<handover::Handed>,
+) -> std::io::Result<Running> {
     let workers = config.workers;
+    let upgrading = !inherited.is_empty();
     let max_connections = connection_cap(&config);
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+    let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
         (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
-    for l in &config.listeners {
-        let (sockets, addr) = listener::bind_all(l.addr, workers)?;
-        for (w, s) in sockets.into_iter().enumerate() {
-            per_worker[w].push(s);
+    // Our own copies of every listening socket, for a successor.
+    let mut offered = Vec::new();
+    for (idx, l) in config.listeners.iter().enumerate() {
+        let mine = handover::claim(&mut inherited, handover::Role::Listener, l.addr);
+        let (sockets, addr) = if mine.is_empty() {
+            listener::bind_all(l.addr, workers)?
+        } else {
+            crate::info!("taking over {} socket(s) on {}", mine.len(), l.addr);
+            (listener::adopt(mine, l.addr, workers)?, l.addr)
+        };
+        for (i, s) in sockets.into_iter().enumerate() {
+            if config.upgrade_socket.is_some() {
+                offered.push(handover::Handed {
+                    role: handover::Role::Listener,
+                    addr,
+                    fd: s.try_clone()?.into(),
+                });
+            }
+            per_worker[i % workers].push((idx, s));
         }
         crate::info!("listening on {addr}");
         bound.push(addr);
@@ -113,12 +149,31 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
     });
     let (admin, admin_addr) = match config.admin {
         Some(addr) => {
-            let (mut sockets, bound_admin) = listener::bind_all(addr, 1)?;
+            let mine = handover::claim(&mut inherited, handover::Role::Admin, addr);
+            let (mut sockets, bound_admin) = if mine.is_empty() {
+                listener::bind_all(addr, 1)?
+            } else {
+                (listener::adopt(mine, addr, 1)?, addr)
+            };
             crate::admin::announce(bound_admin);
-            (sockets.pop(), Some(bound_admin))
+            let socket = sockets.pop();
+            if let (Some(s), Some(_)) = (&socket, &config.upgrade_socket) {
+                offered.push(handover::Handed {
+                    role: handover::Role::Admin,
+                    addr: bound_admin,
+                    fd: s.try_clone()?.into(),
+                });
+            }
+            (socket, Some(bound_admin))
         }
         None => (None, None),
     };
+    for gone in inherited {
+        crate::info!(
+            "taking over: {} is not in this config; its socket closes",
+            gone.addr
+        );
+    }
     let (log_sinks, mut log_ends, log_writer) = start_access_logs(&config)?;
     let (exit_tx, exits) = std::sync::mpsc::channel();
     start_health_thread(
@@ -207,6 +262,9 @@ pub fn start(config: Config, shutdown: Arc<Shutdown>) -> std::io::Result<Running
             }
             Err(_) => return Err(std::io::Error::other("a worker exited during start-up")),
         }
+    }
+    if let Some(path) = &config.upgrade_socket {
+        handover::offer(path, offered, shutdown.clone(), upgrading)?;
     }
     Ok(Running {
         bound,
@@ -381,7 +439,7 @@ fn worker_ctx(
 async fn worker_main(
     id: usize,
     ctx: Rc<WorkerCtx>,
-    sockets: Vec<std::net::TcpListener>,
+    sockets: Vec<(usize, std::net::TcpListener)>,
     shutdown: Arc<Shutdown>,
     drain_timeout: Duration,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
@@ -389,9 +447,9 @@ async fn worker_main(
     let mut cancellers = Vec::new();
     let listening: Vec<std::os::fd::RawFd> = sockets
         .iter()
-        .map(std::os::fd::AsRawFd::as_raw_fd)
+        .map(|(_, s)| std::os::fd::AsRawFd::as_raw_fd(s))
         .collect();
-    for (idx, socket) in sockets.into_iter().enumerate() {
+    for (idx, socket) in sockets {
         let listener = match TcpListener::from_std(socket) {
             Ok(l) => l,
             Err(e) => {
@@ -442,14 +500,23 @@ async fn worker_main(
     // Out of the listening tables now: new connections are refused at once
     // (instead of waiting in a backlog nobody accepts from), and the port is
     // free for a successor even while the ring still holds the socket.
-    for fd in listening {
-        listener::stop_listening(fd);
+    // Unless a successor shares the sockets: then they stay open for it, and
+    // the connections in their queues are its to accept.
+    if !shutdown.handed_over() {
+        for fd in listening {
+            listener::stop_listening(fd);
+        }
     }
     for c in cancellers {
         c.cancel();
     }
     let deadline = Instant::now() + drain_timeout;
-    while ctx.busy.get() > 0 && Instant::now() < deadline {
+    // Connections accepted as the drain began get a moment to send their
+    // first request (it is then counted in `busy`).
+    while Instant::now() < deadline
+        && (ctx.busy.get() > 0
+            || conn_limit::since_last_accept(crate::deadline::now_ms()) < FRESH_GRACE_MS)
+    {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     if ctx.busy.get() > 0 {
@@ -463,6 +530,10 @@ async fn worker_main(
         log.close();
     }
 }
+
+/// How long after its last accept a draining worker waits for a request on
+/// that connection.
+const FRESH_GRACE_MS: u64 = 200;
 
 /// Drops pooled connections as soon as their server closes them.
 async fn watch_idle_connections(ctx: Rc<WorkerCtx>) {

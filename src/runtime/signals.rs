@@ -4,7 +4,8 @@
 //! - SIGTERM / SIGINT: the first starts a graceful drain, a second exits at once;
 //! - SIGHUP: the reload signal (until reload exists: one line saying so);
 //! - SIGUSR1: reopen the access log files (after logrotate moved them);
-//! - SIGUSR2: binary upgrade (not supported yet: one line).
+//! - SIGUSR2: ignored with one line: a binary upgrade is started by running
+//!   the new binary with `--upgrade` (see `handover`).
 //!
 //! None of them ever kills ringlb by its default disposition.
 
@@ -82,7 +83,8 @@ pub fn install(shutdown: Arc<Shutdown>) {
                         crate::access_log::writer::request_reopen();
                     }
                     _ => crate::warn!(
-                        "SIGUSR2 received: binary upgrade is not supported yet; ignored"
+                        "SIGUSR2 received: ignored; to upgrade the binary, run the new one with \
+                         --config FILE --upgrade (with upgrade_socket set)"
                     ),
                 }
             }
