@@ -31,7 +31,10 @@ pub fn bind_all(
     addr: SocketAddr,
     count: usize,
 ) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
-    if addr.port() != 0 {
+    // RINGLB_BENCH_SHARE_PORT skips the probe: only for measuring the
+    // SO_REUSEPORT overlap that `handover` is chosen over
+    // (benches/load/upgrade.py); never set it in production.
+    if addr.port() != 0 && std::env::var_os("RINGLB_BENCH_SHARE_PORT").is_none() {
         probe_exclusive(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     }
