@@ -16,7 +16,8 @@
 //! Why not an overlap on SO_REUSEPORT (start the new process on the same
 //! port, then stop the old): each socket of a reuseport group has its own
 //! accept queue, and the connections queued on the old process's sockets
-//! are reset when it closes them (see `bench-results/` for the measurement).
+//! are reset when it closes them. `benches/load/upgrade.py` measures both
+//! (and a plain restart) under connection-per-request load.
 
 use super::Shutdown;
 use std::io::{self, BufRead, BufReader, Read, Write};
