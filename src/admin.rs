@@ -184,7 +184,11 @@ fn status_json(state: &State) -> String {
             )
         })
         .collect();
-    let tail = format!(",\"shed\":{{{}}}", shed.join(","));
+    let tail = format!(
+        ",\"shed\":{{{}}},\"config\":{}",
+        shed.join(","),
+        crate::runtime::reload::status_json()
+    );
     state.health.to_json(&state.configs, &admission, &tail)
 }
 

@@ -15,6 +15,10 @@ pub enum Command {
     Check {
         config: PathBuf,
     },
+    /// Ask the running ringlb to reload, with FILE as its new configuration.
+    Reload {
+        config: PathBuf,
+    },
     /// Compare what a config needs with what the host gives.
     Doctor {
         config: PathBuf,
@@ -35,6 +39,9 @@ USAGE:
                                     running on the config's upgrade_socket (which
                                     then drains and exits): a binary upgrade
     ringlb check --config FILE      validate a config file and exit
+    ringlb reload --config FILE     validate FILE and have the running ringlb (the one on
+                                    FILE's upgrade_socket) hand over to a new process
+                                    running it; exit 1 with the reason if refused
     ringlb doctor --config FILE [--json]
                                     check this host against what the config needs
                                     (exit 0: fits, 1: something limits it)
@@ -47,6 +54,7 @@ Signals: SIGTERM/SIGINT stop accepting, drain in-flight requests, exit 0.
 pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut check = false;
     let mut doctor = false;
+    let mut reload = false;
     let mut json = false;
     let mut upgrade = false;
     let mut config: Option<PathBuf> = None;
@@ -57,7 +65,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "-V" | "--version" => return Ok(Command::Version),
             "--print-demo-config" => return Ok(Command::PrintDemoConfig),
             "check" if !check && !doctor && config.is_none() => check = true,
-            "doctor" if !check && !doctor && config.is_none() => doctor = true,
+            "doctor" if !check && !doctor && !reload && config.is_none() => doctor = true,
+            "reload" if !check && !doctor && !reload && config.is_none() => reload = true,
             "--json" if doctor => json = true,
             "--upgrade" if !check && !doctor => upgrade = true,
             "-c" | "--config" => {
@@ -71,6 +80,10 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }
             other => return Err(format!("unexpected argument `{other}`")),
         }
+    }
+    if reload {
+        let config = config.ok_or("`reload` needs --config FILE")?;
+        return Ok(Command::Reload { config });
     }
     if doctor {
         let config = config.ok_or("`doctor` needs --config FILE")?;

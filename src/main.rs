@@ -51,6 +51,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Reload { config } => reload(&config),
         Command::Doctor { config, json } => match Config::load(&config) {
             Ok(c) => doctor(&c, &config.display().to_string(), json),
             Err(e) => {
@@ -59,7 +60,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config, upgrade } => match Config::load(&config) {
-            Ok(c) => serve(c, upgrade),
+            Ok(c) => serve(c, upgrade, Some(config)),
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(1)
@@ -75,7 +76,58 @@ fn main() -> ExitCode {
                  stop with Ctrl-C. Run your own upstreams with: ringlb --config FILE \
                  (ringlb --print-demo-config shows this demo's config)"
             );
-            serve(config, false)
+            serve(config, false, None)
+        }
+    }
+}
+
+/// `ringlb reload --config FILE`: validates FILE here, then asks the ringlb
+/// on its upgrade_socket to hand over to a process running it, and waits
+/// for the outcome.
+fn reload(path: &std::path::Path) -> ExitCode {
+    use std::io::{BufRead, BufReader, Write};
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some(socket) = config.upgrade_socket else {
+        eprintln!(
+            "{}: reload needs upgrade_socket (where the running ringlb listens)",
+            path.display()
+        );
+        return ExitCode::from(1);
+    };
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let outcome = (|| -> std::io::Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+        writeln!(s, "RELOAD {}", absolute.display())?;
+        let mut lines = BufReader::new(s).lines();
+        let mut said = Vec::new();
+        while let Some(line) = lines.next().transpose()? {
+            let last = line.starts_with("DONE") || line.starts_with("ERROR");
+            said.push(line);
+            if last {
+                break;
+            }
+        }
+        Ok(said.join("\n"))
+    })();
+    match outcome {
+        Ok(said) if said.contains("DONE ") => {
+            println!("reload: {said}");
+            ExitCode::SUCCESS
+        }
+        Ok(said) => {
+            eprintln!("reload refused: {said}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("reload: no ringlb answers on {}: {e}", socket.display());
+            ExitCode::from(1)
         }
     }
 }
@@ -101,17 +153,19 @@ fn doctor(config: &Config, source: &str, json: bool) -> ExitCode {
 
 /// Runs ringlb; `upgrade`: first take the listening sockets over from the
 /// ringlb offering them on the config's `upgrade_socket`.
-fn serve(config: Config, upgrade: bool) -> ExitCode {
+fn serve(config: Config, upgrade: bool, source: Option<std::path::PathBuf>) -> ExitCode {
     ringlb::log::configure(config.log_level, config.log_json);
     ringlb::contain::install_hook();
     let shutdown = Arc::new(Shutdown::default());
     runtime::signals::install(shutdown.clone());
     let workers = config.workers;
+    let offered_on = config.upgrade_socket.clone();
     let mut takeover = if upgrade {
         let Some(path) = config.upgrade_socket.clone() else {
             ringlb::error!("--upgrade: the config sets no upgrade_socket to take sockets from");
             return ExitCode::from(1);
         };
+        let path = runtime::reload::takeover_path(Some(&path)).unwrap_or(path);
         match runtime::handover::take_over(&path) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -127,6 +181,17 @@ fn serve(config: Config, upgrade: bool) -> ExitCode {
         .map_or_else(Vec::new, |t| std::mem::take(&mut t.sockets));
     match runtime::start(config, shutdown, inherited) {
         Ok(running) => {
+            match &source {
+                Some(file) => runtime::reload::loaded(
+                    &file.display().to_string(),
+                    &std::fs::read(file).unwrap_or_default(),
+                ),
+                None => runtime::reload::loaded("<built-in demo>", DEMO_CONFIG.as_bytes()),
+            }
+            if let (Some(file), Some(socket)) = (source, offered_on) {
+                let file = std::fs::canonicalize(&file).unwrap_or(file);
+                runtime::reload::remember(file, socket);
+            }
             if let Some(t) = takeover {
                 let from = t.from_pid;
                 match t.confirm() {

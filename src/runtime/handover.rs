@@ -19,7 +19,7 @@
 //! are reset when it closes them. `benches/load/upgrade.py` measures both
 //! (and a plain restart) under connection-per-request load.
 
-use super::Shutdown;
+use super::{reload, Shutdown};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -157,18 +157,32 @@ pub fn offer(
     std::thread::Builder::new()
         .name("ringlb-upgrade".into())
         .spawn(move || {
+            // The `ringlb reload` connection waiting for its outcome, if any.
+            let reporter: reload::Reporter = Arc::default();
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 if shutdown.is_requested() {
                     crate::warn!("upgrade refused: this ringlb is already draining");
                     continue;
                 }
-                match hand_over(stream, &sockets) {
+                let _ = stream.set_read_timeout(Some(STEP_TIMEOUT));
+                let mut line = String::new();
+                if BufReader::new(&stream).read_line(&mut line).is_err() {
+                    continue;
+                }
+                if let Some(path) = line.strip_prefix("RELOAD ") {
+                    start_reload(Path::new(path.trim()), stream, &reporter);
+                    continue;
+                }
+                match hand_over(&line, stream, &sockets) {
                     Ok(pid) => {
                         crate::info!(
                             "handed the listening sockets to pid {pid}: no longer accepting, \
                              draining in-flight requests"
                         );
+                        if let Some(mut s) = reporter.lock().ok().and_then(|mut r| r.take()) {
+                            let _ = writeln!(s, "DONE {pid}");
+                        }
                         super::notify::stopping();
                         shutdown.hand_over();
                         return;
@@ -180,16 +194,32 @@ pub fn offer(
     Ok(())
 }
 
-/// One successor's request: the sockets out, then its READY. Returns its pid.
-fn hand_over(stream: UnixStream, sockets: &[Handed]) -> io::Result<u32> {
-    stream.set_read_timeout(Some(STEP_TIMEOUT))?;
+/// `RELOAD path` from `ringlb reload`: validate and start the successor,
+/// answer `STARTED pid` (then `DONE pid` once it took over) or `ERROR why`.
+fn start_reload(path: &Path, mut stream: UnixStream, reporter: &reload::Reporter) {
+    match reload::start_successor(path, Some(reporter.clone())) {
+        Ok(pid) => {
+            let _ = writeln!(stream, "STARTED {pid}");
+            if let Ok(mut r) = reporter.lock() {
+                *r = Some(stream);
+            }
+        }
+        Err(e) => {
+            crate::warn!("reload refused: {e}; still serving with the current configuration");
+            let _ = writeln!(stream, "ERROR {e}");
+        }
+    }
+}
+
+/// One successor's request (`line`, already read): the sockets out, then its
+/// READY. Returns its pid.
+fn hand_over(line: &str, stream: UnixStream, sockets: &[Handed]) -> io::Result<u32> {
     let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
     let pid: u32 = line
         .strip_prefix("TAKEOVER ")
         .and_then(|p| p.trim().parse().ok())
         .ok_or_else(|| io::Error::other(format!("unexpected request {line:?}")))?;
+    let mut line = String::new();
     let mut text = format!("RINGLB {}\n", std::process::id());
     for s in sockets {
         let role = match s.role {

@@ -2,7 +2,7 @@
 //! every thread, so no async-signal-safety concerns reach the workers):
 //!
 //! - SIGTERM / SIGINT: the first starts a graceful drain, a second exits at once;
-//! - SIGHUP: the reload signal (until reload exists: one line saying so);
+//! - SIGHUP: reload the configuration file (see `reload`);
 //! - SIGUSR1: reopen the access log files (after logrotate moved them);
 //! - SIGUSR2: ignored with one line: a binary upgrade is started by running
 //!   the new binary with `--upgrade` (see `handover`).
@@ -74,10 +74,8 @@ pub fn install(shutdown: Arc<Shutdown>) {
                         crate::warn!("second {name}: exiting without waiting for the drain");
                         std::process::exit(1);
                     }
-                    libc::SIGHUP => crate::warn!(
-                        "SIGHUP received: configuration reload is not supported yet; \
-                         still serving with the configuration loaded at start"
-                    ),
+                    libc::SIGHUP if !draining => super::reload::on_sighup(),
+                    libc::SIGHUP => crate::warn!("SIGHUP received while draining: ignored"),
                     libc::SIGUSR1 => {
                         crate::info!("SIGUSR1 received: reopening the access logs");
                         crate::access_log::writer::request_reopen();

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod client;
+#[allow(dead_code)]
+pub mod load;
 pub mod origin;
 
 use std::io::{BufRead, BufReader};
@@ -20,7 +22,7 @@ pub struct Ringlb {
     child: Child,
     pub addrs: Vec<SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
-    config_path: PathBuf,
+    pub config_path: PathBuf,
 }
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);

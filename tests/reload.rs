@@ -1,0 +1,265 @@
+//! Configuration reload under load: `ringlb reload --config FILE` and SIGHUP
+//! validate the file, then hand the listening sockets to a fresh process
+//! running it. No request fails across 20 reloads; a new listener answers, a
+//! removed server stops receiving requests, a bad file changes nothing.
+
+mod common;
+
+use common::load::{check, free_port, request, Load};
+use common::origin::Origin;
+use common::{bin, server_list, temp_path, Ringlb};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+struct Ports {
+    main: u16,
+    extra: u16,
+    socket: PathBuf,
+}
+
+/// The config: the main listener over `servers`, and optionally a second
+/// listener that answers itself.
+fn config(p: &Ports, servers: &[SocketAddr], extra_listener: bool) -> String {
+    let extra = if extra_listener {
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:{}\"\nstatus = 200\nbody = \"extra\\n\"\n\n",
+            p.extra
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "workers = 2\nupgrade_socket = \"{}\"\ndrain_timeout = \"10s\"\n\n\
+         [[listener]]\nlisten = \"127.0.0.1:{}\"\nupstream = \"app\"\n\n{extra}\
+         [[upstream]]\nname = \"app\"\nservers = [{}]\n",
+        p.socket.display(),
+        p.main,
+        server_list(servers)
+    )
+}
+
+fn write(name: &str, text: &str) -> PathBuf {
+    let path = temp_path(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `ringlb reload --config FILE`: its exit code and output.
+fn reload(file: &Path) -> (Option<i32>, String) {
+    let out = Command::new(bin())
+        .args(["reload", "--config"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// The pid in a `DONE pid` answer.
+fn successor(said: &str) -> u32 {
+    said.split("DONE ")
+        .nth(1)
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no DONE in {said:?}"))
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// Stops a ringlb that is not the test's child (a successor) and waits.
+fn stop(pid: u32) {
+    if pid == 0 {
+        return;
+    }
+    // SAFETY: kill(2) on a pid this test started (through a reload).
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the process when dropped (a successor is not the test's child, so
+/// nothing else would if the test fails).
+struct Stop(u32);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        stop(self.0);
+    }
+}
+
+fn answers(addr: SocketAddr, token: &str) -> bool {
+    TcpStream::connect(addr)
+        .ok()
+        .and_then(|mut s| request(&mut s, token, true).ok())
+        .is_some_and(|(a, _)| a.starts_with("HTTP/1.1 200 "))
+}
+
+#[test]
+fn twenty_reloads_under_load_fail_no_request_and_each_config_takes_effect() {
+    let (a, b) = (Origin::start(), Origin::start());
+    let p = Ports {
+        main: free_port(),
+        extra: free_port(),
+        socket: temp_path("reload.sock"),
+    };
+    let main: SocketAddr = format!("127.0.0.1:{}", p.main).parse().unwrap();
+    let extra: SocketAddr = format!("127.0.0.1:{}", p.extra).parse().unwrap();
+    // Both servers, no extra listener / one server and the extra listener.
+    let both = write("both.toml", &config(&p, &[a.addr, b.addr], false));
+    let one = write("one.toml", &config(&p, &[a.addr], true));
+    let first = Ringlb::start(&config(&p, &[a.addr, b.addr], false));
+    let load = Load::start(main, 6);
+    let mut current = first.pid();
+    let mut last = Stop(0);
+    for n in 0..20 {
+        let file = if n % 2 == 0 { &one } else { &both };
+        let (code, said) = reload(file);
+        assert_eq!(code, Some(0), "reload {n}: {said}");
+        let next = successor(&said);
+        assert_ne!(next, current);
+        last.0 = next; // the old one drains and exits by itself
+        let old = std::mem::replace(&mut current, next);
+        if n % 2 == 0 {
+            assert!(
+                answers(extra, "extra"),
+                "reload {n}: the new listener answers"
+            );
+            // Server b gets nothing more once the old process is gone: its
+            // kept-alive clients sent it at most one more request each
+            // (answered with `Connection: close`).
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while alive(old) {
+                assert!(
+                    Instant::now() < deadline,
+                    "reload {n}: the old process exits"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let seen = b.stats.requests.load(Ordering::Relaxed);
+            for i in 0..20 {
+                let mut s = TcpStream::connect(main).unwrap();
+                let (answer, _) = request(&mut s, &format!("r{n}-{i}"), true).unwrap();
+                check(&answer, &format!("r{n}-{i}")).unwrap();
+            }
+            assert_eq!(
+                b.stats.requests.load(Ordering::Relaxed),
+                seen,
+                "reload {n}: the removed server receives no request"
+            );
+        } else {
+            // The extra listener is gone with the config that dropped it.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while TcpStream::connect(extra).is_ok() {
+                assert!(
+                    Instant::now() < deadline,
+                    "reload {n}: the removed listener closes"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, failures) = load.finish();
+    drop(last);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 200, "only {ok} requests");
+    assert!(first.log_contains("handed the listening sockets to pid"));
+    for f in [&both, &one, &p.socket] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+#[test]
+fn a_bad_file_is_refused_with_its_reason_and_sighup_reloads_the_file_in_place() {
+    let origin = Origin::start();
+    let p = Ports {
+        main: free_port(),
+        extra: free_port(),
+        socket: temp_path("reload-bad.sock"),
+    };
+    let extra: SocketAddr = format!("127.0.0.1:{}", p.extra).parse().unwrap();
+    let main: SocketAddr = format!("127.0.0.1:{}", p.main).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let with_admin = |text: String| format!("{text}\n[admin]\nlisten = \"{admin}\"\n");
+    let running = Ringlb::start(&with_admin(config(&p, &[origin.addr], false)));
+    let status = || common::admin_get(admin, "/status");
+    let before = status();
+    assert!(before.contains("\"generation\":0,"), "{before}");
+    // A bad file: the command says where and why, and nothing changes.
+    let bad = write(
+        "bad.toml",
+        &config(&p, &[origin.addr], false).replace("workers = 2", "workers = \"two\""),
+    );
+    let (code, said) = reload(&bad);
+    assert_eq!(code, Some(1));
+    assert!(
+        said.contains("bad.toml:1:") && said.contains("workers"),
+        "{said}"
+    );
+    assert!(answers(main, "still"), "still serving");
+    assert!(alive(running.pid()));
+
+    // SIGHUP re-reads the running process's own file: a bad edit is refused
+    // in the log, a good one is applied by a successor.
+    std::fs::write(&running.config_path, "workers = [").unwrap();
+    running.signal(libc::SIGHUP);
+    common::eventually("the refusal is logged", Duration::from_secs(5), || {
+        running.log_contains("reload refused")
+    });
+    assert!(answers(main, "after-bad-hup"));
+    std::fs::write(
+        &running.config_path,
+        with_admin(config(&p, &[origin.addr], true)),
+    )
+    .unwrap();
+    running.signal(libc::SIGHUP);
+    let started = |log: String| {
+        log.lines()
+            .find_map(|l| l.split("reload: started pid ").nth(1))
+            .and_then(|r| r.split(' ').next()?.parse::<u32>().ok())
+    };
+    common::eventually("the successor starts", Duration::from_secs(10), || {
+        started(running.log_text()).is_some()
+    });
+    let _successor = Stop(started(running.log_text()).unwrap());
+    common::eventually("the new listener answers", Duration::from_secs(10), || {
+        answers(extra, "after-hup")
+    });
+    common::eventually("the old process drained", Duration::from_secs(15), || {
+        !alive(running.pid())
+    });
+    assert!(
+        running.log_contains("handed the listening sockets to pid"),
+        "{}",
+        running.log_text()
+    );
+    assert!(answers(main, "on-the-successor"));
+    // The admin listener moved along; /status tells the two configs apart.
+    let after = status();
+    assert!(after.contains("\"generation\":1,"), "{after}");
+    let hash = |s: &str| s.split("\"hash\":\"").nth(1).map(|h| h[..16].to_string());
+    assert!(
+        hash(&after).is_some() && hash(&after) != hash(&before),
+        "{before}\n{after}"
+    );
+    let _ = std::fs::remove_file(&p.socket);
+    let _ = std::fs::remove_file(&bad);
+}
