@@ -20,6 +20,22 @@ struct Ports {
     socket: PathBuf,
 }
 
+impl Ports {
+    fn new(socket: &str) -> Ports {
+        Ports {
+            main: free_port(),
+            extra: free_port(),
+            socket: temp_path(socket),
+        }
+    }
+
+    /// The main listener's address and the extra one's.
+    fn addrs(&self) -> (SocketAddr, SocketAddr) {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        (at(self.main), at(self.extra))
+    }
+}
+
 /// The config: the main listener over `servers`, and optionally a second
 /// listener that answers itself.
 fn config(p: &Ports, servers: &[SocketAddr], extra_listener: bool) -> String {
@@ -110,13 +126,8 @@ fn answers(addr: SocketAddr, token: &str) -> bool {
 #[test]
 fn twenty_reloads_under_load_fail_no_request_and_each_config_takes_effect() {
     let (a, b) = (Origin::start(), Origin::start());
-    let p = Ports {
-        main: free_port(),
-        extra: free_port(),
-        socket: temp_path("reload.sock"),
-    };
-    let main: SocketAddr = format!("127.0.0.1:{}", p.main).parse().unwrap();
-    let extra: SocketAddr = format!("127.0.0.1:{}", p.extra).parse().unwrap();
+    let p = Ports::new("reload.sock");
+    let (main, extra) = p.addrs();
     // Both servers, no extra listener / one server and the extra listener.
     let both = write("both.toml", &config(&p, &[a.addr, b.addr], false));
     let one = write("one.toml", &config(&p, &[a.addr], true));
@@ -190,13 +201,8 @@ fn twenty_reloads_under_load_fail_no_request_and_each_config_takes_effect() {
 #[test]
 fn a_bad_file_is_refused_with_its_reason_and_sighup_reloads_the_file_in_place() {
     let origin = Origin::start();
-    let p = Ports {
-        main: free_port(),
-        extra: free_port(),
-        socket: temp_path("reload-bad.sock"),
-    };
-    let extra: SocketAddr = format!("127.0.0.1:{}", p.extra).parse().unwrap();
-    let main: SocketAddr = format!("127.0.0.1:{}", p.main).parse().unwrap();
+    let p = Ports::new("reload-bad.sock");
+    let (main, extra) = p.addrs();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let with_admin = |text: String| format!("{text}\n[admin]\nlisten = \"{admin}\"\n");
     let running = Ringlb::start(&with_admin(config(&p, &[origin.addr], false)));

@@ -169,29 +169,33 @@ fn nofile(needs: &Needs, host: &Host) -> Row {
 }
 
 fn nr_open(needs: &Needs, host: &Host) -> Row {
-    let verdict = at_least(host.nr_open, needs.descriptors);
-    Row {
-        setting: "fs.nr_open",
-        now: host.nr_open.to_string(),
-        needed: needs.descriptors.to_string(),
-        verdict,
-        why: "the most RLIMIT_NOFILE can be raised to".into(),
-        fix: fix_if(
-            verdict,
-            format!("sysctl -w fs.nr_open={}", needs.descriptors),
-        ),
-    }
+    let fix = format!("sysctl -w fs.nr_open={}", needs.descriptors);
+    let why = "the most RLIMIT_NOFILE can be raised to";
+    descriptor_sysctl(("fs.nr_open", host.nr_open), needs, why, fix)
 }
 
 fn file_max(needs: &Needs, host: &Host) -> Row {
-    let verdict = at_least(host.file_max, needs.descriptors);
+    let fix = "sysctl -w fs.file-max=2097152".to_string();
+    let why = "open files for the whole host";
+    descriptor_sysctl(("fs.file-max", host.file_max), needs, why, fix)
+}
+
+/// A host-wide descriptor limit (`setting`, its value now) against the
+/// descriptors the config needs.
+fn descriptor_sysctl(
+    (setting, now): (&'static str, u64),
+    needs: &Needs,
+    why: &str,
+    fix: String,
+) -> Row {
+    let verdict = at_least(now, needs.descriptors);
     Row {
-        setting: "fs.file-max",
-        now: host.file_max.to_string(),
+        setting,
+        now: now.to_string(),
         needed: needs.descriptors.to_string(),
         verdict,
-        why: "open files for the whole host".into(),
-        fix: fix_if(verdict, "sysctl -w fs.file-max=2097152".into()),
+        why: why.into(),
+        fix: fix_if(verdict, fix),
     }
 }
 

@@ -18,6 +18,18 @@ fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// One non-blocking SO_REUSEPORT socket listening on `addr`.
+fn reuseport_listener(addr: SocketAddr) -> io::Result<Socket> {
+    let s = socket_for(addr)?;
+    s.set_reuse_port(true)?;
+    s.set_nodelay(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    s.listen(BACKLOG)?;
+    Ok(s)
+}
+
 /// Fails with "address in use" when anything else listens on `addr`.
 fn probe_exclusive(addr: SocketAddr) -> io::Result<()> {
     let s = socket_for(addr)?;
@@ -41,13 +53,7 @@ pub fn bind_all(
     let mut bound = addr;
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let s = socket_for(bound)?;
-        s.set_reuse_port(true)?;
-        s.set_nodelay(true)?;
-        s.set_nonblocking(true)?;
-        s.bind(&bound.into())
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {bound}: {e}")))?;
-        s.listen(BACKLOG)?;
+        let s = reuseport_listener(bound)?;
         if bound.port() == 0 {
             bound = s.local_addr()?.as_socket().unwrap_or(bound);
         }
@@ -70,14 +76,7 @@ pub fn adopt(
         s.set_nonblocking(true)?;
     }
     while out.len() < count {
-        let s = socket_for(addr)?;
-        s.set_reuse_port(true)?;
-        s.set_nodelay(true)?;
-        s.set_nonblocking(true)?;
-        s.bind(&addr.into())
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-        s.listen(BACKLOG)?;
-        out.push(s.into());
+        out.push(reuseport_listener(addr)?.into());
     }
     Ok(out)
 }
