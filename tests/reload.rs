@@ -205,7 +205,22 @@ fn a_bad_file_is_refused_with_its_reason_and_sighup_reloads_the_file_in_place() 
     let (main, extra) = p.addrs();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let with_admin = |text: String| format!("{text}\n[admin]\nlisten = \"{admin}\"\n");
-    let running = Ringlb::start(&with_admin(config(&p, &[origin.addr], false)));
+    // The service manager's socket: READY, then RELOADING and the
+    // successor's READY around a reload.
+    let notify_path = temp_path("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let heard = || {
+        let mut buf = [0u8; 512];
+        let n = manager.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let running = Ringlb::start_with(&with_admin(config(&p, &[origin.addr], false)), |c| {
+        c.env("NOTIFY_SOCKET", &notify_path);
+    });
+    assert!(heard().starts_with("READY=1"));
     let status = || common::admin_get(admin, "/status");
     let before = status();
     assert!(before.contains("\"generation\":0,"), "{before}");
@@ -245,7 +260,14 @@ fn a_bad_file_is_refused_with_its_reason_and_sighup_reloads_the_file_in_place() 
     common::eventually("the successor starts", Duration::from_secs(10), || {
         started(running.log_text()).is_some()
     });
-    let _successor = Stop(started(running.log_text()).unwrap());
+    let successor = started(running.log_text()).unwrap();
+    let _successor = Stop(successor);
+    assert!(heard().starts_with("RELOADING=1"));
+    let ready = heard();
+    assert!(
+        ready.starts_with("READY=1") && ready.contains(&format!("MAINPID={successor}\n")),
+        "the successor announces itself: {ready:?}"
+    );
     common::eventually("the new listener answers", Duration::from_secs(10), || {
         answers(extra, "after-hup")
     });
@@ -268,4 +290,5 @@ fn a_bad_file_is_refused_with_its_reason_and_sighup_reloads_the_file_in_place() 
     );
     let _ = std::fs::remove_file(&p.socket);
     let _ = std::fs::remove_file(&bad);
+    let _ = std::fs::remove_file(&notify_path);
 }

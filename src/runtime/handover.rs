@@ -183,7 +183,8 @@ pub fn offer(
                         if let Some(mut s) = reporter.lock().ok().and_then(|mut r| r.take()) {
                             let _ = writeln!(s, "DONE {pid}");
                         }
-                        super::notify::stopping();
+                        // No STOPPING=1: the service goes on in the
+                        // successor, which announced READY=1 with its pid.
                         shutdown.hand_over();
                         return;
                     }
