@@ -101,7 +101,7 @@ fn reload(path: &std::path::Path) -> ExitCode {
         return ExitCode::from(1);
     };
     let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let outcome = (|| -> std::io::Result<String> {
+    let ask = || -> std::io::Result<String> {
         let mut s = std::os::unix::net::UnixStream::connect(&socket)?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
         writeln!(s, "RELOAD {}", absolute.display())?;
@@ -114,8 +114,21 @@ fn reload(path: &std::path::Path) -> ExitCode {
                 break;
             }
         }
+        if said.is_empty() {
+            return Err(std::io::Error::other("closed without an answer"));
+        }
         Ok(said.join("\n"))
-    })();
+    };
+    // A request queued just as the running ringlb handed over is dropped
+    // with its listener; the successor answers on the same path a moment later.
+    let mut outcome = ask();
+    for _ in 0..10 {
+        if outcome.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        outcome = ask();
+    }
     match outcome {
         Ok(said) if said.contains("DONE ") => {
             println!("reload: {said}");

@@ -292,3 +292,60 @@ fn a_bad_file_is_refused_with_its_reason_and_sighup_reloads_the_file_in_place() 
     let _ = std::fs::remove_file(&bad);
     let _ = std::fs::remove_file(&notify_path);
 }
+
+#[test]
+fn an_upgrade_socket_path_that_is_not_a_socket_is_refused_and_left_alone() {
+    let origin = Origin::start();
+    let p = Ports::new("precious.txt");
+    std::fs::write(&p.socket, "precious data\n").unwrap();
+    let file = write("not-a-socket.toml", &config(&p, &[origin.addr], false));
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ringlb started on a config whose upgrade_socket is a regular file");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("exists and is not a socket"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&p.socket).unwrap(),
+        "precious data\n"
+    );
+    let _ = std::fs::remove_file(&p.socket);
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn a_silent_client_on_the_upgrade_socket_does_not_hold_up_a_reload() {
+    let origin = Origin::start();
+    let p = Ports::new("silent.sock");
+    let (main, _) = p.addrs();
+    let file = write("silent.toml", &config(&p, &[origin.addr], false));
+    let _running = Ringlb::start(&config(&p, &[origin.addr], false));
+    let _silent = std::os::unix::net::UnixStream::connect(&p.socket).unwrap();
+    let started = Instant::now();
+    let (code, said) = reload(&file);
+    assert_eq!(code, Some(0), "{said}");
+    let _successor = Stop(successor(&said));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the reload waited {:?} behind a silent client",
+        started.elapsed()
+    );
+    assert!(answers(main, "after"));
+    let _ = std::fs::remove_file(&p.socket);
+    let _ = std::fs::remove_file(&file);
+}

@@ -24,14 +24,21 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Most descriptors one message carries (the kernel's SCM_MAX_FD).
 const MAX_FDS: usize = 253;
-/// How long either side waits for the other's next step.
+/// How long either side waits for the other's next step (a successor's
+/// READY comes once its workers run).
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection to the upgrade socket may take to say what it
+/// wants (both kinds of client send their line at once): a silent one must
+/// not hold up the reloads and upgrades queued behind it.
+const FIRST_LINE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest request line read from the upgrade socket.
+const MAX_LINE: u64 = 4096;
 
 /// What a handed-over socket is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,16 +133,44 @@ pub fn take_over(path: &Path) -> io::Result<Takeover> {
     })
 }
 
+/// An offer bound under a temporary name, published at its path once this
+/// process serves (`publish`): a successor that fails to start never takes
+/// the path from the process it was to replace.
+pub struct Offer {
+    bound: PathBuf,
+    path: PathBuf,
+}
+
+impl Drop for Offer {
+    fn drop(&mut self) {
+        // Unpublished (this process failed to start): leave nothing behind.
+        let _ = std::fs::remove_file(&self.bound);
+    }
+}
+
+impl Offer {
+    /// Moves the offer to its path (atomically replacing a predecessor's).
+    pub fn publish(self) -> io::Result<()> {
+        check_offer_path(&self.path)?;
+        std::fs::rename(&self.bound, &self.path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("upgrade_socket {}: {e}", self.path.display()),
+            )
+        })
+    }
+}
+
 /// Offers `sockets` on `path` to a successor, from a thread of its own.
 /// `replace`: a predecessor may still hold the path (this process took its
 /// sockets over); otherwise a path that answers means another ringlb offers
-/// there, which is an error.
+/// there, which is an error. Bound under a temporary name until `publish`.
 pub fn offer(
     path: &Path,
     sockets: Vec<Handed>,
     shutdown: Arc<Shutdown>,
     replace: bool,
-) -> io::Result<()> {
+) -> io::Result<Offer> {
     if sockets.len() > MAX_FDS {
         return Err(io::Error::other(format!(
             "{} listening sockets: a handover carries at most {MAX_FDS}",
@@ -151,27 +186,42 @@ pub fn offer(
             ),
         ));
     }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)
+    // Refuse a path that is not a socket now, before anything runs.
+    check_offer_path(path)?;
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{}", std::process::id()));
+    let bound = PathBuf::from(name);
+    let _ = std::fs::remove_file(&bound);
+    let listener = UnixListener::bind(&bound)
         .map_err(|e| io::Error::new(e.kind(), format!("upgrade_socket {}: {e}", path.display())))?;
     std::thread::Builder::new()
         .name("ringlb-upgrade".into())
         .spawn(move || {
-            // The `ringlb reload` connection waiting for its outcome, if any.
-            let reporter: reload::Reporter = Arc::default();
+            // The `ringlb reload` waiting for its outcome, if any (one at a time).
+            let mut pending: Option<reload::Reporter> = None;
             for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+                let Ok(mut stream) = stream else { continue };
                 if shutdown.is_requested() {
                     crate::warn!("upgrade refused: this ringlb is already draining");
                     continue;
                 }
-                let _ = stream.set_read_timeout(Some(STEP_TIMEOUT));
+                let _ = stream.set_read_timeout(Some(FIRST_LINE_TIMEOUT));
                 let mut line = String::new();
-                if BufReader::new(&stream).read_line(&mut line).is_err() {
-                    continue;
+                let read = BufReader::new((&stream).take(MAX_LINE)).read_line(&mut line);
+                if read.is_err() || !line.ends_with('\n') {
+                    continue; // silent, cut short or too long
                 }
+                let _ = stream.set_read_timeout(Some(STEP_TIMEOUT));
                 if let Some(path) = line.strip_prefix("RELOAD ") {
-                    start_reload(Path::new(path.trim()), stream, &reporter);
+                    let busy = pending
+                        .as_ref()
+                        .and_then(|r| r.lock().ok().map(|g| g.is_some()))
+                        .unwrap_or(false);
+                    if busy {
+                        let _ = writeln!(stream, "ERROR a reload is already in progress");
+                        continue;
+                    }
+                    pending = start_reload(Path::new(path.trim()), stream);
                     continue;
                 }
                 match hand_over(&line, stream, &sockets) {
@@ -180,7 +230,8 @@ pub fn offer(
                             "handed the listening sockets to pid {pid}: no longer accepting, \
                              draining in-flight requests"
                         );
-                        if let Some(mut s) = reporter.lock().ok().and_then(|mut r| r.take()) {
+                        let waiting = pending.as_ref().and_then(|r| r.lock().ok()?.take());
+                        if let Some(mut s) = waiting {
                             let _ = writeln!(s, "DONE {pid}");
                         }
                         // No STOPPING=1: the service goes on in the
@@ -192,23 +243,50 @@ pub fn offer(
                 }
             }
         })?;
-    Ok(())
+    Ok(Offer {
+        bound,
+        path: path.to_path_buf(),
+    })
 }
 
 /// `RELOAD path` from `ringlb reload`: validate and start the successor,
 /// answer `STARTED pid` (then `DONE pid` once it took over) or `ERROR why`.
-fn start_reload(path: &Path, mut stream: UnixStream, reporter: &reload::Reporter) {
+/// Returns where the outcome goes (this command's connection, which the
+/// successor's reaper answers instead if it exits before taking over).
+fn start_reload(path: &Path, mut stream: UnixStream) -> Option<reload::Reporter> {
+    let reporter: reload::Reporter = Arc::default();
     match reload::start_successor(path, Some(reporter.clone())) {
         Ok(pid) => {
             let _ = writeln!(stream, "STARTED {pid}");
             if let Ok(mut r) = reporter.lock() {
                 *r = Some(stream);
             }
+            Some(reporter)
         }
         Err(e) => {
             crate::warn!("reload refused: {e}; still serving with the current configuration");
             let _ = writeln!(stream, "ERROR {e}");
+            None
         }
+    }
+}
+
+/// Checks that `path` may take an offer: absent, or a socket (a
+/// predecessor's or a stale one, which the rename replaces). Anything else
+/// (a regular file, a directory) is an error, never deleted.
+fn check_offer_path(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => Ok(()),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "upgrade_socket {} exists and is not a socket; not replacing it",
+                path.display()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

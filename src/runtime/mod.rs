@@ -175,6 +175,12 @@ pub fn start(
             gone.addr
         );
     }
+    // Before any worker accepts: a process that cannot offer its sockets
+    // exits here, without having taken (and then dropped) a connection.
+    let offer = match &config.upgrade_socket {
+        Some(path) => Some(handover::offer(path, offered, shutdown.clone(), upgrading)?),
+        None => None,
+    };
     let (log_sinks, mut log_ends, log_writer) = start_access_logs(&config)?;
     let (exit_tx, exits) = std::sync::mpsc::channel();
     start_health_thread(
@@ -264,9 +270,10 @@ pub fn start(
             Err(_) => return Err(std::io::Error::other("a worker exited during start-up")),
         }
     }
-    if let Some(path) = &config.upgrade_socket {
-        handover::offer(path, offered, shutdown.clone(), upgrading)?;
+    if let Some(offer) = offer {
+        offer.publish()?;
     }
+
     Ok(Running {
         bound,
         admin: admin_addr,
