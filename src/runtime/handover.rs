@@ -194,6 +194,12 @@ pub fn offer(
     let _ = std::fs::remove_file(&bound);
     let listener = UnixListener::bind(&bound)
         .map_err(|e| io::Error::new(e.kind(), format!("upgrade_socket {}: {e}", path.display())))?;
+    // Whoever can connect can take the sockets and stop this process: the
+    // owner only (ringlb's user; root can anyway).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bound, std::fs::Permissions::from_mode(0o600))?;
+    }
     std::thread::Builder::new()
         .name("ringlb-upgrade".into())
         .spawn(move || {
