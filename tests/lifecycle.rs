@@ -183,26 +183,11 @@ fn second_instance_on_the_same_port_is_refused() {
         format!("[[listener]]\nlisten = \"{}\"\nupstream = \"app\"\n[[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n", lb.addr(), origin.addr),
     )
     .unwrap();
-    let mut child = Command::new(bin())
-        .arg("--config")
-        .arg(&cfg)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("second instance kept running on a port that is in use");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(1));
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let (code, err) = common::run_expecting_exit(
+        &cfg,
+        "second instance kept running on a port that is in use",
+    );
+    assert_eq!(code, Some(1));
     assert!(err.to_lowercase().contains("in use"), "{err}");
     let _ = std::fs::remove_file(cfg);
 }

@@ -299,26 +299,11 @@ fn an_upgrade_socket_path_that_is_not_a_socket_is_refused_and_left_alone() {
     let p = Ports::new("precious.txt");
     std::fs::write(&p.socket, "precious data\n").unwrap();
     let file = write("not-a-socket.toml", &config(&p, &[origin.addr], false));
-    let mut child = Command::new(bin())
-        .arg("--config")
-        .arg(&file)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ringlb started on a config whose upgrade_socket is a regular file");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(1), "{err}");
+    let (code, err) = common::run_expecting_exit(
+        &file,
+        "ringlb started on a config whose upgrade_socket is a regular file",
+    );
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("exists and is not a socket"), "{err}");
     assert_eq!(
         std::fs::read_to_string(&p.socket).unwrap(),

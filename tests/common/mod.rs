@@ -341,3 +341,29 @@ pub fn metric(admin: SocketAddr, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.parse().unwrap())
 }
+
+/// Runs `ringlb --config FILE`, which must exit by itself within 10 s
+/// (`why`: what it means if it keeps running): its status and stderr.
+#[allow(dead_code)]
+pub fn run_expecting_exit(config: &std::path::Path, why: &str) -> (Option<i32>, String) {
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{why}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status.code(), err)
+}
