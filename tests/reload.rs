@@ -320,6 +320,12 @@ fn a_silent_client_on_the_upgrade_socket_does_not_hold_up_a_reload() {
     let (main, _) = p.addrs();
     let file = write("silent.toml", &config(&p, &[origin.addr], false));
     let _running = Ringlb::start(&config(&p, &[origin.addr], false));
+    // Owner-only: whoever can connect can take the listeners over.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p.socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "upgrade socket mode {mode:o}");
+    }
     let _silent = std::os::unix::net::UnixStream::connect(&p.socket).unwrap();
     let started = Instant::now();
     let (code, said) = reload(&file);
