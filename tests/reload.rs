@@ -314,7 +314,7 @@ fn an_upgrade_socket_path_that_is_not_a_socket_is_refused_and_left_alone() {
 }
 
 #[test]
-fn a_silent_client_on_the_upgrade_socket_does_not_hold_up_a_reload() {
+fn a_silent_or_flooding_client_on_the_upgrade_socket_does_not_hold_up_a_reload() {
     let origin = Origin::start();
     let p = Ports::new("silent.sock");
     let (main, _) = p.addrs();
@@ -326,6 +326,24 @@ fn a_silent_client_on_the_upgrade_socket_does_not_hold_up_a_reload() {
         let mode = std::fs::metadata(&p.socket).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "upgrade socket mode {mode:o}");
     }
+    // A client that sends one endless line is cut off at 4 KiB, holding
+    // neither the socket nor memory.
+    let rss_before = _running.status_kb("VmRSS");
+    {
+        use std::io::Write;
+        let mut flood = std::os::unix::net::UnixStream::connect(&p.socket).unwrap();
+        flood
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..64 {
+            if flood.write_all(&chunk).is_err() {
+                break; // cut off, as it should be
+            }
+        }
+    }
+    let grew = _running.status_kb("VmRSS").saturating_sub(rss_before);
+    assert!(grew < 16 * 1024, "a 64 MiB line grew RSS by {grew} KiB");
     let _silent = std::os::unix::net::UnixStream::connect(&p.socket).unwrap();
     let started = Instant::now();
     let (code, said) = reload(&file);
