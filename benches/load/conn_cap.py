@@ -21,18 +21,8 @@ def proxy_cmd(tmp, name, cap):
     s, port = bench.Setup(tmp, 0, 0), PROXY[name]
     if name.startswith("ringlb"):
         mode = name.split("-")[1]
-        conf = s.write(f"{name}.toml", f"""workers = 1
-[limits]
-max_connections = {cap}
-at_connection_cap = "{mode}"
-[[listener]]
-listen = "127.0.0.1:{port}"
-upstream = "app"
-[[upstream]]
-name = "app"
-servers = ["127.0.0.1:{bench.ORIGIN_PORT}"]
-""")
-        return ["taskset", "-c", "1", os.path.join(bench.ROOT, "target/release/ringlb"), "--config", conf]
+        top = f'[limits]\nmax_connections = {cap}\nat_connection_cap = "{mode}"'
+        return bench.ringlb_proxy(s, name, port, [f"127.0.0.1:{bench.ORIGIN_PORT}"], top=top)
     conf = s.write("haproxy-cap.cfg", bench.haproxy_config(
         port, f"server s1 127.0.0.1:{bench.ORIGIN_PORT}", frontend=f"maxconn {cap}"))
     return ["taskset", "-c", "1", "haproxy", "-db", "-f", conf]

@@ -44,14 +44,7 @@ def proxy_cmd(tmp, name):
     port = PROXY[name]
     s = bench.Setup(tmp, 0, 0)
     if name.startswith("ringlb"):
-        conf = s.write(f"{name}-failover.toml", f"""workers = 1
-[[listener]]
-listen = "127.0.0.1:{port}"
-upstream = "app"
-[[upstream]]
-name = "app"
-servers = [{", ".join(f'"{x}"' for x in servers)}]
-balance = "weighted_round_robin"
+        upstream = f"""balance = "weighted_round_robin"
 retries = 2
 slow_start = "3s"
 [upstream.health_check]
@@ -59,10 +52,9 @@ path = "/"
 interval = "{CHECK_INTERVAL}"
 timeout = "250ms"
 rise = 2
-fall = 2
-""")
-        binary = RINGLB_B if name == "ringlb-b" else os.path.join(bench.ROOT, "target/release/ringlb")
-        return ["taskset", "-c", "1", binary, "--config", conf]
+fall = 2"""
+        binary = RINGLB_B if name == "ringlb-b" else None
+        return bench.ringlb_proxy(s, name, port, servers, upstream=upstream, binary=binary)
     if name == "nginx":
         ups = "".join(f"server {x} max_fails=1 fail_timeout=10s; " for x in servers)
         conf = s.write("nginx-failover.conf", f"""

@@ -34,17 +34,8 @@ def proxy_cmd(tmp, name):
     if name.startswith("ringlb"):
         # ringlb-q0: the same limit without a queue (the excess is shed at once).
         queue = "" if name == "ringlb-q0" else f'queue_size = {QUEUE}\nqueue_timeout = "100ms"'
-        conf = s.write(f"{name}-overload.toml", f"""workers = 1
-[[listener]]
-listen = "127.0.0.1:{port}"
-upstream = "app"
-[[upstream]]
-name = "app"
-servers = ["127.0.0.1:{ORIGIN}"]
-max_in_flight = {LIMIT}
-{queue}
-""")
-        return ["taskset", "-c", "1", os.path.join(bench.ROOT, "target/release/ringlb"), "--config", conf]
+        limits = f"max_in_flight = {LIMIT}\n{queue}"
+        return bench.ringlb_proxy(s, name, port, [f"127.0.0.1:{ORIGIN}"], upstream=limits)
     if name == "nginx":
         conf = s.write("nginx-overload.conf", f"""
 daemon off; master_process off; worker_processes 1; pid {tmp}/nginx-overload.pid;

@@ -121,6 +121,26 @@ def spawn(tmp, name, cmd, port):
     return p
 
 
+def ringlb_proxy(setup, name, port, servers, top="", upstream="", binary=None):
+    """The command running ringlb (one worker, on CPU 1) as a proxy on `port`
+    over `servers`; `top` and `upstream` are extra lines for the top level
+    and the `[[upstream]]` table (tables of its own, such as a health check,
+    go last in `upstream`). `binary`: another ringlb build (default: this tree's)."""
+    listed = ", ".join(f'"{s}"' for s in servers)
+    conf = setup.write(f"{name}-proxy.toml", f"""workers = 1
+{top}
+[[listener]]
+listen = "127.0.0.1:{port}"
+upstream = "app"
+[[upstream]]
+name = "app"
+servers = [{listed}]
+{upstream}
+""")
+    binary = binary or os.path.join(ROOT, "target/release/ringlb")
+    return ["taskset", "-c", "1", binary, "--config", conf]
+
+
 def haproxy_config(port, server, defaults="", frontend=""):
     """The benchmarks' HAProxy: one thread, keep-alive both ways, no retries;
     `server` is the backend's server line, `defaults` and `frontend` extra lines."""

@@ -202,39 +202,30 @@ impl Ctx<'_> {
         let message = |n: u32| {
             format!("{n} is below the number of workers ({workers}): each worker enforces its share and needs at least 1")
         };
+        // A process-wide limit split across workers must give each at least 1.
+        let at_least_one_each = |n: Option<u32>, key: &str, raw: &Option<Spanned<i64>>| {
+            if !below(n) {
+                return Ok(());
+            }
+            let span = raw.as_ref().map_or(0..0, |s| s.span());
+            Err(self.err(span, key, message(n.unwrap_or(0))))
+        };
         if let Some(l) = &raw.limits {
-            if below(limits.max_memory_mb) {
-                let span = l.max_memory_mb.as_ref().map_or(0..0, |s| s.span());
-                return Err(self.err(
-                    span,
-                    "max_memory_mb",
-                    message(limits.max_memory_mb.unwrap_or(0)),
-                ));
-            }
-            if below(limits.max_connections) {
-                let span = l.max_connections.as_ref().map_or(0..0, |s| s.span());
-                return Err(self.err(
-                    span,
-                    "max_connections",
-                    message(limits.max_connections.unwrap_or(0)),
-                ));
-            }
+            at_least_one_each(limits.max_memory_mb, "max_memory_mb", &l.max_memory_mb)?;
+            at_least_one_each(
+                limits.max_connections,
+                "max_connections",
+                &l.max_connections,
+            )?;
         }
         for (u, r) in upstreams.iter().zip(&raw.upstream) {
             let a = &u.admission;
-            for (n, key, span) in [
-                (a.max_in_flight, "max_in_flight", &r.max_in_flight),
-                (
-                    a.max_in_flight_per_server,
-                    "max_in_flight_per_server",
-                    &r.max_in_flight_per_server,
-                ),
-            ] {
-                if below(n) {
-                    let span = span.as_ref().map_or(0..0, |s| s.span());
-                    return Err(self.err(span, key, message(n.unwrap_or(0))));
-                }
-            }
+            at_least_one_each(a.max_in_flight, "max_in_flight", &r.max_in_flight)?;
+            at_least_one_each(
+                a.max_in_flight_per_server,
+                "max_in_flight_per_server",
+                &r.max_in_flight_per_server,
+            )?;
             if let (Some(g), Some(cap)) = (&a.adaptive, a.max_in_flight) {
                 let share = cap as usize / workers;
                 if (g.min_limit as usize) > share {
