@@ -461,10 +461,7 @@ impl Drop for Buffer {
             + usize::from(self.grown_kib) * 1024
             + usize::from(self.reserved) * SMALL_SIZE;
         let _ = OUT.try_with(|o| o.set(o.get().saturating_sub(counted)));
-        if bytes.capacity() != self.size.bytes() {
-            return; // grown for an oversize head: let it go
-        }
-        self.size.push(bytes);
+        self.size.push(bytes); // or frees it, if it grew for an oversize head
     }
 }
 

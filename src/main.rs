@@ -85,7 +85,6 @@ fn main() -> ExitCode {
 /// on its upgrade_socket to hand over to a process running it, and waits
 /// for the outcome.
 fn reload(path: &std::path::Path) -> ExitCode {
-    use std::io::{BufRead, BufReader, Write};
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -100,35 +99,7 @@ fn reload(path: &std::path::Path) -> ExitCode {
         );
         return ExitCode::from(1);
     };
-    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let ask = || -> std::io::Result<String> {
-        let mut s = std::os::unix::net::UnixStream::connect(&socket)?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
-        writeln!(s, "RELOAD {}", absolute.display())?;
-        let mut lines = BufReader::new(s).lines();
-        let mut said = Vec::new();
-        while let Some(line) = lines.next().transpose()? {
-            let last = line.starts_with("DONE") || line.starts_with("ERROR");
-            said.push(line);
-            if last {
-                break;
-            }
-        }
-        if said.is_empty() {
-            return Err(std::io::Error::other("closed without an answer"));
-        }
-        Ok(said.join("\n"))
-    };
-    // A request queued just as the running ringlb handed over is dropped
-    // with its listener; the successor answers on the same path a moment later.
-    let mut outcome = ask();
-    for _ in 0..10 {
-        if outcome.is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        outcome = ask();
-    }
+    let outcome = runtime::reload::ask(&socket, path);
     match outcome {
         Ok(said) if said.contains("DONE ") => {
             println!("reload: {said}");
@@ -178,7 +149,7 @@ fn serve(config: Config, upgrade: bool, source: Option<std::path::PathBuf>) -> E
             ringlb::error!("--upgrade: the config sets no upgrade_socket to take sockets from");
             return ExitCode::from(1);
         };
-        let path = runtime::reload::takeover_path(Some(&path)).unwrap_or(path);
+        let path = runtime::reload::takeover_path(path);
         match runtime::handover::take_over(&path) {
             Ok(t) => Some(t),
             Err(e) => {

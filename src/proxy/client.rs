@@ -205,12 +205,9 @@ async fn read_head(
             }
             Err(e) => return Err(e),
         }
-        if inbuf.spare() < 1024 {
-            // Room first from the consumed bytes in front (a page has over
-            // 1 KiB after them unless the head itself outgrows it).
-            inbuf.compact();
-        }
-        if inbuf.spare() < 1024 && !inbuf.reserve(4096) {
+        // Room for the next read: from the consumed bytes in front first (a
+        // page has over 1 KiB after them unless the head itself outgrows it).
+        if inbuf.spare() < 1024 && !inbuf.reserve(1024) {
             // A head past a small buffer, and no memory left to enlarge it:
             // nothing was forwarded yet, so a 503 is safe.
             let why = crate::error::Shed::Memory;

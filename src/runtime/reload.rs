@@ -33,10 +33,45 @@ pub fn generation() -> u64 {
 
 /// The socket a successor takes the sockets from: the running process's,
 /// passed down by `start_successor`, else the config's own.
-pub fn takeover_path(config_socket: Option<&Path>) -> Option<PathBuf> {
-    std::env::var_os("RINGLB_UPGRADE_FROM")
-        .map(PathBuf::from)
-        .or_else(|| config_socket.map(Path::to_path_buf))
+pub fn takeover_path(config_socket: PathBuf) -> PathBuf {
+    std::env::var_os("RINGLB_UPGRADE_FROM").map_or(config_socket, PathBuf::from)
+}
+
+/// `ringlb reload`'s side: asks the ringlb offering on `socket` to reload
+/// with `file`, and returns what it said (`STARTED pid`, then `DONE pid` or
+/// `ERROR why`). A request queued just as the running ringlb handed over is
+/// dropped with its listener; the successor answers on the same path a
+/// moment later, so a request with no answer is retried for two seconds.
+pub fn ask(socket: &Path, file: &Path) -> std::io::Result<String> {
+    use std::io::{BufRead, BufReader};
+    let absolute = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let once = || -> std::io::Result<String> {
+        let mut s = UnixStream::connect(socket)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+        writeln!(s, "RELOAD {}", absolute.display())?;
+        let mut said = Vec::new();
+        for line in BufReader::new(s).lines() {
+            let line = line?;
+            let last = line.starts_with("DONE") || line.starts_with("ERROR");
+            said.push(line);
+            if last {
+                break;
+            }
+        }
+        if said.is_empty() {
+            return Err(std::io::Error::other("closed without an answer"));
+        }
+        Ok(said.join("\n"))
+    };
+    let mut outcome = once();
+    for _ in 0..10 {
+        if outcome.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        outcome = once();
+    }
+    outcome
 }
 
 /// What `/status` says about the configuration in force.
