@@ -2,6 +2,7 @@
 //! SO_REUSEPORT listeners, buffers and upstream connection pool. Also owns the
 //! shutdown sequence: stop accepting, drain in-flight requests, exit.
 
+mod accept;
 pub mod driver;
 pub mod fd_limit;
 pub mod handover;
@@ -16,7 +17,7 @@ use crate::config::Config;
 use crate::http::request::Limits;
 use crate::metrics::{Registry, WorkerMetrics};
 use crate::proxy::route::ListenerRoutes;
-use crate::proxy::{client, conn_limit, ClientIp, WorkerCtx};
+use crate::proxy::{conn_limit, WorkerCtx};
 use crate::upstream::health::{self, Health};
 use crate::upstream::idle_watch::IdleWatch;
 use crate::upstream::pool::ConnPool;
@@ -466,7 +467,12 @@ async fn worker_main(
             }
         };
         let canceller = Canceller::new();
-        monoio::spawn(accept_loop(ctx.clone(), idx, listener, canceller.handle()));
+        monoio::spawn(accept::accept_loop(
+            ctx.clone(),
+            idx,
+            listener,
+            canceller.handle(),
+        ));
         cancellers.push(canceller);
     }
     let _ = ready.send(Ok(()));
@@ -539,60 +545,6 @@ async fn worker_main(
     }
 }
 
-/// Starts serving an accepted connection, or refuses it over a cap.
-fn accepted(ctx: &Rc<WorkerCtx>, idx: usize, stream: monoio::net::TcpStream, peer: SocketAddr) {
-    match conn_limit::admit(ClientIp::new(peer.ip())) {
-        Ok(slot) => {
-            // A panic ends this connection only (see `contain`).
-            let serve = client::serve(ctx.clone(), idx, stream, slot);
-            monoio::spawn(crate::contain::CatchUnwind::new(serve));
-        }
-        Err(why) => {
-            ctx.metrics.shed(why);
-            let listener = &ctx.metrics.layout.listeners[idx];
-            ctx.shed_log.shed(why, format_args!("listener {listener}"));
-            if conn_limit::take_refusal(crate::deadline::now_ms()) {
-                let refuse = conn_limit::refuse(stream, why, ctx.client.write_timeout);
-                monoio::spawn(crate::contain::CatchUnwind::new(refuse));
-            } // else: past the refusal budget, closed unanswered
-        }
-    }
-}
-
-/// After this worker's accept was cancelled for a drain: serves what is left
-/// in the socket's queue. On a socket shared with a successor (`handover`)
-/// this matters: the kernel wakes one waiter per new connection, and a
-/// wakeup that went to our accept just before it was cancelled would leave
-/// that connection queued with the successor never told (seen: a client
-/// waiting until the next connection arrived). After a plain drain the
-/// socket is shut down and this finds nothing.
-fn take_queued(ctx: &Rc<WorkerCtx>, idx: usize, listener: &TcpListener) {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    loop {
-        // SAFETY: accept4 on the listener this task owns; a returned
-        // descriptor is new and owned by the TcpStream built from it at once.
-        let fd = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return;
-        }
-        // SAFETY: `fd` is a connected socket we now own (see above).
-        let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-        let Ok(peer) = std_stream.peer_addr() else {
-            continue;
-        };
-        if let Ok(stream) = monoio::net::TcpStream::from_std(std_stream) {
-            accepted(ctx, idx, stream, peer);
-        }
-    }
-}
-
 /// How long after its last accept a draining worker waits for a request on
 /// that connection.
 const FRESH_GRACE_MS: u64 = 200;
@@ -608,36 +560,5 @@ async fn watch_idle_connections(ctx: Rc<WorkerCtx>) {
             return;
         }
         watch.drain(|closed| ctx.pool.borrow_mut().peer_closed(closed));
-    }
-}
-
-async fn accept_loop(
-    ctx: Rc<WorkerCtx>,
-    idx: usize,
-    listener: TcpListener,
-    cancel: monoio::io::CancelHandle,
-) {
-    loop {
-        // At the cap, with `at_connection_cap = "pause"` or this window's
-        // refusals spent: leave new connections in the kernel's backlog
-        // until one of ours closes (or the next window).
-        while conn_limit::paused(crate::deadline::now_ms()) {
-            if ctx.draining.get() {
-                return;
-            }
-            monoio::time::sleep(Duration::from_millis(5)).await;
-        }
-        match listener.cancelable_accept(cancel.clone()).await {
-            Ok((stream, peer)) => accepted(&ctx, idx, stream, peer),
-            Err(_) if ctx.draining.get() => {
-                take_queued(&ctx, idx, &listener);
-                return;
-            }
-            Err(e) => {
-                crate::log::rate_limited(format_args!("accept failed: {e}"));
-                // EMFILE / ENFILE / ENOBUFS: back off instead of spinning.
-                monoio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
     }
 }
