@@ -12,7 +12,6 @@
 //! loopback.
 
 use crate::buf::Buffer;
-use crate::config::UpstreamConfig;
 use crate::http::request::{self, Limits, Method, Underscores};
 use crate::io::{Conn, ReadOutcome};
 use crate::upstream::health::Health;
@@ -49,7 +48,8 @@ pub fn announce(bound: SocketAddr) {
 /// What the admin pages read.
 pub struct State {
     pub health: Arc<Health>,
-    pub configs: Arc<Vec<UpstreamConfig>>,
+    /// The servers each upstream has now.
+    pub rosters: Arc<crate::upstream::roster::Rosters>,
     pub metrics: Arc<crate::metrics::Registry>,
 }
 
@@ -184,12 +184,23 @@ fn status_json(state: &State) -> String {
             )
         })
         .collect();
+    // Per server: its idle pooled connections over all workers.
+    let idle = |id: usize, out: &mut String| {
+        let n: i64 = reg
+            .workers
+            .iter()
+            .map(|w| w.servers[id].connections_idle.get())
+            .sum();
+        out.push_str(&format!(",\"idle_connections\":{n}"));
+    };
+    let roster = state.rosters.current();
     let tail = format!(
-        ",\"shed\":{{{}}},\"config\":{}",
+        ",\"shed\":{{{}}},\"config\":{},\"server_set\":{}",
         shed.join(","),
-        crate::runtime::reload::status_json()
+        crate::runtime::reload::status_json(),
+        roster.number
     );
-    state.health.to_json(&state.configs, &admission, &tail)
+    state.health.to_json(&roster, (&admission, &idle), &tail)
 }
 
 fn respond(head: &request::RequestHead<'_, '_>, state: &State) -> Reply {
@@ -203,14 +214,16 @@ fn respond(head: &request::RequestHead<'_, '_>, state: &State) -> Reply {
         "/status" => ("application/json", status_json(state)),
         "/metrics" => {
             let health = &state.health;
-            let server_health = |u: usize, s: usize| {
-                let s = &health.upstreams[u].servers[s];
+            let server_health = |id: usize| {
+                let s = health.server(id);
                 (
                     s.is_healthy(),
                     s.ejected_by.load(std::sync::atomic::Ordering::Relaxed),
                 )
             };
+            let roster = state.rosters.current();
             let outside = crate::metrics::expose::Outside {
+                roster: &roster,
                 server_health: &server_health,
                 panics: crate::contain::panics(),
             };

@@ -169,12 +169,17 @@ fn serve(config: Config, upgrade: bool, source: Option<std::path::PathBuf>) -> E
                 Some(file) => runtime::reload::loaded(
                     &file.display().to_string(),
                     &std::fs::read(file).unwrap_or_default(),
+                    runtime::reload::How::Start,
                 ),
-                None => runtime::reload::loaded("<built-in demo>", DEMO_CONFIG.as_bytes()),
+                None => runtime::reload::loaded(
+                    "<built-in demo>",
+                    DEMO_CONFIG.as_bytes(),
+                    runtime::reload::How::Start,
+                ),
             }
-            if let (Some(file), Some(socket)) = (source, offered_on) {
+            if let Some(file) = source {
                 let file = std::fs::canonicalize(&file).unwrap_or(file);
-                runtime::reload::remember(file, socket);
+                runtime::reload::remember(file, offered_on);
             }
             if let Some(t) = takeover {
                 let from = t.from_pid;

@@ -82,7 +82,7 @@ fn reload(file: &Path) -> (Option<i32>, String) {
 fn successor(said: &str) -> u32 {
     said.split("DONE ")
         .nth(1)
-        .and_then(|p| p.trim().parse().ok())
+        .and_then(|p| p.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no DONE in {said:?}"))
 }
 

@@ -17,6 +17,7 @@ pub use crate::upstream::outlier::OutlierConfig;
 pub use demo::DEMO_CONFIG;
 pub use duration::parse_duration;
 pub use limits::{AdmissionConfig, LimitsConfig};
+pub use upstream::resolve;
 
 use raw::RawConfig;
 use std::fmt;
@@ -43,6 +44,8 @@ pub struct Config {
     pub ring_entries: u32,
     pub uring_setup: UringSetup,
     pub drain_timeout: Duration,
+    /// How often servers given by name are resolved again (zero: never).
+    pub resolve_interval: Duration,
     /// Where a running ringlb hands its listening sockets to its successor
     /// (`ringlb --config FILE --upgrade`), if anywhere.
     pub upgrade_socket: Option<std::path::PathBuf>,
@@ -142,9 +145,12 @@ pub struct DirectResponse {
     pub content_type: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub addr: SocketAddr,
+    /// The `HOST:PORT` it was given as, when HOST is a name (re-resolved
+    /// every `resolve_interval`); None for an address.
+    pub name: Option<std::sync::Arc<str>>,
     /// Relative weight for weight-aware balancing (`"ADDR weight=N"`), default 1.
     pub weight: u32,
 }
@@ -158,7 +164,7 @@ pub enum HashKey {
     Header(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum HealthCheckKind {
     Tcp,
     Http {
@@ -170,7 +176,7 @@ pub enum HealthCheckKind {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
     pub kind: HealthCheckKind,
     pub interval: Duration,
@@ -256,7 +262,12 @@ impl Config {
 
     /// The label values of the metrics for this config; `bound`: each
     /// listener's actual address.
-    pub fn metrics_layout(&self, bound: &[SocketAddr]) -> crate::metrics::Layout {
+    /// The metrics labels and cells; `server_cells`: the roster's capacity.
+    pub fn metrics_layout(
+        &self,
+        bound: &[SocketAddr],
+        server_cells: usize,
+    ) -> crate::metrics::Layout {
         use crate::metrics::layout::{ListenerSpec, UpstreamSpec};
         let upstream_of = |a: &Action| match a {
             Action::Proxy(i) => Some(*i),
@@ -285,10 +296,9 @@ impl Config {
             .iter()
             .map(|u| UpstreamSpec {
                 name: u.name.clone(),
-                servers: u.servers.iter().map(|s| s.addr.to_string()).collect(),
             })
             .collect();
-        crate::metrics::Layout::new(listeners, upstreams, self.workers)
+        crate::metrics::Layout::new(listeners, upstreams, (self.workers, server_cells))
     }
 
     /// Parses and validates config text; `file` names it in errors.
@@ -441,6 +451,11 @@ impl Ctx<'_> {
         };
         let drain_timeout =
             self.duration(&raw.drain_timeout, "drain_timeout", Duration::from_secs(30))?;
+        let resolve_interval = self.duration(
+            &raw.resolve_interval,
+            "resolve_interval",
+            Duration::from_secs(30),
+        )?;
         let upgrade_socket = match &raw.upgrade_socket {
             Some(p) if p.get_ref().is_empty() => {
                 return Err(self.err(p.span(), "upgrade_socket", "must be a file path"))
@@ -515,6 +530,7 @@ impl Ctx<'_> {
             ring_entries,
             uring_setup,
             drain_timeout,
+            resolve_interval,
             upgrade_socket,
             client,
             limits,

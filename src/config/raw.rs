@@ -12,6 +12,7 @@ pub struct RawConfig {
     pub ring_entries: Option<Spanned<i64>>,
     pub uring_setup: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
+    pub resolve_interval: Option<Spanned<String>>,
     pub upgrade_socket: Option<Spanned<String>>,
     pub log_level: Option<Spanned<String>>,
     pub log_format: Option<Spanned<String>>,

@@ -22,7 +22,11 @@ impl Ctx<'_> {
         }
         let mut servers = Vec::new();
         for s in up.servers.get_ref() {
-            servers.push(self.server(s)?);
+            for server in self.server(s)? {
+                if !servers.contains(&server) {
+                    servers.push(server);
+                }
+            }
         }
         let (balance, balance_name) = match &up.balance {
             None => (Algorithm::RoundRobin, "round_robin".to_string()),
@@ -156,14 +160,11 @@ impl Ctx<'_> {
     }
 
     /// `"ADDR"` or `"ADDR weight=N"`.
-    pub(super) fn server(&self, s: &Spanned<String>) -> Result<ServerConfig, ConfigError> {
+    /// One `servers` entry: `"ADDR [weight=N]"`, where a host name stands
+    /// for every address it resolves to (each a server of that weight).
+    pub(super) fn server(&self, s: &Spanned<String>) -> Result<Vec<ServerConfig>, ConfigError> {
         let mut parts = s.get_ref().split_whitespace();
         let addr_text = parts.next().unwrap_or("");
-        let addr_spanned = Spanned::new(s.span(), addr_text.to_string());
-        let addr = self.addr(&addr_spanned, "servers")?;
-        if addr.port() == 0 {
-            return Err(self.err(s.span(), "servers", "port 0 is not a valid upstream port"));
-        }
         let mut weight = 1;
         for p in parts {
             match p
@@ -180,7 +181,29 @@ impl Ctx<'_> {
                 }
             }
         }
-        Ok(ServerConfig { addr, weight })
+        if let Ok(addr) = addr_text.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err(self.err(s.span(), "servers", "port 0 is not a valid upstream port"));
+            }
+            return Ok(vec![ServerConfig {
+                addr,
+                name: None,
+                weight,
+            }]);
+        }
+        let addrs = resolve(addr_text).map_err(|why| self.err(s.span(), "servers", why))?;
+        if addrs.iter().any(|a| a.port() == 0) {
+            return Err(self.err(s.span(), "servers", "port 0 is not a valid upstream port"));
+        }
+        let name: std::sync::Arc<str> = addr_text.into();
+        Ok(addrs
+            .into_iter()
+            .map(|addr| ServerConfig {
+                addr,
+                name: Some(name.clone()),
+                weight,
+            })
+            .collect())
     }
 
     pub(super) fn health_check(
@@ -265,4 +288,20 @@ impl Ctx<'_> {
         }
         Ok(out)
     }
+}
+
+/// Every address `HOST:PORT` resolves to (sorted, without repeats), or why
+/// there is none.
+pub fn resolve(host_port: &str) -> Result<Vec<SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs: Vec<SocketAddr> = host_port
+        .to_socket_addrs()
+        .map_err(|e| format!("`{host_port}` is not HOST:PORT ({e})"))?
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(format!("`{host_port}` resolves to no address"));
+    }
+    Ok(addrs)
 }

@@ -4,11 +4,12 @@
 use super::{Registry, WorkerMetrics, BUCKETS_US, CLASSES};
 use std::fmt::Write;
 
-/// What the metrics do not hold themselves: each server's shared health as
-/// `(up, workers ejecting it)` by (upstream, server) index, and the panics
-/// caught.
+/// What the metrics do not hold themselves: the servers each upstream has
+/// now (the roster), each server's shared health as `(up, workers ejecting
+/// it)` by member id, and the panics caught.
 pub struct Outside<'a> {
-    pub server_health: &'a dyn Fn(usize, usize) -> (bool, u32),
+    pub roster: &'a crate::upstream::roster::Roster,
+    pub server_health: &'a dyn Fn(usize) -> (bool, u32),
     pub panics: u64,
 }
 
@@ -99,7 +100,7 @@ pub fn render(reg: &Registry, outside: &Outside<'_>) -> String {
     }
 
     connections(&mut out, reg);
-    servers(&mut out, reg, outside.server_health);
+    servers(&mut out, reg, outside);
 
     family(
         &mut out,
@@ -302,8 +303,8 @@ fn connections(out: &mut String, reg: &Registry) {
     }
 }
 
-fn servers(out: &mut String, reg: &Registry, health: &dyn Fn(usize, usize) -> (bool, u32)) {
-    let l = &reg.layout;
+fn servers(out: &mut String, reg: &Registry, outside: &Outside<'_>) {
+    let (l, health) = (outside.roster, outside.server_health);
     type Cell = fn(&super::ServerMetrics) -> i64;
     let rows: [(&str, &str, &str, Cell); 8] = [
         (
@@ -357,16 +358,16 @@ fn servers(out: &mut String, reg: &Registry, health: &dyn Fn(usize, usize) -> (b
     ];
     for (name, kind, help, f) in rows {
         family(out, name, kind, help);
-        for_servers(l, |u, s, label| {
-            let v = sum_i(reg, |w| f(&w.servers[l.upstreams[u].first_server + s]));
+        for_servers(l, |id, label| {
+            let v = sum_i(reg, |w| f(&w.servers[id]));
             let _ = writeln!(out, "{name}{{{label}}} {v}");
         });
     }
     family(out, "ringlb_upstream_connect_failures_total", "counter", "Failed connects to a server, by cause (local: ringlb's own limits, not counted against the server).");
-    for_servers(l, |u, s, label| {
+    for_servers(l, |id, label| {
         for cause in super::ConnectFailure::ALL {
             let v = sum(reg, |w| {
-                w.servers[l.upstreams[u].first_server + s].connect_failures[cause as usize].get()
+                w.servers[id].connect_failures[cause as usize].get()
             });
             let _ = writeln!(
                 out,
@@ -381,8 +382,8 @@ fn servers(out: &mut String, reg: &Registry, health: &dyn Fn(usize, usize) -> (b
         "gauge",
         "1 while active checks (or the optimistic start) hold the server up.",
     );
-    for_servers(l, |u, s, label| {
-        let (up, _) = health(u, s);
+    for_servers(l, |id, label| {
+        let (up, _) = health(id);
         let _ = writeln!(out, "ringlb_server_up{{{label}}} {}", u8::from(up));
     });
     family(
@@ -391,18 +392,22 @@ fn servers(out: &mut String, reg: &Registry, health: &dyn Fn(usize, usize) -> (b
         "gauge",
         "Workers that currently eject the server.",
     );
-    for_servers(l, |u, s, label| {
-        let (_, n) = health(u, s);
+    for_servers(l, |id, label| {
+        let (_, n) = health(id);
         let _ = writeln!(out, "ringlb_server_ejected_workers{{{label}}} {n}");
     });
 }
 
-/// Calls `f(upstream, server, labels)` for every server.
-fn for_servers(l: &super::Layout, mut f: impl FnMut(usize, usize, &str)) {
-    for (ui, u) in l.upstreams.iter().enumerate() {
-        for (si, addr) in u.servers.iter().enumerate() {
-            let label = format!("upstream=\"{}\",server=\"{}\"", esc(&u.name), esc(addr));
-            f(ui, si, &label);
+/// Calls `f(member id, labels)` for every server of the roster.
+fn for_servers(roster: &crate::upstream::roster::Roster, mut f: impl FnMut(usize, &str)) {
+    for (u, members) in roster.upstreams.iter().zip(&roster.members) {
+        for (server, m) in u.servers.iter().zip(members) {
+            let label = format!(
+                "upstream=\"{}\",server=\"{}\"",
+                esc(&u.name),
+                esc(&server.addr.to_string())
+            );
+            f(m.id, &label);
         }
     }
 }

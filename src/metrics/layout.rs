@@ -17,10 +17,10 @@ pub struct ListenerSpec {
     pub default_upstream: Option<usize>,
 }
 
-/// One upstream as metrics label it: its name and its servers' addresses.
+/// One upstream as metrics label it (its servers come and go: their labels
+/// are the roster's, see `expose`).
 pub struct UpstreamSpec {
     pub name: String,
-    pub servers: Vec<String>,
 }
 
 /// Index of a route slot in `WorkerMetrics::requests`.
@@ -35,9 +35,6 @@ pub struct SlotLabels {
 
 pub struct UpstreamLabels {
     pub name: String,
-    pub servers: Vec<String>,
-    /// Index of its first server among all servers (pool slot order).
-    pub first_server: usize,
 }
 
 pub struct Layout {
@@ -50,13 +47,15 @@ pub struct Layout {
     /// Per listener, its route count.
     routes: Vec<usize>,
     pub workers: usize,
+    /// Server cells per worker: one per member id the roster may hand out.
+    server_cells: usize,
 }
 
 impl Layout {
     pub fn new(
         listeners: Vec<ListenerSpec>,
         upstreams: Vec<UpstreamSpec>,
-        workers: usize,
+        (workers, server_cells): (usize, usize),
     ) -> Layout {
         let mut slots = Vec::new();
         let mut first_slot = Vec::new();
@@ -84,18 +83,9 @@ impl Layout {
             });
             names.push(l.name);
         }
-        let mut first_server = 0;
         let upstreams = upstreams
             .into_iter()
-            .map(|u| {
-                let labels = UpstreamLabels {
-                    first_server,
-                    name: u.name,
-                    servers: u.servers,
-                };
-                first_server += labels.servers.len();
-                labels
-            })
+            .map(|u| UpstreamLabels { name: u.name })
             .collect();
         Layout {
             listeners: names,
@@ -104,6 +94,7 @@ impl Layout {
             first_slot,
             routes,
             workers,
+            server_cells,
         }
     }
 
@@ -125,7 +116,7 @@ impl Layout {
     }
 
     pub fn server_count(&self) -> usize {
-        self.upstreams.iter().map(|u| u.servers.len()).sum()
+        self.server_cells
     }
 }
 
@@ -148,16 +139,10 @@ mod tests {
             },
         ];
         let upstreams = vec![
-            UpstreamSpec {
-                name: "a".into(),
-                servers: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
-            },
-            UpstreamSpec {
-                name: "b".into(),
-                servers: vec!["127.0.0.1:3".into()],
-            },
+            UpstreamSpec { name: "a".into() },
+            UpstreamSpec { name: "b".into() },
         ];
-        let l = Layout::new(listeners, upstreams, 2);
+        let l = Layout::new(listeners, upstreams, (2, 3));
         let labels = |s: RouteSlot| {
             let s = &l.slots[s as usize];
             (s.listener, s.route.as_str(), s.upstream)
@@ -170,6 +155,5 @@ mod tests {
         assert_eq!(labels(l.unrouted_slot(1)), (1, "-", None));
         assert_eq!(l.route_slots(), 6);
         assert_eq!(l.server_count(), 3);
-        assert_eq!(l.upstreams[1].first_server, 2);
     }
 }

@@ -305,7 +305,7 @@ fn route(
         let path = crate::http::path::normalise(head.path(), &mut scratch);
         let (index, action) = ctx.routes[listener].select(head.host_name(), path);
         let key = match action {
-            RouteAction::Proxy(up) => ctx.upstreams[up]
+            RouteAction::Proxy(up) => ctx.upstreams()[up]
                 .hash_key
                 .as_ref()
                 .map_or(0, |key| hash_key(key, head, path, ip)),

@@ -118,7 +118,8 @@ pub async fn forward(
     req: &Prepared,
     tally: &Tally,
 ) -> Result<bool, Failure> {
-    let upstream = &ctx.upstreams[upstream_idx];
+    let upstreams = ctx.upstreams();
+    let upstream = &upstreams[upstream_idx];
     tally.upstream.set(Some(upstream_idx as u16));
     let mut body = BodyState::request(req.framing, ctx.client.max_chunk_bytes);
     let (initial_body, body_done) = body
@@ -184,8 +185,8 @@ async fn forward_admitted(
             tried |= 1 << si;
         }
         let server = &upstream.servers[si];
-        let cells = &ctx.metrics.servers[server.pool_slot];
-        tally.server.set(Some(server.pool_slot as u16));
+        let cells = &ctx.metrics.servers[server.member.id];
+        tally.server.set(Some(server.member.id as u16));
         upstream.start(si);
         cells.in_flight.add(1);
         let started_at = upstream.latency_clock();
@@ -358,7 +359,7 @@ async fn attempt(
             Ok(done) => {
                 inbuf.consume(out.initial);
                 if done.upstream_reusable {
-                    ctx.pool.borrow_mut().checkin(server.pool_slot, up);
+                    ctx.pool.borrow_mut().checkin(server.member, up);
                 }
                 return Attempt::Done(Ok(done.client_keep), status_outcome(done.status));
             }
@@ -472,7 +473,7 @@ async fn forward_streaming(
         }
         Some(Ok(done)) => {
             if done.upstream_reusable && body_complete {
-                ctx.pool.borrow_mut().checkin(server.pool_slot, up);
+                ctx.pool.borrow_mut().checkin(server.member, up);
             }
             Ok((done.client_keep && body_complete, done.status))
         }
@@ -504,9 +505,9 @@ async fn upstream_conn(
     server: &Server,
     fresh_only: bool,
 ) -> Result<(UpstreamConn, bool), ConnFailure> {
-    let cells = &ctx.metrics.servers[server.pool_slot];
+    let cells = &ctx.metrics.servers[server.member.id];
     if !fresh_only {
-        if let Some(c) = ctx.pool.borrow_mut().checkout(server.pool_slot) {
+        if let Some(c) = ctx.pool.borrow_mut().checkout(server.member) {
             cells.connections_reused.inc();
             return Ok((c, true));
         }
@@ -514,10 +515,10 @@ async fn upstream_conn(
     let e = match io::connect(server.addr, upstream.connect_timeout).await {
         Ok(c) => {
             if let Some(watch) = &ctx.idle_watch {
-                watch.register(&c, server.pool_slot);
+                watch.register(&c, server.member.id);
             }
             cells.connections_created.inc();
-            return Ok((UpstreamConn::new(c, server.pool_slot), false));
+            return Ok((UpstreamConn::new(c, server.member.id), false));
         }
         Err(e) => e,
     };
@@ -536,7 +537,7 @@ async fn upstream_conn(
         ),
         ConnectError::Local(io_err) => {
             ctx.metrics
-                .connect_failed(server.pool_slot, ConnectFailure::Local);
+                .connect_failed(server.member.id, ConnectFailure::Local);
             let why = local_reason(io_err);
             crate::log::rate_limited(format_args!(
                 "upstream {} server {}: cannot connect: {why}: ringlb's own limit, \
@@ -546,7 +547,7 @@ async fn upstream_conn(
             return Err(ConnFailure::Local(ProxyError::LocalResources(why)));
         }
     };
-    ctx.metrics.connect_failed(server.pool_slot, cause);
+    ctx.metrics.connect_failed(server.member.id, cause);
     crate::log::rate_limited(format_args!(
         "upstream {} server {}: connect failed: {e}",
         upstream.name, server.addr

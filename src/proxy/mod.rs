@@ -27,6 +27,7 @@ use crate::upstream::Upstream;
 use route::ListenerRoutes;
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// Bytes kept free in front of a freshly read head, so the rewritten head (which
@@ -37,7 +38,12 @@ pub const HEADROOM: usize = 512;
 /// Everything one worker's connection tasks share. Single-threaded: no locks.
 pub struct WorkerCtx {
     pub routes: Arc<Vec<ListenerRoutes>>,
-    pub upstreams: Vec<Upstream>,
+    /// The upstream pools of the roster this worker serves with (see
+    /// `upstream::roster`): replaced whole when a new roster comes; a request
+    /// holds the list it started with.
+    pub(crate) upstreams: RefCell<Rc<Vec<Upstream>>>,
+    /// Per member id, the server's address as the access log writes it.
+    pub server_names: RefCell<Vec<Box<str>>>,
     pub pool: RefCell<ConnPool>,
     /// This worker's metrics cells (see `metrics`).
     pub metrics: Arc<crate::metrics::WorkerMetrics>,
@@ -62,6 +68,17 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
+    /// The upstream pools for a request starting now.
+    #[inline]
+    pub fn upstreams(&self) -> Rc<Vec<Upstream>> {
+        self.upstreams.borrow().clone()
+    }
+
+    /// Serves new requests with `upstreams` from now on.
+    pub fn replace_upstreams(&self, upstreams: Vec<Upstream>) -> Rc<Vec<Upstream>> {
+        self.upstreams.replace(Rc::new(upstreams))
+    }
+
     /// Whether `listener` writes an access log.
     #[inline]
     pub fn logs(&self, listener: usize) -> bool {

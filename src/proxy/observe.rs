@@ -95,11 +95,13 @@ pub fn finish(ctx: &WorkerCtx, ip: &ClientIp, tally: &Tally) {
         return;
     };
     let upstream = tally.upstream.get().map(usize::from);
-    // The server's address as text, from the metrics labels (formatted once).
-    let server = tally.server.get().zip(upstream).map(|(slot, u)| {
-        let labels = &ctx.metrics.layout.upstreams[u];
-        labels.servers[usize::from(slot) - labels.first_server].as_str()
-    });
+    // The server's address as text (formatted when it joined).
+    let names = ctx.server_names.borrow();
+    let server = tally
+        .server
+        .get()
+        .and_then(|id| names.get(usize::from(id)))
+        .map(|name| &**name);
     // The reason as text without allocating, into a buffer on the stack.
     let mut why = [0u8; 160];
     let reason = tally
@@ -112,7 +114,9 @@ pub fn finish(ctx: &WorkerCtx, ip: &ClientIp, tally: &Tally) {
         bytes_sent: tally.client_out.get(),
         request_bytes: tally.request_bytes(),
         duration_us,
-        upstream: upstream.map(|u| ctx.upstreams[u].name.as_str()),
+        upstream: upstream
+            .and_then(|u| ctx.metrics.layout.upstreams.get(u))
+            .map(|l| l.name.as_str()),
         server,
         upstream_us: tally.head_latency_us(),
         retries: tally.retries.get(),

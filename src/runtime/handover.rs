@@ -261,8 +261,12 @@ pub fn offer(
 /// successor's reaper answers instead if it exits before taking over).
 fn start_reload(path: &Path, mut stream: UnixStream) -> Option<reload::Reporter> {
     let reporter: reload::Reporter = Arc::default();
-    match reload::start_successor(path, Some(reporter.clone())) {
-        Ok(pid) => {
+    match reload::reload(path, Some(reporter.clone())) {
+        Ok(reload::Reloaded::InPlace(summary)) => {
+            let _ = writeln!(stream, "DONE {} {summary}", std::process::id());
+            None
+        }
+        Ok(reload::Reloaded::Successor(pid)) => {
             let _ = writeln!(stream, "STARTED {pid}");
             if let Ok(mut r) = reporter.lock() {
                 *r = Some(stream);

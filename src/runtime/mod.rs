@@ -10,7 +10,9 @@ pub mod listener;
 pub mod monitor;
 pub mod notify;
 pub mod reload;
+mod resolve;
 pub mod signals;
+mod swap;
 
 use crate::buf::Buffer;
 use crate::config::Config;
@@ -21,7 +23,7 @@ use crate::proxy::{conn_limit, WorkerCtx};
 use crate::upstream::health::{self, Health};
 use crate::upstream::idle_watch::IdleWatch;
 use crate::upstream::pool::ConnPool;
-use crate::upstream::Upstream;
+use crate::upstream::roster::Rosters;
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 use std::cell::{Cell, RefCell};
@@ -138,8 +140,10 @@ pub fn start(
         crate::info!("listening on {addr}");
         bound.push(addr);
     }
-    let health = Health::new(&config);
-    let layout = Arc::new(config.metrics_layout(&bound));
+    let capacity = Rosters::capacity_for(&config.upstreams);
+    let health = Health::new(&config, capacity);
+    let rosters = Rosters::new(config.upstreams.clone(), workers, capacity);
+    let layout = Arc::new(config.metrics_layout(&bound, capacity));
     let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..workers)
         .map(|_| Arc::new(WorkerMetrics::new(layout.clone())))
         .collect();
@@ -186,7 +190,7 @@ pub fn start(
     let (exit_tx, exits) = std::sync::mpsc::channel();
     start_health_thread(
         &config,
-        (health.clone(), registry.clone()),
+        (health.clone(), rosters.clone(), registry.clone()),
         admin,
         shutdown.clone(),
         exit_tx.clone(),
@@ -209,7 +213,7 @@ pub fn start(
         let routes = routes.clone();
         let shutdown = shutdown.clone();
         let ready = ready_tx.clone();
-        let health = health.clone();
+        let shared = (health.clone(), rosters.clone());
         let exit_tx = exit_tx.clone();
         let metrics = worker_metrics[id].clone();
         let registry = registry.clone();
@@ -254,7 +258,7 @@ pub fn start(
                     let log = logs
                         .1
                         .map(|ends| crate::access_log::WorkerLog::new(id, ends));
-                    let ctx = worker_ctx(&config, routes, &health, id, (metrics, log, logs.0));
+                    let ctx = worker_ctx(&config, routes, shared, id, (metrics, log, logs.0));
                     worker_main(id, ctx, sockets, shutdown, config.drain_timeout, ready).await
                 });
             })?;
@@ -275,6 +279,8 @@ pub fn start(
         offer.publish()?;
     }
 
+    resolve::start(&config, rosters.clone(), shutdown.clone());
+    reload::serving(config.clone(), rosters, health);
     Ok(Running {
         bound,
         admin: admin_addr,
@@ -312,15 +318,16 @@ fn connection_cap(config: &Config) -> u32 {
 /// admin listener, in one small epoll event loop of their own.
 fn start_health_thread(
     config: &Config,
-    (health, registry): (Arc<Health>, Arc<Registry>),
+    (health, rosters, registry): (Arc<Health>, Arc<Rosters>, Arc<Registry>),
     admin: Option<std::net::TcpListener>,
     shutdown: Arc<Shutdown>,
     exit_tx: std::sync::mpsc::Sender<monitor::ThreadExit>,
 ) -> std::io::Result<()> {
+    // Always started when there is an admin port or a check; else a reload
+    // that adds checks goes through a fresh process (see `reload`).
     if admin.is_none() && config.upstreams.iter().all(|u| u.health_check.is_none()) {
         return Ok(());
     }
-    let configs = Arc::new(config.upstreams.clone());
     std::thread::Builder::new()
         .name("ringlb-health".into())
         .spawn(move || {
@@ -338,7 +345,7 @@ fn start_health_thread(
                         Ok(l) => {
                             let state = crate::admin::State {
                                 health: health.clone(),
-                                configs: configs.clone(),
+                                rosters: rosters.clone(),
                                 metrics: registry,
                             };
                             monoio::spawn(crate::admin::serve(l, Rc::new(state)));
@@ -346,7 +353,7 @@ fn start_health_thread(
                         Err(e) => crate::error!("admin listener: {e}"),
                     }
                 }
-                health::run_checks(health, configs.to_vec(), shutdown).await;
+                health::run_checks(health, rosters, shutdown).await;
             });
         })?;
     Ok(())
@@ -396,24 +403,10 @@ type Observers = (
 fn worker_ctx(
     config: &Config,
     routes: Arc<Vec<ListenerRoutes>>,
-    health: &Arc<Health>,
+    (health, rosters): (Arc<Health>, Arc<Rosters>),
     id: usize,
     (metrics, access_log, log_sinks): Observers,
-) -> Rc<WorkerCtx> {
-    let mut pool = ConnPool::default();
-    let mut next_slot = 0;
-    let upstreams = config
-        .upstreams
-        .iter()
-        .enumerate()
-        .map(|(i, u)| {
-            let up = Upstream::new(u, i, health.clone(), (id, config.workers), &mut next_slot);
-            for _ in &up.servers {
-                pool.add_slot(u.max_idle, u.idle_timeout);
-            }
-            up
-        })
-        .collect();
+) -> (Rc<WorkerCtx>, swap::Roster) {
     let idle_watch = match IdleWatch::new() {
         Ok(w) => Some(w),
         Err(e) => {
@@ -424,10 +417,11 @@ fn worker_ctx(
             None
         }
     };
-    Rc::new(WorkerCtx {
+    let ctx = Rc::new(WorkerCtx {
         routes,
-        upstreams,
-        pool: RefCell::new(pool),
+        upstreams: Default::default(),
+        server_names: RefCell::new(vec![Box::from(""); rosters.capacity()]),
+        pool: RefCell::new(ConnPool::new(rosters.capacity())),
         metrics,
         access_log,
         log_sinks,
@@ -442,12 +436,15 @@ fn worker_ctx(
         busy: Cell::new(0),
         started: Cell::new(0),
         shed_log: Default::default(),
-    })
+    });
+    let mut roster = swap::Roster::new(id, config.workers, health, rosters);
+    roster.take(&ctx);
+    (ctx, roster)
 }
 
 async fn worker_main(
     id: usize,
-    ctx: Rc<WorkerCtx>,
+    (ctx, mut roster): (Rc<WorkerCtx>, swap::Roster),
     sockets: Vec<(usize, std::net::TcpListener)>,
     shutdown: Arc<Shutdown>,
     drain_timeout: Duration,
@@ -492,8 +489,9 @@ async fn worker_main(
         if crate::contain::test_hooks::worker_panic_requested() {
             panic!("test hook: a panic outside any connection task");
         }
+        roster.take(&ctx);
         let now_ms = crate::deadline::now_ms();
-        for (i, up) in ctx.upstreams.iter().enumerate() {
+        for (i, up) in ctx.upstreams().iter().enumerate() {
             up.housekeeping(now_ms);
             let (limit, _, queued) = up.admission_state();
             ctx.metrics.admission_limit[i].set(i64::from(limit));

@@ -1,27 +1,54 @@
-//! Configuration reload, as a handover to a fresh process: SIGHUP or
-//! `ringlb reload --config FILE` validates the file first (a bad one changes
-//! nothing, and the reason is logged and returned to the command), then
-//! starts this binary on it with `--upgrade`. The successor takes the
-//! listening sockets over `upgrade_socket` (`handover`), so listeners that
-//! remain never stop accepting, new ones open and removed ones close; this
-//! process then stops accepting, finishes its in-flight requests on the old
-//! configuration and exits.
+//! Configuration reload: SIGHUP or `ringlb reload --config FILE` validates
+//! the file first (a bad one changes nothing, and the reason is logged and
+//! returned to the command), then puts it in force one of two ways:
 //!
-//! What this does not keep (yet): pooled upstream connections, health and
-//! ejection state, and counters start afresh in the successor. Keeping them
-//! needs the configuration to be a value each worker swaps at a safe point
-//! (pools and health state keyed by server address rather than position),
-//! which is the next step.
+//! - **in place**, when the new file differs from the one in force only in
+//!   its upstreams' servers and settings (the roster, see
+//!   `upstream::roster`): the new server set is published and every worker
+//!   takes it between requests. Servers that stay keep their idle
+//!   connections, health and ejections; new ones join with a health check
+//!   (and slow start where set); removed ones get no new request once the
+//!   reload has answered.
+//! - **by handover** for anything else (listeners, routes, limits, workers):
+//!   this binary is started on the new file with `--upgrade` and takes the
+//!   listening sockets over `upgrade_socket` (`handover`), so listeners that
+//!   remain never stop accepting, new ones open and removed ones close; this
+//!   process then finishes its in-flight requests on the old configuration
+//!   and exits. Pooled connections, health and counters start afresh there.
 
+use crate::config::{Config, UpstreamConfig};
+use crate::upstream::health::Health;
+use crate::upstream::roster::{Published, Rosters};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// The config file this process runs, and the socket it offers its
-/// listeners on (where a successor must take them from).
-static RUNNING: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+/// listeners on (where a successor must take them from), if any.
+static RUNNING: OnceLock<(PathBuf, Option<PathBuf>)> = OnceLock::new();
+
+/// What an in-place reload changes: the configuration in force and the
+/// published server sets.
+struct Live {
+    config: Mutex<Arc<Config>>,
+    rosters: Arc<Rosters>,
+    health: Arc<Health>,
+}
+
+static LIVE: OnceLock<Live> = OnceLock::new();
+
+/// The workers serve `config` (`runtime::start`): in-place reloads start
+/// from it.
+pub fn serving(config: Arc<Config>, rosters: Arc<Rosters>, health: Arc<Health>) {
+    let _ = LIVE.set(Live {
+        config: Mutex::new(config),
+        rosters,
+        health,
+    });
+}
 
 /// This process's place in a line of reloads and upgrades (0: started by hand).
 pub fn generation() -> u64 {
@@ -75,12 +102,22 @@ pub fn ask(socket: &Path, file: &Path) -> std::io::Result<String> {
 }
 
 /// What `/status` says about the configuration in force.
-static LOADED: OnceLock<String> = OnceLock::new();
+static LOADED: Mutex<String> = Mutex::new(String::new());
+
+/// How the configuration in force came to be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// This process started on it (by hand, or as a reload's successor).
+    Start,
+    /// An in-place reload.
+    InPlace,
+}
 
 /// Records the configuration this process runs (`source`: its file, or a
-/// name for the built-in demo) for `/status`: the generation, the file, a
-/// hash of its bytes (FNV-1a, to tell two versions apart) and the load time.
-pub fn loaded(source: &str, text: &[u8]) {
+/// name for the built-in demo) for `/status`: the generation (reloads and
+/// upgrades since a start by hand), how it was loaded, the file, a hash of
+/// its bytes (FNV-1a, to tell two versions apart) and the load time.
+pub fn loaded(source: &str, text: &[u8], how: How) {
     let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
@@ -88,19 +125,35 @@ pub fn loaded(source: &str, text: &[u8]) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let file = source.replace('\\', "\\\\").replace('"', "\\\"");
-    let _ = LOADED.set(format!(
-        "{{\"generation\":{},\"file\":\"{file}\",\"hash\":\"{hash:016x}\",\"loaded_at_unix\":{at}}}",
-        generation()
-    ));
+    let (generation, how) = match how {
+        How::Start => (generation(), "start"),
+        How::InPlace => (
+            IN_PLACE.fetch_add(1, Ordering::AcqRel) + 1 + generation(),
+            "in_place",
+        ),
+    };
+    let mut status = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    *status = format!(
+        "{{\"generation\":{generation},\"loaded\":\"{how}\",\"file\":\"{file}\",\"hash\":\"{hash:016x}\",\"loaded_at_unix\":{at}}}"
+    );
 }
+
+/// In-place reloads this process made.
+static IN_PLACE: AtomicU64 = AtomicU64::new(0);
 
 /// The `/status` `config` object (`{}` before `loaded`).
-pub fn status_json() -> &'static str {
-    LOADED.get().map_or("{}", String::as_str)
+pub fn status_json() -> String {
+    let status = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    if status.is_empty() {
+        "{}".into()
+    } else {
+        status.clone()
+    }
 }
 
-/// Records what SIGHUP reloads: this config file, offered on `socket`.
-pub fn remember(config: PathBuf, socket: PathBuf) {
+/// Records what SIGHUP reloads: this config file, and the socket it offers
+/// its listeners on (needed for a reload by handover).
+pub fn remember(config: PathBuf, socket: Option<PathBuf>) {
     let _ = RUNNING.set((config, socket));
 }
 
@@ -111,24 +164,153 @@ pub type Reporter = Arc<Mutex<Option<UnixStream>>>;
 pub fn on_sighup() {
     let Some((config, _)) = RUNNING.get() else {
         crate::warn!(
-            "SIGHUP received: reload needs `upgrade_socket` in the config (a reload hands the \
-             listening sockets to a fresh process); still serving"
+            "SIGHUP received: this ringlb runs the built-in demo, which has no file to reload; \
+             still serving"
         );
         return;
     };
     crate::info!("SIGHUP received: reloading {}", config.display());
-    if let Err(e) = start_successor(config, None) {
+    if let Err(e) = reload(config, None) {
         crate::warn!("reload refused: {e}; still serving with the current configuration");
     }
 }
 
-/// Validates `config` and starts a successor on it; `report`, if any, hears
-/// `ERROR ...` should the successor exit before it takes over.
-pub fn start_successor(config: &Path, report: Option<Reporter>) -> Result<u32, String> {
-    let Some((_, socket)) = RUNNING.get() else {
-        return Err("this ringlb offers no upgrade_socket".into());
+/// How a reload went on.
+pub enum Reloaded {
+    /// In force already (in place); what changed.
+    InPlace(String),
+    /// A successor with this pid is taking over.
+    Successor(u32),
+}
+
+/// Validates `file` and puts it in force: in place when it can be, else by
+/// starting a successor (`report`, if any, hears `ERROR ...` should the
+/// successor exit before it takes over).
+pub fn reload(file: &Path, report: Option<Reporter>) -> Result<Reloaded, String> {
+    let text = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let parsed = Config::parse(&String::from_utf8_lossy(&text), &file.display().to_string())
+        .map_err(|e| e.to_string())?;
+    let live = LIVE.get().ok_or("this ringlb is still starting")?;
+    let current = live
+        .config
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    match needs_fresh_process(&current, &parsed) {
+        None => {
+            let summary = reload_in_place(live, parsed)?;
+            loaded(&file.display().to_string(), &text, How::InPlace);
+            Ok(Reloaded::InPlace(summary))
+        }
+        Some(why) => {
+            crate::info!("reload: {why}: handing over to a fresh process");
+            start_successor(file, &parsed, report).map(Reloaded::Successor)
+        }
+    }
+}
+
+/// Why `new` cannot be put in force in place (None: it can): it changes
+/// more than the upstreams' servers and settings.
+pub fn needs_fresh_process(current: &Config, new: &Config) -> Option<String> {
+    let names = |c: &Config| {
+        c.upstreams
+            .iter()
+            .map(|u| u.name.clone())
+            .collect::<Vec<_>>()
     };
-    let parsed = crate::config::Config::load(config).map_err(|e| e.to_string())?;
+    if names(current) != names(new) {
+        return Some("the upstreams' names or order changed".into());
+    }
+    let checks = |c: &Config| c.upstreams.iter().any(|u| u.health_check.is_some());
+    if current.admin.is_none() && !checks(current) && checks(new) {
+        return Some("active checks are new (their thread starts with the process)".into());
+    }
+    // Everything but the upstreams' contents, compared as written out.
+    let rest = |c: &Config| {
+        let mut c = c.clone();
+        c.upstreams.clear();
+        format!("{c:?}")
+    };
+    (rest(current) != rest(new)).then(|| "more than the upstreams changed".into())
+}
+
+/// Publishes `new`'s server sets and waits until every worker serves them.
+fn reload_in_place(live: &Live, new: Config) -> Result<String, String> {
+    super::notify::notify("RELOADING=1\nSTATUS=reloading in place");
+    let outcome = publish(live, new.upstreams.clone()).map(|p| {
+        *live.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        let summary = format!(
+            "in place: server set {}, {} server(s) added, {} removed",
+            p.roster.number,
+            p.added.len(),
+            p.removed
+        );
+        crate::info!("reload {summary}");
+        summary
+    });
+    super::notify::notify("READY=1\nSTATUS=serving");
+    outcome
+}
+
+/// The configuration in force, as loaded (servers given by name as they
+/// resolved then), once the workers serve.
+pub fn in_force() -> Option<Arc<Config>> {
+    let live = LIVE.get()?;
+    Some(
+        live.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    )
+}
+
+/// Puts `upstreams` (the same names in the same order) in force in place:
+/// new servers join the shared health (checked first where their pool has
+/// checks), then every worker takes them. Returns once all do.
+pub fn publish_servers(upstreams: Vec<UpstreamConfig>) -> Result<Published, String> {
+    publish(LIVE.get().ok_or("still starting")?, upstreams)
+}
+
+fn publish(live: &Live, upstreams: Vec<UpstreamConfig>) -> Result<Published, String> {
+    let health = &live.health;
+    let checked: Vec<bool> = upstreams.iter().map(|u| u.health_check.is_some()).collect();
+    let p = live.rosters.publish(upstreams, WORKER_WAIT, &|added| {
+        for &(up, m) in added {
+            health.joined(up, m.id, checked[up]);
+        }
+    })?;
+    // Servers of a pool whose checks were removed: nothing would ever bring
+    // a server they held down back up.
+    for (ui, u) in p.roster.upstreams.iter().enumerate() {
+        if u.health_check.is_none() {
+            for m in &p.roster.members[ui] {
+                health.unchecked(ui, m.id);
+            }
+        }
+    }
+    if !live.rosters.wait_applied(p.roster.number, WORKER_WAIT) {
+        return Err("a worker did not take the new server set in time".into());
+    }
+    Ok(p)
+}
+
+/// How long a reload waits for every worker (they look every 50 ms).
+const WORKER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts a successor on `config` (validated as `parsed`); `report`, if any,
+/// hears `ERROR ...` should the successor exit before it takes over.
+fn start_successor(
+    config: &Path,
+    parsed: &Config,
+    report: Option<Reporter>,
+) -> Result<u32, String> {
+    let Some((_, Some(socket))) = RUNNING.get() else {
+        return Err(
+            "this change needs a fresh process, which takes the sockets over upgrade_socket: \
+             set upgrade_socket (and restart once)"
+                .into(),
+        );
+    };
     if parsed.upgrade_socket.is_none() {
         return Err(format!(
             "{}: the new configuration must set upgrade_socket too",
@@ -141,7 +323,10 @@ pub fn start_successor(config: &Path, report: Option<Reporter>) -> Result<u32, S
         .arg("--config")
         .arg(config)
         .arg("--upgrade")
-        .env("RINGLB_GENERATION", (generation() + 1).to_string())
+        .env(
+            "RINGLB_GENERATION",
+            (generation() + IN_PLACE.load(Ordering::Acquire) + 1).to_string(),
+        )
         .env("RINGLB_UPGRADE_FROM", socket)
         .stdin(Stdio::null())
         .spawn()

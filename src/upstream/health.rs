@@ -7,16 +7,19 @@
 //! request path. Workers publish passive ejections here too (on change only),
 //! for the admin view.
 
+use super::roster::{Member, Rosters};
 use crate::config::{HealthCheck, HealthCheckKind};
 use crate::io::{self, ReadOutcome};
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// One server's shared health, at its member id (see `roster`).
 pub struct SharedServer {
-    pub addr: SocketAddr,
-    pub weight: u32,
     healthy: AtomicBool,
     /// Milliseconds since `Health::epoch` when the server last came up (slow start).
     up_since_ms: AtomicU64,
@@ -28,14 +31,18 @@ pub struct SharedServer {
 
 pub struct SharedUpstream {
     pub name: String,
-    pub servers: Vec<SharedServer>,
     /// Bumped whenever a server's active health changes.
     generation: AtomicU64,
 }
 
-/// Health of every upstream, shared read-mostly by the workers.
+/// Appends fields to an object of the admin view (see `Health::to_json`).
+pub type Extra<'a> = &'a dyn Fn(usize, &mut String);
+
+/// Health of every server, shared read-mostly by the workers: indexed by
+/// member id, for as many servers as the roster's capacity.
 pub struct Health {
     pub upstreams: Vec<SharedUpstream>,
+    servers: Vec<SharedServer>,
     epoch: Instant,
 }
 
@@ -58,7 +65,9 @@ impl SharedUpstream {
 }
 
 impl Health {
-    pub fn new(config: &crate::config::Config) -> Arc<Health> {
+    /// Every server starts up (optimistic: traffic flows at once, checks
+    /// correct it); `capacity` servers, by member id.
+    pub fn new(config: &crate::config::Config, capacity: usize) -> Arc<Health> {
         Arc::new(Health {
             epoch: Instant::now(),
             upstreams: config
@@ -67,32 +76,58 @@ impl Health {
                 .map(|u| SharedUpstream {
                     name: u.name.clone(),
                     generation: AtomicU64::new(0),
-                    servers: u
-                        .servers
-                        .iter()
-                        .map(|s| SharedServer {
-                            addr: s.addr,
-                            weight: s.weight,
-                            // Optimistic start: traffic flows at once; checks correct it.
-                            healthy: AtomicBool::new(true),
-                            up_since_ms: AtomicU64::new(0),
-                            ejected_by: AtomicU32::new(0),
-                            last_check_ok: AtomicBool::new(true),
-                            checks: AtomicU64::new(0),
-                        })
-                        .collect(),
+                })
+                .collect(),
+            servers: (0..capacity)
+                .map(|_| SharedServer {
+                    healthy: AtomicBool::new(true),
+                    up_since_ms: AtomicU64::new(0),
+                    ejected_by: AtomicU32::new(0),
+                    last_check_ok: AtomicBool::new(true),
+                    checks: AtomicU64::new(0),
                 })
                 .collect(),
         })
+    }
+
+    /// The health of the server with member id `id`.
+    #[inline]
+    pub fn server(&self, id: usize) -> &SharedServer {
+        &self.servers[id]
+    }
+
+    /// A server that joins a running pool (`member` new in a roster): down
+    /// until its first check passes when the upstream has active checks,
+    /// else up at once. Either way it comes up now (slow start ramps from
+    /// here). Called before the roster that holds it is published.
+    pub fn joined(&self, up: usize, id: usize, checked: bool) {
+        let s = &self.servers[id];
+        s.healthy.store(!checked, Ordering::Relaxed);
+        s.last_check_ok.store(!checked, Ordering::Relaxed);
+        s.checks.store(0, Ordering::Relaxed);
+        s.ejected_by.store(0, Ordering::Relaxed);
+        let ms = Instant::now().duration_since(self.epoch).as_millis() as u64;
+        s.up_since_ms.store(ms, Ordering::Relaxed);
+        self.upstreams[up].generation.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn epoch(&self) -> Instant {
         self.epoch
     }
 
-    fn set(&self, up: usize, server: usize, healthy: bool, reason: &str) {
+    /// A server whose upstream has no active checks (any more): up.
+    pub fn unchecked(&self, up: usize, id: usize) {
+        let s = &self.servers[id];
+        if !s.healthy.swap(true, Ordering::AcqRel) {
+            let ms = Instant::now().duration_since(self.epoch).as_millis() as u64;
+            s.up_since_ms.store(ms, Ordering::Relaxed);
+            self.upstreams[up].generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn set(&self, up: usize, id: usize, addr: SocketAddr, healthy: bool, reason: &str) {
         let u = &self.upstreams[up];
-        let s = &u.servers[server];
+        let s = &self.servers[id];
         if s.healthy.swap(healthy, Ordering::AcqRel) != healthy {
             if healthy {
                 let ms = Instant::now().duration_since(self.epoch).as_millis() as u64;
@@ -105,38 +140,38 @@ impl Health {
                 ("up", "down")
             };
             crate::info!(
-                "health: upstream {} server {}: {from} -> {to} ({reason})",
+                "health: upstream {} server {addr}: {from} -> {to} ({reason})",
                 u.name,
-                s.addr
             );
         }
     }
 
-    /// The admin view: every pool and server as JSON. `extra(ui, out)` may
-    /// append fields (`,"key":value`) to upstream `ui`'s object, and
-    /// `tail` to the top-level object.
+    /// The admin view: every pool and server of `roster` as JSON.
+    /// `extra.0(ui, out)` may append fields (`,"key":value`) to upstream
+    /// `ui`'s object, `extra.1(id, out)` to the server with member id `id`,
+    /// and `tail` to the top-level object.
     pub fn to_json(
         &self,
-        configs: &[crate::config::UpstreamConfig],
-        extra: &dyn Fn(usize, &mut String),
+        roster: &super::roster::Roster,
+        extra: (Extra<'_>, Extra<'_>),
         tail: &str,
     ) -> String {
         let mut out = String::from("{\"upstreams\":[");
-        for (ui, u) in self.upstreams.iter().enumerate() {
+        for (ui, cfg) in roster.upstreams.iter().enumerate() {
             if ui > 0 {
                 out.push(',');
             }
-            let cfg = &configs[ui];
             out.push_str(&format!(
                 "{{\"name\":{:?},\"balance\":{:?},\"active_checks\":{},\"servers\":[",
-                u.name,
+                cfg.name,
                 cfg.balance_name,
                 cfg.health_check.is_some()
             ));
-            for (si, s) in u.servers.iter().enumerate() {
+            for (si, (server, m)) in cfg.servers.iter().zip(&roster.members[ui]).enumerate() {
                 if si > 0 {
                     out.push(',');
                 }
+                let s = self.server(m.id);
                 let ejected = s.ejected_by.load(Ordering::Relaxed);
                 let state = if !s.is_healthy() {
                     "down"
@@ -146,16 +181,18 @@ impl Health {
                     "up"
                 };
                 out.push_str(&format!(
-                    "{{\"addr\":\"{}\",\"weight\":{},\"state\":\"{state}\",\"healthy\":{},\"ejected_by_workers\":{ejected},\"checks\":{},\"last_check_ok\":{}}}",
-                    s.addr,
-                    s.weight,
+                    "{{\"addr\":\"{}\",\"weight\":{},\"state\":\"{state}\",\"healthy\":{},\"ejected_by_workers\":{ejected},\"checks\":{},\"last_check_ok\":{}",
+                    server.addr,
+                    server.weight,
                     s.is_healthy(),
                     s.checks.load(Ordering::Relaxed),
                     s.last_check_ok.load(Ordering::Relaxed)
                 ));
+                extra.1(m.id, &mut out);
+                out.push('}');
             }
             out.push(']');
-            extra(ui, &mut out);
+            extra.0(ui, &mut out);
             out.push('}');
         }
         out.push_str(&format!(
@@ -166,64 +203,124 @@ impl Health {
     }
 }
 
-/// Runs every active check until `stop` is set (call inside a monoio runtime).
+/// Runs the active checks of every roster until `stop` is set (call inside
+/// a monoio runtime): one task per server with checks, started when the
+/// server joins and ended when it leaves (or its upstream's check changes).
+/// A server that joined a running pool is checked at once; the others at a
+/// random point of their first interval.
 pub async fn run_checks(
     health: Arc<Health>,
-    configs: Vec<crate::config::UpstreamConfig>,
+    rosters: Arc<Rosters>,
     stop: Arc<crate::runtime::Shutdown>,
 ) {
+    let running: Rc<RefCell<HashSet<(usize, u64)>>> = Rc::default();
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    for (ui, cfg) in configs.iter().enumerate() {
-        let Some(check) = cfg.health_check.clone() else {
-            continue;
-        };
-        for si in 0..cfg.servers.len() {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            monoio::spawn(check_server(
-                health.clone(),
-                ui,
-                si,
-                check.clone(),
-                seed,
-                stop.clone(),
-            ));
-        }
-    }
+    let mut seen = None;
     while !stop.is_requested() {
-        monoio::time::sleep(Duration::from_millis(100)).await;
+        if seen != Some(rosters.number()) {
+            let roster = rosters.current();
+            seen = Some(roster.number);
+            for (ui, cfg) in roster.upstreams.iter().enumerate() {
+                let Some(check) = &cfg.health_check else {
+                    continue;
+                };
+                for (server, &m) in cfg.servers.iter().zip(&roster.members[ui]) {
+                    if !running.borrow_mut().insert((m.id, m.tag)) {
+                        continue;
+                    }
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let task = Checked {
+                        health: health.clone(),
+                        rosters: rosters.clone(),
+                        up: ui,
+                        member: m,
+                        addr: server.addr,
+                        check: check.clone(),
+                        at_once: roster.number > 0 && server_is_new(&health, m.id),
+                    };
+                    let running = running.clone();
+                    let stop = stop.clone();
+                    monoio::spawn(async move {
+                        let key = (task.member.id, task.member.tag);
+                        check_server(task, seed, stop).await;
+                        running.borrow_mut().remove(&key);
+                    });
+                }
+            }
+        }
+        monoio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-async fn check_server(
+/// A server `Health::joined` reset, not yet checked.
+fn server_is_new(health: &Health, id: usize) -> bool {
+    health.server(id).checks.load(Ordering::Relaxed) == 0
+}
+
+/// One server's checks: who, where, and how.
+struct Checked {
     health: Arc<Health>,
+    rosters: Arc<Rosters>,
     up: usize,
-    server: usize,
+    member: Member,
+    addr: SocketAddr,
     check: HealthCheck,
-    mut seed: u64,
-    stop: Arc<crate::runtime::Shutdown>,
-) {
-    let addr = health.upstreams[up].servers[server].addr;
+    /// First check now rather than at a random point of the interval.
+    at_once: bool,
+}
+
+impl Checked {
+    /// Whether the current roster still has this server, checked this way.
+    fn still_wanted(&self, seen: &mut u64) -> bool {
+        if self.rosters.number() == *seen {
+            return true;
+        }
+        let roster = self.rosters.current();
+        *seen = roster.number;
+        roster.has(self.up, self.member)
+            && roster.upstreams[self.up].health_check.as_ref() == Some(&self.check)
+    }
+}
+
+async fn check_server(task: Checked, mut seed: u64, stop: Arc<crate::runtime::Shutdown>) {
+    let (up, id, addr, check) = (task.up, task.member.id, task.addr, &task.check);
+    let health = &task.health;
     let (mut ok_streak, mut fail_streak) = (0u32, 0u32);
     // First check at a random point of the first interval, later ones at
     // interval +- 10 %: checks of many servers spread out.
-    let mut next = jitter(check.interval, &mut seed, true);
+    let mut next = if task.at_once {
+        Duration::ZERO
+    } else {
+        jitter(check.interval, &mut seed, true)
+    };
+    let mut seen = task.rosters.number();
     while !stop.is_requested() {
         monoio::time::sleep(next).await;
+        if !task.still_wanted(&mut seen) {
+            return;
+        }
         next = jitter(check.interval, &mut seed, false);
-        let result = probe(addr, &check).await;
-        let s = &health.upstreams[up].servers[server];
+        let result = probe(addr, check).await;
+        let s = health.server(id);
         s.checks.fetch_add(1, Ordering::Relaxed);
         s.last_check_ok.store(result.is_ok(), Ordering::Relaxed);
+        // A server that just joined comes up on its first passing check.
+        let rise = if task.at_once && s.checks.load(Ordering::Relaxed) == 1 {
+            1
+        } else {
+            check.rise
+        };
         match result {
             Ok(()) => {
                 ok_streak += 1;
                 fail_streak = 0;
-                if ok_streak >= check.rise && !s.is_healthy() {
+                if ok_streak >= rise && !s.is_healthy() {
                     health.set(
                         up,
-                        server,
+                        id,
+                        addr,
                         true,
                         &format!("{} consecutive checks passed", ok_streak),
                     );
@@ -235,7 +332,8 @@ async fn check_server(
                 if fail_streak >= check.fall && s.is_healthy() {
                     health.set(
                         up,
-                        server,
+                        id,
+                        addr,
                         false,
                         &format!("{fail_streak} consecutive checks failed, last: {why}"),
                     );

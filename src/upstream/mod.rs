@@ -15,6 +15,7 @@ pub mod idle_watch;
 pub mod outlier;
 pub mod pool;
 pub mod retry;
+pub mod roster;
 
 use crate::config::{HashKey, UpstreamConfig};
 use crate::error::Shed;
@@ -24,6 +25,7 @@ use balance::{Algorithm, Balancer, PeakEwma, Servers};
 use health::Health;
 use outlier::{Change, Kind, Outlier, OutlierConfig};
 use retry::RetryBudget;
+use roster::Member;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -33,8 +35,8 @@ use std::time::{Duration, Instant};
 /// One server of a pool, as seen by one worker.
 pub struct Server {
     pub addr: SocketAddr,
-    /// Index into the worker's connection pool.
-    pub pool_slot: usize,
+    /// Its stable handle: pool slot, metrics cells, shared health.
+    pub member: Member,
     pub weight: u32,
     identity: u64,
     inflight: Cell<u32>,
@@ -79,6 +81,9 @@ pub struct Upstream {
     adaptive: Option<RefCell<Gradient>>,
     /// How long a request may wait in the queue.
     queue_timeout: Duration,
+    /// A newer roster replaced this view: the requests still using it leave
+    /// the shared ejection counts alone (the new view owns them).
+    retired: Cell<bool>,
 }
 
 /// What admission decided for a request (see `Upstream::admit`).
@@ -224,33 +229,46 @@ impl Servers for View<'_> {
 }
 
 impl Upstream {
-    /// Builds the worker-local view of worker `worker` of `workers`;
-    /// `next_slot` hands out pool slots.
+    /// Builds the worker-local view of worker `worker` of `workers`, for
+    /// servers `members` (in `cfg.servers` order). `before`: the view this
+    /// one replaces (a new roster), whose servers that stay keep their
+    /// latency estimate and ejection state here.
     pub fn new(
         cfg: &UpstreamConfig,
         index: usize,
         health: Arc<Health>,
         (worker, workers): (usize, usize),
-        next_slot: &mut usize,
+        members: &[Member],
+        before: Option<&Upstream>,
     ) -> Upstream {
         let servers = cfg
             .servers
             .iter()
-            .map(|s| {
-                let slot = *next_slot;
-                *next_slot += 1;
+            .zip(members)
+            .map(|(s, &member)| {
+                let old = before.and_then(|b| b.servers.iter().find(|o| o.member == member));
                 Server {
                     addr: s.addr,
-                    pool_slot: slot,
+                    member,
                     weight: s.weight,
                     identity: balance::maglev_hash(s.addr.to_string().as_bytes()),
                     inflight: Cell::new(0),
-                    ewma: Cell::new(PeakEwma::default()),
-                    outlier: RefCell::new(Outlier::default()),
-                    returned_at: Cell::new(None),
+                    ewma: Cell::new(old.map_or_else(PeakEwma::default, |o| o.ewma.get())),
+                    outlier: RefCell::new(
+                        old.map_or_else(Outlier::default, |o| o.outlier.borrow().clone()),
+                    ),
+                    returned_at: Cell::new(old.and_then(|o| o.returned_at.get())),
                 }
             })
             .collect::<Vec<_>>();
+        let ejected = servers
+            .iter()
+            .filter(|s| s.outlier.borrow().out_kind() == Some(Kind::Ejected))
+            .count();
+        let next_expiry = servers
+            .iter()
+            .filter_map(|s| s.outlier.borrow().out_until())
+            .min();
         let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(worker as u64 + 1) ^ index as u64;
         let a = &cfg.admission;
         let limit = admission::share(a.max_in_flight, workers, worker);
@@ -292,8 +310,8 @@ impl Upstream {
             index,
             worker,
             local_generation: Cell::new(0),
-            ejected: Cell::new(0),
-            next_expiry: Cell::new(None),
+            ejected: Cell::new(ejected),
+            next_expiry: Cell::new(next_expiry),
             seen_generation: Cell::new(0),
             retry_cursor: Cell::new(worker),
             ramp_until: Cell::new(None),
@@ -302,6 +320,19 @@ impl Upstream {
                 .unwrap_or(u32::MAX),
             adaptive: adaptive.map(RefCell::new),
             queue_timeout: a.queue_timeout,
+            retired: Cell::new(false),
+        }
+    }
+
+    /// A newer view of this pool took over (`Upstream::new` with this as
+    /// `before`): servers that left it (not in `stays`) and that this worker
+    /// ejects are no longer counted as ejected by it.
+    pub fn retire(&self, stays: impl Fn(Member) -> bool) {
+        self.retired.set(true);
+        for s in &self.servers {
+            if !stays(s.member) && s.outlier.borrow().out_kind() == Some(Kind::Ejected) {
+                self.shared_of(s).ejected_by.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -355,7 +386,12 @@ impl Upstream {
 
     #[inline]
     fn shared(&self, i: usize) -> &health::SharedServer {
-        &self.health.upstreams[self.index].servers[i]
+        self.shared_of(&self.servers[i])
+    }
+
+    #[inline]
+    fn shared_of(&self, s: &Server) -> &health::SharedServer {
+        self.health.server(s.member.id)
     }
 
     /// Chooses a server for a request, skipping servers in `tried` (a bitmask of
@@ -475,7 +511,9 @@ impl Upstream {
             Change::None => return false,
             Change::Ejected(d) => {
                 self.ejected.set(self.ejected.get() + 1);
-                self.shared(i).ejected_by.fetch_add(1, Ordering::Relaxed);
+                if !self.retired.get() {
+                    self.shared(i).ejected_by.fetch_add(1, Ordering::Relaxed);
+                }
                 crate::warn!(
                     "worker {}: upstream {} server {}: up -> ejected for {:?} ({} consecutive failures)",
                     self.worker,
@@ -542,7 +580,9 @@ impl Upstream {
                     s.returned_at.set(Some(now));
                     if kind == Kind::Ejected {
                         self.ejected.set(self.ejected.get().saturating_sub(1));
-                        shared.ejected_by.fetch_sub(1, Ordering::Relaxed);
+                        if !self.retired.get() {
+                            shared.ejected_by.fetch_sub(1, Ordering::Relaxed);
+                        }
                         crate::info!(
                             "worker {}: upstream {} server {}: ejected -> up ({why})",
                             self.worker,

@@ -112,6 +112,15 @@ impl Outlier {
         matches!(self.state, State::Out { until, .. } if now < until)
     }
 
+    /// Why the server is out (ejected or held), whether or not its time ran
+    /// out already (`expire` ends it).
+    pub fn out_kind(&self) -> Option<Kind> {
+        match self.state {
+            State::Out { kind, .. } => Some(kind),
+            State::Available => None,
+        }
+    }
+
     /// When the current ejection or hold ends.
     pub fn out_until(&self) -> Option<Instant> {
         match self.state {

@@ -10,6 +10,7 @@
 //! periodic sweep, so ringlb closes them before typical backends do.
 
 use super::idle_watch::Closed;
+use super::roster::Member;
 use crate::deadline::now_ms;
 use crate::io::Conn;
 use std::ops::{Deref, DerefMut};
@@ -61,6 +62,8 @@ struct Idle {
 
 struct Slot {
     idle: Vec<Idle>,
+    /// The member that holds the slot (0: none).
+    tag: u64,
     max_idle: usize,
     idle_timeout_ms: u64,
 }
@@ -68,7 +71,6 @@ struct Slot {
 /// Most closes of busy connections remembered between sweeps.
 const MAX_CLOSED_WHILE_BUSY: usize = 256;
 
-#[derive(Default)]
 pub struct ConnPool {
     slots: Vec<Slot>,
     /// Connections whose server closed them while a request used them: not
@@ -77,19 +79,76 @@ pub struct ConnPool {
 }
 
 impl ConnPool {
-    /// Adds a slot for one server; returns its index.
-    pub fn add_slot(&mut self, max_idle: usize, idle_timeout: Duration) -> usize {
+    /// A pool with `capacity` slots (one per member id), none assigned yet.
+    pub fn new(capacity: usize) -> ConnPool {
+        ConnPool {
+            slots: (0..capacity)
+                .map(|_| Slot {
+                    idle: Vec::new(),
+                    max_idle: 0,
+                    idle_timeout_ms: 0,
+                    tag: 0,
+                })
+                .collect(),
+            closed_while_busy: Vec::new(),
+        }
+    }
+
+    /// Gives `member`'s slot to it: its idle connections stay if it already
+    /// held the slot (a server that stays across a reload), else the slot's
+    /// connections (to a server that left) are dropped.
+    pub fn assign(&mut self, member: Member, max_idle: usize, idle_timeout: Duration) {
+        let s = &mut self.slots[member.id];
+        if s.tag != member.tag {
+            s.idle.clear();
+            s.tag = member.tag;
+        }
+        s.max_idle = max_idle;
+        s.idle_timeout_ms = idle_timeout.as_millis() as u64;
+        s.idle.truncate(max_idle);
+        let want = max_idle.min(1024);
+        if s.idle.capacity() < want {
+            s.idle.reserve_exact(want - s.idle.len());
+        }
+        self.publish_idle_count(member.id);
+    }
+
+    /// The server `member` left its pool: its idle connections close, and
+    /// connections still busy with it are not taken back.
+    pub fn release(&mut self, member: Member) {
+        let s = &mut self.slots[member.id];
+        if s.tag == member.tag {
+            s.idle = Vec::new();
+            s.max_idle = 0;
+            s.tag = 0;
+        }
+        self.publish_idle_count(member.id);
+    }
+
+    /// Adds a slot for one server, with a member of its own.
+    #[cfg(test)]
+    pub fn add_slot(&mut self, max_idle: usize, idle_timeout: Duration) -> Member {
+        let member = Member {
+            id: self.slots.len(),
+            tag: self.slots.len() as u64 + 1,
+        };
         self.slots.push(Slot {
-            idle: Vec::with_capacity(max_idle.min(1024)),
-            max_idle,
-            idle_timeout_ms: idle_timeout.as_millis() as u64,
+            idle: Vec::new(),
+            max_idle: 0,
+            idle_timeout_ms: 0,
+            tag: 0,
         });
-        self.slots.len() - 1
+        self.assign(member, max_idle, idle_timeout);
+        member
     }
 
     /// The most recently used idle connection that is still fresh and clean.
-    pub fn checkout(&mut self, slot: usize) -> Option<UpstreamConn> {
+    pub fn checkout(&mut self, member: Member) -> Option<UpstreamConn> {
+        let slot = member.id;
         let s = &mut self.slots[slot];
+        if s.tag != member.tag {
+            return None;
+        }
         let now = now_ms();
         let mut found = None;
         while let Some(idle) = s.idle.pop() {
@@ -103,8 +162,9 @@ impl ConnPool {
     }
 
     /// Returns a reusable connection (dropped if the slot is full, or if its
-    /// server closed it while it was busy).
-    pub fn checkin(&mut self, slot: usize, conn: UpstreamConn) {
+    /// server closed it while it was busy, or if the server left the pool).
+    pub fn checkin(&mut self, member: Member, conn: UpstreamConn) {
+        let slot = member.id;
         if !self.closed_while_busy.is_empty() {
             let key = Closed {
                 slot,
@@ -120,7 +180,7 @@ impl ConnPool {
             }
         }
         let s = &mut self.slots[slot];
-        if s.idle.len() < s.max_idle {
+        if s.tag == member.tag && s.idle.len() < s.max_idle {
             s.idle.push(Idle {
                 conn,
                 since_ms: now_ms(),
@@ -185,8 +245,8 @@ impl ConnPool {
         self.publish_idle_counts(slot..slot + 1);
     }
 
-    pub fn idle_count(&self, slot: usize) -> usize {
-        self.slots[slot].idle.len()
+    pub fn idle_count(&self, member: Member) -> usize {
+        self.slots[member.id].idle.len()
     }
 }
 
@@ -253,7 +313,7 @@ mod tests {
     #[test]
     fn checkout_is_last_in_first_out_per_server() {
         run(|l| async move {
-            let mut pool = ConnPool::default();
+            let mut pool = ConnPool::new(0);
             let a = pool.add_slot(8, LONG);
             let b = pool.add_slot(8, LONG);
             let (conns, _peers) = pairs(&l, 4).await;
@@ -281,7 +341,7 @@ mod tests {
     #[test]
     fn checkout_drops_connections_idle_past_the_timeout() {
         run(|l| async move {
-            let mut pool = ConnPool::default();
+            let mut pool = ConnPool::new(0);
             let s = pool.add_slot(8, SHORT);
             let (old, mut old_peer) = pair(&l).await;
             let old_fd = old.fd();
@@ -305,7 +365,7 @@ mod tests {
     #[test]
     fn sweep_drops_only_connections_idle_past_the_timeout() {
         run(|l| async move {
-            let mut pool = ConnPool::default();
+            let mut pool = ConnPool::new(0);
             let short = pool.add_slot(8, SHORT);
             let long = pool.add_slot(8, LONG);
             let (conns, mut peers) = pairs(&l, 4).await;
@@ -340,7 +400,7 @@ mod tests {
     #[test]
     fn checkin_keeps_at_most_max_idle() {
         run(|l| async move {
-            let mut pool = ConnPool::default();
+            let mut pool = ConnPool::new(0);
             let two = pool.add_slot(2, LONG);
             let none = pool.add_slot(0, LONG);
             let (conns, mut peers) = pairs(&l, 4).await;
@@ -368,7 +428,7 @@ mod tests {
     #[test]
     fn peer_closed_removes_an_idle_connection() {
         run(|l| async move {
-            let mut pool = ConnPool::default();
+            let mut pool = ConnPool::new(0);
             let s = pool.add_slot(8, LONG);
             let (conns, mut peers) = pairs(&l, 3).await;
             let fds: Vec<_> = conns.iter().map(|c| c.fd()).collect();
@@ -376,7 +436,7 @@ mod tests {
                 pool.checkin(s, c);
             }
             pool.peer_closed(Closed {
-                slot: s,
+                slot: s.id,
                 fd: fds[1],
             });
             assert_eq!(pool.idle_count(s), 2, "closed idle connection still pooled");
@@ -397,7 +457,7 @@ mod tests {
     #[test]
     fn a_busy_connection_its_server_closed_is_not_taken_back() {
         run(|l| async move {
-            let mut pool = ConnPool::default();
+            let mut pool = ConnPool::new(0);
             let s = pool.add_slot(8, LONG);
             let (gone, gone_peer) = pair(&l).await;
             let (kept, _kept_peer) = pair(&l).await;
@@ -405,7 +465,7 @@ mod tests {
             drop(gone_peer);
             std::thread::sleep(Duration::from_millis(20));
             pool.peer_closed(Closed {
-                slot: s,
+                slot: s.id,
                 fd: gone.fd(),
             });
             pool.checkin(s, gone);
@@ -413,7 +473,7 @@ mod tests {
             // An event for an earlier connection on the same descriptor: the
             // probe finds this one alive and it is pooled.
             pool.peer_closed(Closed {
-                slot: s,
+                slot: s.id,
                 fd: kept.fd(),
             });
             let fd = kept.fd();
@@ -426,10 +486,42 @@ mod tests {
         });
     }
 
+    /// A server that stays across a roster change keeps its connections; a
+    /// slot given to another server never hands out the old server's.
+    #[test]
+    fn a_slot_serves_only_the_member_that_holds_it() {
+        run(|l| async move {
+            let mut pool = ConnPool::new(2);
+            let a = Member { id: 0, tag: 7 };
+            pool.assign(a, 8, LONG);
+            let (conns, _peers) = pairs(&l, 3).await;
+            let mut conns = conns.into_iter();
+            pool.checkin(a, conns.next().unwrap());
+            pool.checkin(a, conns.next().unwrap());
+            pool.assign(a, 8, LONG);
+            assert_eq!(
+                pool.idle_count(a),
+                2,
+                "re-assigned to the same member: kept"
+            );
+            let b = Member { id: 0, tag: 8 };
+            assert!(pool.checkout(b).is_none(), "another member's connection");
+            pool.checkin(b, conns.next().unwrap());
+            assert_eq!(pool.idle_count(a), 2, "taken in for the wrong member");
+            pool.assign(b, 8, LONG);
+            assert_eq!(pool.idle_count(b), 0, "the old server's connections stayed");
+            assert!(pool.checkout(a).is_none());
+            let (late, _peer) = pair(&l).await;
+            pool.release(b);
+            pool.checkin(b, late);
+            assert_eq!(pool.idle_count(b), 0, "taken back after the server left");
+        });
+    }
+
     #[test]
     fn checkout_probes_and_drops_a_closed_or_dirty_connection() {
         run(|l| async move {
-            let mut pool = ConnPool::default();
+            let mut pool = ConnPool::new(0);
             let s = pool.add_slot(8, LONG);
             let (clean, _clean_peer) = pair(&l).await;
             let (closed_conn, closed_peer) = pair(&l).await;

@@ -1,0 +1,370 @@
+//! Which servers each upstream has right now, as a value that changes while
+//! ringlb serves (a reload, a DNS answer), under handles that stay stable.
+//!
+//! A server is known by a `Member`: its `id`, a small index that is the same
+//! in every worker (its pool slot, its metrics cells, its shared health), and
+//! a `tag`, new each time an id is given to a server. A server that stays in
+//! its upstream across a change keeps its member, and with it its idle
+//! connections, its health and its ejection state; a new server gets a free
+//! id and a fresh tag. Ids are handed out up to a capacity fixed at start
+//! (the metrics cells and pool slots are allocated once); a change that
+//! needs more is refused, and a reload then goes through a fresh process.
+//!
+//! How the configuration splits (see also `runtime::reload`):
+//! - the roster (every upstream's servers and settings, upstream names and
+//!   order fixed) is a value: `Rosters::publish` makes the next one, and each
+//!   worker takes it at its next housekeeping tick, between requests. A
+//!   request in flight finishes on the `Upstream` it started with (it holds
+//!   an `Rc` of the worker's upstream list), so nothing is cut off;
+//! - the rest (listeners, routes, client limits, workers, the admin port)
+//!   shapes sockets, threads and metrics labels, and is fixed for the life of
+//!   a process; changing it hands the sockets to a fresh process.
+//!
+//! `publish` waits for every worker to take the previous roster first, so a
+//! worker never skips one and an id freed by one roster is reused only once
+//! no worker lends it to a server that left.
+
+use crate::config::UpstreamConfig;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A server's stable handle: `id` indexes per-server state everywhere, `tag`
+/// tells two servers that held the same id apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub id: usize,
+    pub tag: u64,
+}
+
+/// One published server set.
+pub struct Roster {
+    /// Counts publications (the first roster is 0).
+    pub number: u64,
+    /// Every upstream as configured, with its servers' addresses as resolved.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Per upstream, per server (in `upstreams[u].servers` order).
+    pub members: Vec<Vec<Member>>,
+}
+
+impl Roster {
+    /// Whether upstream `up` has `member` in this roster.
+    pub fn has(&self, up: usize, member: Member) -> bool {
+        self.members.get(up).is_some_and(|m| m.contains(&member))
+    }
+
+    /// The server behind `member` in upstream `up`.
+    pub fn server_addr(&self, up: usize, member: Member) -> Option<SocketAddr> {
+        let i = self.members.get(up)?.iter().position(|&m| m == member)?;
+        Some(self.upstreams[up].servers[i].addr)
+    }
+}
+
+/// The current roster, and the workers' progress through the rosters.
+pub struct Rosters {
+    current: Mutex<Arc<Roster>>,
+    /// `current`'s number, for a lock-free "has it changed?" per tick.
+    number: AtomicU64,
+    /// Per worker: the roster it serves with.
+    applied: Vec<AtomicU64>,
+    /// Serializes `publish` (a reload and a DNS refresh may race).
+    publishing: Mutex<Allocator>,
+    capacity: usize,
+}
+
+/// Hands out ids and tags.
+struct Allocator {
+    /// Ids below this have been used.
+    high_water: usize,
+    next_tag: u64,
+}
+
+/// A server new in a roster: its upstream's index and its member.
+pub type Joined = (usize, Member);
+
+/// A roster `publish` made: the roster and the members new in it.
+pub struct Published {
+    pub roster: Arc<Roster>,
+    pub added: Vec<Joined>,
+    pub removed: usize,
+}
+
+impl Rosters {
+    /// The first roster: servers numbered in config order. `capacity`: most
+    /// servers at once over the life of the process.
+    pub fn new(upstreams: Vec<UpstreamConfig>, workers: usize, capacity: usize) -> Arc<Rosters> {
+        let mut id = 0;
+        let members = upstreams
+            .iter()
+            .map(|u| {
+                u.servers
+                    .iter()
+                    .map(|_| {
+                        id += 1;
+                        Member {
+                            id: id - 1,
+                            tag: id as u64,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        Arc::new(Rosters {
+            current: Mutex::new(Arc::new(Roster {
+                number: 0,
+                upstreams,
+                members,
+            })),
+            number: AtomicU64::new(0),
+            applied: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            publishing: Mutex::new(Allocator {
+                high_water: id,
+                next_tag: id as u64 + 1,
+            }),
+            capacity: capacity.max(id),
+        })
+    }
+
+    /// The capacity for a config: room for every server twice over and some,
+    /// so servers can come and go (a reload, DNS) without a fresh process.
+    pub fn capacity_for(upstreams: &[UpstreamConfig]) -> usize {
+        let n: usize = upstreams.iter().map(|u| u.servers.len()).sum();
+        (2 * n + 64).min(u16::MAX as usize)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The current roster's number (cheap: for a per-tick check).
+    pub fn number(&self) -> u64 {
+        self.number.load(Ordering::Acquire)
+    }
+
+    pub fn current(&self) -> Arc<Roster> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Worker `worker` now serves with roster `number`.
+    pub fn applied(&self, worker: usize, number: u64) {
+        if let Some(a) = self.applied.get(worker) {
+            a.store(number, Ordering::Release);
+        }
+    }
+
+    /// Waits until every worker serves with roster `number` or a later one.
+    pub fn wait_applied(&self, number: u64, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self
+                .applied
+                .iter()
+                .all(|a| a.load(Ordering::Acquire) >= number)
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Publishes `upstreams` (same names in the same order as now) as the
+    /// next roster: servers still present keep their members; `joining`
+    /// sees the new members (per upstream) before any worker can. Refused
+    /// when the workers have not taken the current roster within `within`,
+    /// or when the new servers do not fit the capacity.
+    pub fn publish(
+        &self,
+        upstreams: Vec<UpstreamConfig>,
+        within: Duration,
+        joining: &dyn Fn(&[Joined]),
+    ) -> Result<Published, String> {
+        let mut alloc = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current();
+        let names = |u: &[UpstreamConfig]| u.iter().map(|u| u.name.clone()).collect::<Vec<_>>();
+        if names(&old.upstreams) != names(&upstreams) {
+            return Err("the upstreams' names or order changed".into());
+        }
+        if !self.wait_applied(old.number, within) {
+            return Err("a worker has not taken the previous server set yet".into());
+        }
+        // Per upstream: the old members by address, to match the new servers.
+        let mut members = Vec::with_capacity(upstreams.len());
+        let mut kept = vec![false; self.capacity];
+        let mut fresh = Vec::new();
+        for (ui, u) in upstreams.iter().enumerate() {
+            let mut old_by_addr: Vec<(SocketAddr, Member)> = old.upstreams[ui]
+                .servers
+                .iter()
+                .zip(&old.members[ui])
+                .map(|(s, &m)| (s.addr, m))
+                .collect();
+            let mut mine = Vec::with_capacity(u.servers.len());
+            for (si, s) in u.servers.iter().enumerate() {
+                match old_by_addr.iter().position(|(a, _)| *a == s.addr) {
+                    Some(i) => {
+                        let m = old_by_addr.swap_remove(i).1;
+                        kept[m.id] = true;
+                        mine.push(m);
+                    }
+                    None => {
+                        fresh.push((ui, si));
+                        mine.push(Member { id: 0, tag: 0 });
+                    }
+                }
+            }
+            members.push(mine);
+        }
+        let removed = old.members.iter().flatten().filter(|m| !kept[m.id]).count();
+        // Fresh ids first (never used), then ids no server holds any more.
+        let old_ids: Vec<bool> = {
+            let mut v = vec![false; self.capacity];
+            for m in old.members.iter().flatten() {
+                v[m.id] = true;
+            }
+            v
+        };
+        let mut reusable = (0..alloc.high_water).filter(|&id| !old_ids[id]);
+        let mut added = Vec::with_capacity(fresh.len());
+        for (ui, si) in fresh {
+            let id = if alloc.high_water < self.capacity {
+                alloc.high_water += 1;
+                alloc.high_water - 1
+            } else {
+                // Not an id the old roster holds: a worker still serving it
+                // would settle that server's shared state after it was reset.
+                match reusable.next() {
+                    Some(id) => id,
+                    None => {
+                        return Err(format!(
+                            "more than {} servers at once (the capacity fixed at start)",
+                            self.capacity
+                        ))
+                    }
+                }
+            };
+            let m = Member {
+                id,
+                tag: alloc.next_tag,
+            };
+            alloc.next_tag += 1;
+            members[ui][si] = m;
+            added.push((ui, m));
+        }
+        joining(&added);
+        let roster = Arc::new(Roster {
+            number: old.number + 1,
+            upstreams,
+            members,
+        });
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = roster.clone();
+        self.number.store(roster.number, Ordering::Release);
+        Ok(Published {
+            roster,
+            added,
+            removed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(name: &str, addrs: &[&str]) -> UpstreamConfig {
+        let text = format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{name}\"\n\
+             [[upstream]]\nname = \"{name}\"\nservers = [{}]\n",
+            addrs
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        crate::config::Config::parse(&text, "t.toml")
+            .expect("test config")
+            .upstreams
+            .remove(0)
+    }
+
+    const NOW: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn servers_that_stay_keep_their_member_and_new_ones_get_fresh_ids() {
+        let r = Rosters::new(vec![upstream("a", &["127.0.0.1:1", "127.0.0.1:2"])], 1, 8);
+        let first = r.current();
+        r.applied(0, 0);
+        let p = r
+            .publish(
+                vec![upstream("a", &["127.0.0.1:2", "127.0.0.1:3"])],
+                NOW,
+                &|_| {},
+            )
+            .unwrap();
+        assert_eq!(p.roster.number, 1);
+        assert_eq!(p.roster.members[0][0], first.members[0][1], "kept");
+        assert_eq!(p.added.len(), 1);
+        assert_eq!(p.removed, 1);
+        let new = p.roster.members[0][1];
+        assert_eq!(new.id, 2, "a never-used id before a freed one");
+        assert!(new.tag > first.members[0][1].tag);
+    }
+
+    #[test]
+    fn a_worker_that_lags_blocks_the_next_roster() {
+        let r = Rosters::new(vec![upstream("a", &["127.0.0.1:1"])], 2, 8);
+        r.applied(0, 0);
+        r.applied(1, 0);
+        r.publish(vec![upstream("a", &["127.0.0.1:2"])], NOW, &|_| {})
+            .unwrap();
+        r.applied(0, 1);
+        let e = r
+            .publish(vec![upstream("a", &["127.0.0.1:3"])], NOW, &|_| {})
+            .err()
+            .expect("worker 1 still serves roster 0");
+        assert!(e.contains("not taken"), "{e}");
+        r.applied(1, 1);
+        assert!(r
+            .publish(vec![upstream("a", &["127.0.0.1:3"])], NOW, &|_| {})
+            .is_ok());
+    }
+
+    #[test]
+    fn ids_are_reused_with_a_new_tag_only_at_capacity() {
+        let r = Rosters::new(vec![upstream("a", &["127.0.0.1:1"])], 1, 2);
+        let mut seen = vec![r.current().members[0][0]];
+        for (n, port) in (2..6).enumerate() {
+            r.applied(0, n as u64);
+            let addr = format!("127.0.0.1:{port}");
+            let p = r
+                .publish(vec![upstream("a", &[&addr])], NOW, &|_| {})
+                .unwrap();
+            let m = p.roster.members[0][0];
+            assert!(m.id < 2, "within capacity: {m:?}");
+            assert!(seen.iter().all(|s| s.tag != m.tag), "a tag is never reused");
+            seen.push(m);
+        }
+        r.applied(0, 4);
+        let three: Vec<String> = (7..10).map(|p| format!("127.0.0.1:{p}")).collect();
+        let three: Vec<&str> = three.iter().map(String::as_str).collect();
+        let e = r
+            .publish(vec![upstream("a", &three)], NOW, &|_| {})
+            .err()
+            .expect("three servers do not fit two ids");
+        assert!(e.contains("capacity"), "{e}");
+    }
+
+    #[test]
+    fn renamed_upstreams_are_refused() {
+        let r = Rosters::new(vec![upstream("a", &["127.0.0.1:1"])], 1, 8);
+        assert!(r
+            .publish(vec![upstream("b", &["127.0.0.1:1"])], NOW, &|_| {})
+            .is_err());
+    }
+}

@@ -1,0 +1,299 @@
+//! Reloads that change only the upstreams' servers and settings happen in
+//! place: the same process, no new sockets, and the pools that stay keep
+//! their idle connections, health and ejections. New servers are checked
+//! before they get traffic; removed ones get none once the reload answered.
+
+mod common;
+
+use common::load::{check, free_port, request, Load};
+use common::origin::Origin;
+use common::{admin_get, bin, server_list, temp_path, Ringlb};
+use serde_json::Value;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+struct Setup {
+    main: SocketAddr,
+    other: SocketAddr,
+    admin: SocketAddr,
+    socket: PathBuf,
+}
+
+impl Setup {
+    fn new(name: &str) -> Setup {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Setup {
+            main: at(free_port()),
+            other: at(free_port()),
+            admin: at(free_port()),
+            socket: temp_path(&format!("{name}.sock")),
+        }
+    }
+
+    /// Listener `main` over upstream `app` (`app` servers, with `app_extra`
+    /// lines), listener `other` over upstream `other` (its servers fixed).
+    fn config(&self, app: &[SocketAddr], app_extra: &str, other: &[SocketAddr]) -> String {
+        format!(
+            "workers = 2\nupgrade_socket = \"{}\"\n\n[admin]\nlisten = \"{}\"\n\n\
+             [[listener]]\nlisten = \"{}\"\nupstream = \"app\"\n\n\
+             [[listener]]\nlisten = \"{}\"\nupstream = \"other\"\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [{}]\n{app_extra}\n\
+             [[upstream]]\nname = \"other\"\nservers = [{}]\n",
+            self.socket.display(),
+            self.admin,
+            self.main,
+            self.other,
+            server_list(app),
+            server_list(other),
+        )
+    }
+
+    fn status(&self) -> Value {
+        let answer = admin_get(self.admin, "/status");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("/status: {e}: {answer}"))
+    }
+
+    /// `/status` for one server: (state, checks, idle connections).
+    fn server(&self, upstream: &str, addr: SocketAddr) -> Option<(String, u64, i64)> {
+        let status = self.status();
+        let up = status["upstreams"]
+            .as_array()?
+            .iter()
+            .find(|u| u["name"] == upstream)?
+            .clone();
+        let s = up["servers"]
+            .as_array()?
+            .iter()
+            .find(|s| s["addr"] == addr.to_string())?
+            .clone();
+        Some((
+            s["state"].as_str()?.to_string(),
+            s["checks"].as_u64()?,
+            s["idle_connections"].as_i64()?,
+        ))
+    }
+}
+
+/// Runs `ringlb reload --config FILE`: exit code and what it printed.
+fn reload(file: &Path) -> (Option<i32>, String) {
+    let out = Command::new(bin())
+        .args(["reload", "--config"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// Sends `n` requests on connections of their own; each must get its answer.
+fn requests(addr: SocketAddr, tag: &str, n: usize) {
+    for i in 0..n {
+        let token = format!("{tag}-{i}");
+        let mut s = TcpStream::connect(addr).unwrap();
+        let (answer, _) = request(&mut s, &token, true).unwrap();
+        check(&answer, &token).unwrap();
+    }
+}
+
+/// Proxied requests an origin received (its health checks left out).
+fn proxied(o: &Origin) -> usize {
+    o.stats
+        .heads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| !h.contains("ringlb-health-check"))
+        .count()
+}
+
+#[test]
+fn twenty_in_place_reloads_under_load_keep_pooled_connections_and_fail_no_request() {
+    let (a, b, c) = (Origin::start(), Origin::start(), Origin::start());
+    let s = Setup::new("in-place");
+    let both = temp_path("in-place-both.toml");
+    let one = temp_path("in-place-one.toml");
+    std::fs::write(&both, s.config(&[a.addr, b.addr], "", &[c.addr])).unwrap();
+    // The one-server file also changes a setting of the pool.
+    std::fs::write(
+        &one,
+        s.config(&[a.addr], "connect_timeout = \"2s\"\n", &[c.addr]),
+    )
+    .unwrap();
+    let running = Ringlb::start(&s.config(&[a.addr, b.addr], "", &[c.addr]));
+    // Pooled connections to `c`, the pool no reload touches. Kept-alive
+    // clients on both workers leave connections in both workers' pools.
+    let load_other = Load::start(s.other, 4);
+    common::eventually("idle connections to c", Duration::from_secs(5), || {
+        s.server("other", c.addr)
+            .is_some_and(|(_, _, idle)| idle > 0)
+    });
+    let load = Load::start(s.main, 6);
+    let c_connections = c.stats.connections.load(Ordering::Relaxed);
+    for n in 0..20 {
+        let file = if n % 2 == 0 { &one } else { &both };
+        let (code, said) = reload(file);
+        assert_eq!(code, Some(0), "reload {n}: {said}");
+        assert!(
+            said.contains(&format!("DONE {} in place", running.pid())),
+            "reload {n} was not in place: {said}"
+        );
+        if n % 2 == 0 {
+            // `b` left: no request reaches it once the reload answered.
+            let seen = b.stats.requests.load(Ordering::Relaxed);
+            requests(s.main, &format!("r{n}"), 20);
+            assert_eq!(
+                b.stats.requests.load(Ordering::Relaxed),
+                seen,
+                "reload {n}: the removed server received a request"
+            );
+        } else {
+            // `b` is back and takes its share again.
+            let seen = b.stats.requests.load(Ordering::Relaxed);
+            requests(s.main, &format!("r{n}"), 20);
+            assert!(
+                b.stats.requests.load(Ordering::Relaxed) > seen,
+                "reload {n}: the added server gets no request"
+            );
+        }
+    }
+    let (ok, failures) = load.finish();
+    let (ok_other, failures_other) = load_other.finish();
+    assert!(
+        failures.is_empty() && failures_other.is_empty(),
+        "{} + {} failed: {:?} {:?}",
+        failures.len(),
+        failures_other.len(),
+        &failures[..failures.len().min(5)],
+        &failures_other[..failures_other.len().min(5)]
+    );
+    assert!(
+        ok > 200 && ok_other > 200,
+        "only {ok} + {ok_other} requests"
+    );
+    // `c`'s pool lived through the 20 reloads: the load on it reused its
+    // connections instead of opening new ones (a handover would have
+    // opened a fresh pool per reload).
+    let opened = c.stats.connections.load(Ordering::Relaxed) - c_connections;
+    assert!(
+        opened < 10,
+        "{opened} new connections to the unchanged pool over 20 reloads"
+    );
+    let status = s.status();
+    assert_eq!(status["config"]["loaded"], "in_place", "{status}");
+    assert_eq!(status["config"]["generation"], 20, "{status}");
+    assert_eq!(status["server_set"], 20, "{status}");
+    assert!(running.log_contains("serving server set 20"));
+    for f in [&both, &one, &s.socket] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+#[test]
+fn health_state_stays_and_a_new_server_is_checked_before_it_gets_traffic() {
+    let (a, b) = (Origin::start(), Origin::start());
+    // A server that is down: nothing listens there.
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let s = Setup::new("in-place-health");
+    let checks = "[upstream.health_check]\npath = \"/\"\ninterval = \"300ms\"\n\
+                  timeout = \"200ms\"\nrise = 3\nfall = 1\n";
+    let running = Ringlb::start(&s.config(&[a.addr, dead], checks, &[a.addr]));
+    common::eventually("the dead server is down", Duration::from_secs(5), || {
+        s.server("app", dead)
+            .is_some_and(|(state, _, _)| state == "down")
+    });
+    let load = Load::start(s.main, 4);
+    let file = temp_path("in-place-health.toml");
+    std::fs::write(&file, s.config(&[a.addr, dead, b.addr], checks, &[a.addr])).unwrap();
+    let (code, said) = reload(&file);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("in place"), "{said}");
+    // The dead server stays down: a fresh start would have called it up
+    // (optimistic start) and sent it requests until its first check.
+    let (state, _, _) = s.server("app", dead).unwrap();
+    assert_eq!(state, "down", "the dead server's health was forgotten");
+    // The new server is down until its first check passes (rise applies
+    // only to servers coming back, not to one that just joined).
+    common::eventually("the new server comes up", Duration::from_secs(5), || {
+        s.server("app", b.addr)
+            .is_some_and(|(state, checks, _)| state == "up" && checks >= 1)
+    });
+    common::eventually(
+        "the new server gets traffic",
+        Duration::from_secs(5),
+        || proxied(&b) > 0,
+    );
+    let heads = b.stats.heads.lock().unwrap().clone();
+    assert!(
+        heads
+            .first()
+            .is_some_and(|h| h.contains("ringlb-health-check")),
+        "the new server got a request before its health check: {:?}",
+        heads.first()
+    );
+    let (ok, failures) = load.finish();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(ok >= 5, "only {ok} requests");
+    assert!(alive(running.pid()));
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&s.socket);
+}
+
+#[test]
+fn a_change_beyond_the_upstreams_goes_through_a_fresh_process_and_a_bad_one_changes_nothing() {
+    let a = Origin::start();
+    let s = Setup::new("in-place-beyond");
+    let running = Ringlb::start(&s.config(&[a.addr], "", &[a.addr]));
+    // A different upstream name cannot be swapped in place.
+    let renamed = temp_path("in-place-renamed.toml");
+    std::fs::write(
+        &renamed,
+        s.config(&[a.addr], "", &[a.addr])
+            .replace("name = \"other\"", "name = \"others\"")
+            .replace("upstream = \"other\"", "upstream = \"others\""),
+    )
+    .unwrap();
+    let (code, said) = reload(&renamed);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(!said.contains("in place"), "{said}");
+    assert!(running.log_contains("handing over to a fresh process"));
+    let successor: u32 = said
+        .split("DONE ")
+        .nth(1)
+        .and_then(|p| p.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert_ne!(successor, running.pid());
+    requests(s.main, "after-handover", 3);
+    // A server list the successor cannot resolve is refused, and it serves on.
+    let bad = temp_path("in-place-bad.toml");
+    std::fs::write(
+        &bad,
+        s.config(&[a.addr], "", &[a.addr])
+            .replace(&format!("\"{}\"", a.addr), "\"not an address\""),
+    )
+    .unwrap();
+    let (code, said) = reload(&bad);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("in-place-bad.toml:"), "{said}");
+    requests(s.main, "after-bad", 3);
+    // SAFETY: kill(2) on the successor this test started through a reload.
+    unsafe { libc::kill(successor as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(successor) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for f in [&renamed, &bad, &s.socket] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
