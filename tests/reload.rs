@@ -1,7 +1,9 @@
-//! Configuration reload under load: `ringlb reload --config FILE` and SIGHUP
-//! validate the file, then hand the listening sockets to a fresh process
-//! running it. No request fails across 20 reloads; a new listener answers, a
-//! removed server stops receiving requests, a bad file changes nothing.
+//! Configuration reload by handover, under load: `ringlb reload --config
+//! FILE` and SIGHUP validate the file, then (the listeners change) hand the
+//! listening sockets to a fresh process running it. No request fails across
+//! 20 reloads; a new listener answers, a removed server stops receiving
+//! requests, a bad file changes nothing. Reloads in place:
+//! `reload_in_place.rs`.
 
 mod common;
 
@@ -199,7 +201,7 @@ fn twenty_reloads_under_load_fail_no_request_and_each_config_takes_effect() {
 }
 
 #[test]
-fn a_bad_file_is_refused_with_its_reason_and_sighup_reloads_the_file_in_place() {
+fn a_bad_file_is_refused_with_its_reason_and_sighup_reloads_the_file() {
     let origin = Origin::start();
     let p = Ports::new("reload-bad.sock");
     let (main, extra) = p.addrs();
