@@ -225,6 +225,7 @@ fn respond(head: &request::RequestHead<'_, '_>, state: &State) -> Reply {
             let outside = crate::metrics::expose::Outside {
                 roster: &roster,
                 server_health: &server_health,
+                config: crate::runtime::reload::in_force_metrics(),
                 panics: crate::contain::panics(),
             };
             let text = crate::metrics::expose::render(&state.metrics, &outside);

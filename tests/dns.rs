@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::load::{check, free_port, request, Load};
+use common::load::{free_port, requests, Load};
 use common::origin::Origin;
 use common::{admin_get, temp_path, Ringlb};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -126,15 +126,6 @@ fn servers(admin: SocketAddr) -> Vec<String> {
     addrs
 }
 
-fn requests(addr: SocketAddr, tag: &str, n: usize) {
-    for i in 0..n {
-        let token = format!("{tag}-{i}");
-        let mut s = TcpStream::connect(addr).unwrap();
-        let (answer, _) = request(&mut s, &token, true).unwrap();
-        check(&answer, &token).unwrap();
-    }
-}
-
 /// A port free on both 127.0.0.2 and 127.0.0.3.
 fn port_on_both() -> u16 {
     for _ in 0..50 {
@@ -170,8 +161,9 @@ fn a_name_is_resolved_again_and_its_addresses_join_and_leave_the_pool() {
 
     // The name moves to another address: the old one leaves the pool.
     hosts(&hosts_file, &["127.0.0.3"]);
+    // Listed once published; in force once every worker took it (logged).
     common::eventually("the new address in force", Duration::from_secs(5), || {
-        servers(admin) == vec![three.to_string()]
+        servers(admin) == vec![three.to_string()] && running.log_contains("dns: server set 1:")
     });
     let seen = a.stats.requests.load(Ordering::Relaxed);
     requests(main, "moved", 20);
@@ -184,7 +176,7 @@ fn a_name_is_resolved_again_and_its_addresses_join_and_leave_the_pool() {
     // Two addresses: both serve.
     hosts(&hosts_file, &["127.0.0.2", "127.0.0.3"]);
     common::eventually("both addresses in force", Duration::from_secs(5), || {
-        servers(admin).len() == 2
+        servers(admin).len() == 2 && running.log_contains("dns: server set 2:")
     });
     let seen = a.stats.requests.load(Ordering::Relaxed);
     requests(main, "both", 20);

@@ -9,10 +9,9 @@ mod common;
 
 use common::load::{check, free_port, request, Load};
 use common::origin::Origin;
-use common::{bin, server_list, temp_path, Ringlb};
+use common::{alive, reload, server_list, temp_path, Ringlb};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -65,34 +64,12 @@ fn write(name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// Runs `ringlb reload --config FILE`: its exit code and output.
-fn reload(file: &Path) -> (Option<i32>, String) {
-    let out = Command::new(bin())
-        .args(["reload", "--config"])
-        .arg(file)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
-
 /// The pid in a `DONE pid` answer.
 fn successor(said: &str) -> u32 {
     said.split("DONE ")
         .nth(1)
         .and_then(|p| p.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no DONE in {said:?}"))
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
 }
 
 /// Stops a ringlb that is not the test's child (a successor) and waits.

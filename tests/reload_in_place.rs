@@ -5,13 +5,12 @@
 
 mod common;
 
-use common::load::{check, free_port, request, Load};
+use common::load::{free_port, requests, Load};
 use common::origin::Origin;
-use common::{admin_get, bin, server_list, temp_path, Ringlb};
+use common::{admin_get, alive, reload, server_list, temp_path, Ringlb};
 use serde_json::Value;
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -75,31 +74,6 @@ impl Setup {
             s["checks"].as_u64()?,
             s["idle_connections"].as_i64()?,
         ))
-    }
-}
-
-/// Runs `ringlb reload --config FILE`: exit code and what it printed.
-fn reload(file: &Path) -> (Option<i32>, String) {
-    let out = Command::new(bin())
-        .args(["reload", "--config"])
-        .arg(file)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
-
-/// Sends `n` requests on connections of their own; each must get its answer.
-fn requests(addr: SocketAddr, tag: &str, n: usize) {
-    for i in 0..n {
-        let token = format!("{tag}-{i}");
-        let mut s = TcpStream::connect(addr).unwrap();
-        let (answer, _) = request(&mut s, &token, true).unwrap();
-        check(&answer, &token).unwrap();
     }
 }
 
@@ -190,6 +164,9 @@ fn twenty_in_place_reloads_under_load_keep_pooled_connections_and_fail_no_reques
     assert_eq!(status["config"]["loaded"], "in_place", "{status}");
     assert_eq!(status["config"]["generation"], 20, "{status}");
     assert_eq!(status["server_set"], 20, "{status}");
+    assert_eq!(common::metric(s.admin, "ringlb_config_generation"), 20.0);
+    assert_eq!(common::metric(s.admin, "ringlb_server_set"), 20.0);
+    assert!(common::metric(s.admin, "ringlb_config_loaded_timestamp_seconds") > 1.7e9);
     assert!(running.log_contains("serving server set 20"));
     for f in [&both, &one, &s.socket] {
         let _ = std::fs::remove_file(f);
@@ -292,8 +269,4 @@ fn a_change_beyond_the_upstreams_goes_through_a_fresh_process_and_a_bad_one_chan
     for f in [&renamed, &bad, &s.socket] {
         let _ = std::fs::remove_file(f);
     }
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }

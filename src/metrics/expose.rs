@@ -11,6 +11,8 @@ pub struct Outside<'a> {
     pub roster: &'a crate::upstream::roster::Roster,
     pub server_health: &'a dyn Fn(usize) -> (bool, u32),
     pub panics: u64,
+    /// The configuration in force: its generation and load time (Unix s).
+    pub config: (u64, u64),
 }
 
 /// The content type of the text format.
@@ -101,6 +103,31 @@ pub fn render(reg: &Registry, outside: &Outside<'_>) -> String {
 
     connections(&mut out, reg);
     servers(&mut out, reg, outside);
+    family(
+        &mut out,
+        "ringlb_config_generation",
+        "gauge",
+        "Reloads and binary upgrades since ringlb was started by hand.",
+    );
+    let _ = writeln!(out, "ringlb_config_generation {}", outside.config.0);
+    family(
+        &mut out,
+        "ringlb_config_loaded_timestamp_seconds",
+        "gauge",
+        "When the configuration in force was loaded (Unix time).",
+    );
+    let _ = writeln!(
+        out,
+        "ringlb_config_loaded_timestamp_seconds {}",
+        outside.config.1
+    );
+    family(
+        &mut out,
+        "ringlb_server_set",
+        "gauge",
+        "Server sets put in force since start (reloads in place, DNS changes).",
+    );
+    let _ = writeln!(out, "ringlb_server_set {}", outside.roster.number);
 
     family(
         &mut out,

@@ -132,10 +132,23 @@ pub fn loaded(source: &str, text: &[u8], how: How) {
             "in_place",
         ),
     };
+    IN_FORCE.0.store(generation, Ordering::Release);
+    IN_FORCE.1.store(at, Ordering::Release);
     let mut status = LOADED.lock().unwrap_or_else(|p| p.into_inner());
     *status = format!(
         "{{\"generation\":{generation},\"loaded\":\"{how}\",\"file\":\"{file}\",\"hash\":\"{hash:016x}\",\"loaded_at_unix\":{at}}}"
     );
+}
+
+/// The generation in force and when it was loaded (Unix seconds).
+static IN_FORCE: (AtomicU64, AtomicU64) = (AtomicU64::new(0), AtomicU64::new(0));
+
+/// For `/metrics`: the generation in force and its load time (Unix seconds).
+pub fn in_force_metrics() -> (u64, u64) {
+    (
+        IN_FORCE.0.load(Ordering::Acquire),
+        IN_FORCE.1.load(Ordering::Acquire),
+    )
 }
 
 /// In-place reloads this process made.

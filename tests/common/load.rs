@@ -149,3 +149,14 @@ impl Load {
         (self.ok.load(Ordering::Relaxed), failures)
     }
 }
+
+/// Sends `n` requests, each on a connection of its own; each must get its
+/// own answer.
+pub fn requests(addr: SocketAddr, tag: &str, n: usize) {
+    for i in 0..n {
+        let token = format!("{tag}-{i}");
+        let mut s = TcpStream::connect(addr).unwrap();
+        let (answer, _) = request(&mut s, &token, true).unwrap();
+        check(&answer, &token).unwrap();
+    }
+}

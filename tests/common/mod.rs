@@ -367,3 +367,23 @@ pub fn run_expecting_exit(config: &std::path::Path, why: &str) -> (Option<i32>, 
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     (status.code(), err)
 }
+
+/// Runs `ringlb reload --config FILE`: its exit code and what it printed.
+pub fn reload(file: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(bin())
+        .args(["reload", "--config"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// Whether process `pid` runs (exists and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
