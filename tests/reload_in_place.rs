@@ -270,3 +270,117 @@ fn a_change_beyond_the_upstreams_goes_through_a_fresh_process_and_a_bad_one_chan
         let _ = std::fs::remove_file(f);
     }
 }
+
+/// A server that answers every request with a 502 (its requests counted).
+fn failing_origin() -> Origin {
+    Origin::with_handler(std::sync::Arc::new(|mut s, stats| {
+        use std::io::{Read, Write};
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            if s.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+        }
+    }))
+}
+
+#[test]
+fn a_server_ejected_before_an_in_place_reload_stays_ejected() {
+    let (good, extra, bad) = (Origin::start(), Origin::start(), failing_origin());
+    let s = Setup::new("in-place-ejected");
+    let outlier = "[upstream.outlier]\nconsecutive_failures = 1\nbase_ejection = \"30s\"\n";
+    let _running = Ringlb::start(&s.config(&[good.addr, bad.addr], outlier, &[good.addr]));
+    let ejected_by = || {
+        let status = s.status();
+        status["upstreams"][0]["servers"]
+            .as_array()
+            .and_then(|servers| {
+                servers
+                    .iter()
+                    .find(|v| v["addr"] == bad.addr.to_string())
+                    .and_then(|v| v["ejected_by_workers"].as_u64())
+            })
+            .unwrap_or(0)
+    };
+    // New connections until both workers have ejected the failing server.
+    for i in 0.. {
+        assert!(i < 400, "both workers never ejected it: {}", s.status());
+        if ejected_by() == 2 {
+            break;
+        }
+        let mut c = std::net::TcpStream::connect(s.main).unwrap();
+        let _ = common::load::request(&mut c, &format!("e{i}"), true);
+    }
+    let file = temp_path("in-place-ejected.toml");
+    std::fs::write(
+        &file,
+        s.config(&[good.addr, bad.addr, extra.addr], outlier, &[good.addr]),
+    )
+    .unwrap();
+    let (code, said) = reload(&file);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("in place"), "{said}");
+    assert_eq!(
+        ejected_by(),
+        2,
+        "the ejection was forgotten: {}",
+        s.status()
+    );
+    let seen = bad.stats.requests.load(Ordering::Relaxed);
+    requests(s.main, "after", 30);
+    assert_eq!(
+        bad.stats.requests.load(Ordering::Relaxed),
+        seen,
+        "the ejected server got requests after the reload"
+    );
+    assert!(extra.stats.requests.load(Ordering::Relaxed) > 0);
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&s.socket);
+}
+
+#[test]
+fn client_limits_change_in_place() {
+    let a = Origin::start();
+    let s = Setup::new("in-place-client");
+    let with_limit = |bytes: usize| {
+        format!(
+            "{}\n[client]\nmax_head_bytes = {bytes}\n",
+            s.config(&[a.addr], "", &[a.addr])
+        )
+    };
+    let running = Ringlb::start(&with_limit(32768));
+    let big_head = |token: &str| {
+        let mut c = std::net::TcpStream::connect(s.main).unwrap();
+        use std::io::{Read, Write};
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let pad = "p".repeat(8000);
+        write!(
+            c,
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Token: {token}\r\nX-Pad: {pad}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        answer
+    };
+    assert!(big_head("before").starts_with("HTTP/1.1 200 "));
+    let file = temp_path("in-place-client.toml");
+    std::fs::write(&file, with_limit(4096)).unwrap();
+    let (code, said) = reload(&file);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!("DONE {} in place", running.pid())),
+        "{said}"
+    );
+    let after = big_head("after");
+    assert!(after.starts_with("HTTP/1.1 431 "), "{after}");
+    requests(s.main, "small", 3);
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&s.socket);
+}

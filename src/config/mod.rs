@@ -62,7 +62,7 @@ pub struct Config {
 }
 
 /// Client-side timeouts and limits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClientSettings {
     /// From the first byte of a request head to its end (slowloris guard).
     pub head_timeout: Duration,
@@ -89,19 +89,23 @@ pub struct ClientSettings {
 
 impl Default for ClientSettings {
     fn default() -> Self {
-        ClientSettings {
-            head_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            body_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(60),
-            tunnel_idle_timeout: Duration::from_secs(300),
-            max_head_bytes: 32 * 1024,
-            max_request_line_bytes: 8 * 1024,
-            max_chunk_bytes: 16 * 1024 * 1024,
-            headers_with_underscores: Underscores::Drop,
-            request_id: RequestIds::Keep,
-        }
+        ClientSettings::DEFAULT
     }
+}
+
+impl ClientSettings {
+    pub const DEFAULT: ClientSettings = ClientSettings {
+        head_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(60),
+        write_timeout: Duration::from_secs(60),
+        tunnel_idle_timeout: Duration::from_secs(300),
+        max_head_bytes: 32 * 1024,
+        max_request_line_bytes: 8 * 1024,
+        max_chunk_bytes: 16 * 1024 * 1024,
+        headers_with_underscores: Underscores::Drop,
+        request_id: RequestIds::Keep,
+    };
 }
 
 #[derive(Debug, Clone)]

@@ -67,7 +67,7 @@ fn connection(
                     // drain began, or a kept-alive one whose request arrives
                     // during it, is answered (with `Connection: close`), not
                     // closed unanswered.
-                    let ready = client.reader.readable_within(ctx.client.idle_timeout);
+                    let ready = client.reader.readable_within(ctx.client().idle_timeout);
                     if !matches!(ready.await, Some(Ok(()))) {
                         return;
                     }
@@ -161,7 +161,7 @@ async fn shed_for_memory(ctx: &WorkerCtx, listener: usize, client: &mut Conn) {
     client
         .answer_and_linger(
             Some(canned::for_shed(why).close),
-            ctx.client.write_timeout,
+            ctx.client().write_timeout,
             (Duration::from_secs(1), 64 * 1024),
         )
         .await;
@@ -190,7 +190,7 @@ async fn read_head(
     inbuf: &mut Buffer,
     capture: &mut Option<Capture>,
 ) -> Result<Option<Prepared>, ProxyError> {
-    client.reader.arm(ctx.client.head_timeout);
+    client.reader.arm(ctx.client().head_timeout);
     loop {
         match prepare(ctx, (listener, ip), inbuf, capture) {
             Ok(Some(req)) => {
@@ -233,14 +233,14 @@ fn prepare(
 ) -> Result<Option<Prepared>, ProxyError> {
     rewrite_head(inbuf, |data, scratch| {
         let mut headers = crate::http::header_slots();
-        let head = match request::parse(data, &mut headers, &ctx.limits) {
+        let head = match request::parse(data, &mut headers, &ctx.limits()) {
             Ok(Some(h)) => h,
             Ok(None) => return (Ok(None), None),
             Err(e) => return (Err(e), None),
         };
         #[cfg(debug_assertions)]
         crate::contain::test_hooks::on_request(head.headers);
-        let id = observe::request_id(ctx.client.request_id, &head);
+        let id = observe::request_id(ctx.client().request_id, &head);
         if ctx.logs(listener) {
             *capture = Some(observe::capture(&head, id.as_ref().map(|i| &i[..])));
         }
@@ -359,7 +359,7 @@ async fn answer_directly(
 async fn send_static(ctx: &WorkerCtx, client: &mut Conn, bytes: &'static [u8], keep: bool) -> bool {
     let sent = client
         .writer
-        .write_static(bytes, ctx.client.write_timeout)
+        .write_static(bytes, ctx.client().write_timeout)
         .await;
     sent.is_ok() && keep
 }
@@ -376,7 +376,7 @@ async fn answer_locally(
     tally.answered(200, req.head_len);
     let sent = client
         .writer
-        .write_front(inbuf, req.head_len, ctx.client.write_timeout)
+        .write_front(inbuf, req.head_len, ctx.client().write_timeout)
         .await
         .is_ok();
     sent && consume_buffered_body(inbuf, req.framing) && may_keep_alive(ctx, req)
@@ -428,7 +428,11 @@ async fn answer_failure(
         // The body was not read: let the client finish sending it (bounded)
         // so that it reads the answer instead of meeting a reset.
         client
-            .answer_and_linger(None, ctx.client.write_timeout, (LINGER_TIME, LINGER_BYTES))
+            .answer_and_linger(
+                None,
+                ctx.client().write_timeout,
+                (LINGER_TIME, LINGER_BYTES),
+            )
             .await;
     }
     kept
@@ -450,7 +454,7 @@ async fn reject(ctx: &WorkerCtx, client: &mut Conn, e: ProxyError, tally: &Tally
     client
         .answer_and_linger(
             canned.map(|c| c.close),
-            ctx.client.write_timeout,
+            ctx.client().write_timeout,
             (Duration::from_secs(2), 4 << 20),
         )
         .await;

@@ -121,7 +121,7 @@ pub async fn forward(
     let upstreams = ctx.upstreams();
     let upstream = &upstreams[upstream_idx];
     tally.upstream.set(Some(upstream_idx as u16));
-    let mut body = BodyState::request(req.framing, ctx.client.max_chunk_bytes);
+    let mut body = BodyState::request(req.framing, ctx.client().max_chunk_bytes);
     let (initial_body, body_done) = body
         .frame(inbuf, req.head_len)
         .map_err(|e| Failure::before_response(ProxyError::BadRequest(e.reason()), false))?;
@@ -264,7 +264,7 @@ async fn attempt(
         req,
         tally,
     } = leg;
-    let write_timeout = ctx.client.write_timeout;
+    let write_timeout = ctx.client().write_timeout;
     // After the keep-alive race (a pooled connection found dead before any
     // response byte), the same server once more on a fresh connection.
     let mut fresh_only = false;
@@ -343,7 +343,7 @@ async fn attempt(
                 ..
             }) => {
                 inbuf.consume(out.initial);
-                let idle = ctx.client.tunnel_idle_timeout;
+                let idle = ctx.client().tunnel_idle_timeout;
                 // Out of line for the same reason.
                 let tunnel = Pooled::new(super::tunnel::run(
                     client,
@@ -426,8 +426,8 @@ async fn forward_streaming(
         let pipe = Pipe {
             src: &mut client.reader,
             dst: up_writer,
-            read_timeout: ctx.client.body_timeout,
-            write_timeout: ctx.client.write_timeout,
+            read_timeout: ctx.client().body_timeout,
+            write_timeout: ctx.client().write_timeout,
             read: &read_from_client,
             written: &tally.pumped,
         };

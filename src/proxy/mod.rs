@@ -54,8 +54,9 @@ pub struct WorkerCtx {
     /// Tells the pool when a server closes one of its connections (None if
     /// the epoll set could not be made: pooled connections are still probed).
     pub idle_watch: Option<IdleWatch>,
-    pub client: ClientSettings,
-    pub limits: Limits,
+    /// Client timeouts and limits in force (they change with an in-place
+    /// reload, between requests: read them through `client()` and `limits()`).
+    pub client: Cell<ClientSettings>,
     /// Set when shutdown starts: answer in-flight requests, then close.
     pub draining: Cell<bool>,
     /// Requests being processed right now.
@@ -68,6 +69,23 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
+    /// The client timeouts and limits for what happens now.
+    #[inline]
+    pub fn client(&self) -> ClientSettings {
+        self.client.get()
+    }
+
+    /// The request head limits, from `client()`.
+    #[inline]
+    pub fn limits(&self) -> Limits {
+        let c = self.client.get();
+        Limits {
+            max_head_bytes: c.max_head_bytes,
+            max_request_line_bytes: c.max_request_line_bytes,
+            underscores: c.headers_with_underscores,
+        }
+    }
+
     /// The upstream pools for a request starting now.
     #[inline]
     pub fn upstreams(&self) -> Rc<Vec<Upstream>> {

@@ -164,7 +164,7 @@ pub(super) async fn relay_response(
 ) -> Result<ResponseDone, ResponseFail> {
     let started = &progress.response_started;
     let tally = progress.tally;
-    let write_timeout = ctx.client.write_timeout;
+    let write_timeout = ctx.client().write_timeout;
     let read_timeout = upstream.response_timeout;
     // `silent`: no response byte has been read yet; `first_read`: at most one read
     // has returned bytes (stray bytes on a reused connection arrive in one read).

@@ -52,7 +52,7 @@ fn accepted(ctx: &Rc<WorkerCtx>, idx: usize, stream: monoio::net::TcpStream, pee
             let listener = &ctx.metrics.layout.listeners[idx];
             ctx.shed_log.shed(why, format_args!("listener {listener}"));
             if conn_limit::take_refusal(crate::deadline::now_ms()) {
-                let refuse = conn_limit::refuse(stream, why, ctx.client.write_timeout);
+                let refuse = conn_limit::refuse(stream, why, ctx.client().write_timeout);
                 monoio::spawn(crate::contain::CatchUnwind::new(refuse));
             } // else: past the refusal budget, closed unanswered
         }

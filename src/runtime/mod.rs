@@ -16,7 +16,6 @@ mod swap;
 
 use crate::buf::Buffer;
 use crate::config::Config;
-use crate::http::request::Limits;
 use crate::metrics::{Registry, WorkerMetrics};
 use crate::proxy::route::ListenerRoutes;
 use crate::proxy::{conn_limit, WorkerCtx};
@@ -142,7 +141,7 @@ pub fn start(
     }
     let capacity = Rosters::capacity_for(&config.upstreams);
     let health = Health::new(&config, capacity);
-    let rosters = Rosters::new(config.upstreams.clone(), workers, capacity);
+    let rosters = Rosters::new((config.upstreams.clone(), config.client), workers, capacity);
     let layout = Arc::new(config.metrics_layout(&bound, capacity));
     let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..workers)
         .map(|_| Arc::new(WorkerMetrics::new(layout.clone())))
@@ -426,12 +425,7 @@ fn worker_ctx(
         access_log,
         log_sinks,
         idle_watch,
-        client: config.client.clone(),
-        limits: Limits {
-            max_head_bytes: config.client.max_head_bytes,
-            max_request_line_bytes: config.client.max_request_line_bytes,
-            underscores: config.client.headers_with_underscores,
-        },
+        client: Cell::new(config.client),
         draining: Cell::new(false),
         busy: Cell::new(0),
         started: Cell::new(0),

@@ -3,9 +3,9 @@
 //! returned to the command), then puts it in force one of two ways:
 //!
 //! - **in place**, when the new file differs from the one in force only in
-//!   its upstreams' servers and settings (the roster, see
-//!   `upstream::roster`): the new server set is published and every worker
-//!   takes it between requests. Servers that stay keep their idle
+//!   its upstreams' servers and settings and its client settings (the
+//!   roster, see `upstream::roster`): the new roster is published and every
+//!   worker takes it between requests. Servers that stay keep their idle
 //!   connections, health and ejections; new ones join with a health check
 //!   (and slow start where set); removed ones get no new request once the
 //!   reload has answered.
@@ -16,7 +16,7 @@
 //!   process then finishes its in-flight requests on the old configuration
 //!   and exits. Pooled connections, health and counters start afresh there.
 
-use crate::config::{Config, UpstreamConfig};
+use crate::config::{ClientSettings, Config, UpstreamConfig};
 use crate::upstream::health::Health;
 use crate::upstream::roster::{Published, Rosters};
 use std::io::Write;
@@ -223,7 +223,7 @@ pub fn reload(file: &Path, report: Option<Reporter>) -> Result<Reloaded, String>
 }
 
 /// Why `new` cannot be put in force in place (None: it can): it changes
-/// more than the upstreams' servers and settings.
+/// more than the upstreams' servers and settings and the client settings.
 pub fn needs_fresh_process(current: &Config, new: &Config) -> Option<String> {
     let names = |c: &Config| {
         c.upstreams
@@ -242,15 +242,17 @@ pub fn needs_fresh_process(current: &Config, new: &Config) -> Option<String> {
     let rest = |c: &Config| {
         let mut c = c.clone();
         c.upstreams.clear();
+        c.client = Default::default();
         format!("{c:?}")
     };
-    (rest(current) != rest(new)).then(|| "more than the upstreams changed".into())
+    (rest(current) != rest(new))
+        .then(|| "more than the upstreams and the client settings changed".into())
 }
 
 /// Publishes `new`'s server sets and waits until every worker serves them.
 fn reload_in_place(live: &Live, new: Config) -> Result<String, String> {
     super::notify::notify("RELOADING=1\nSTATUS=reloading in place");
-    let outcome = publish(live, new.upstreams.clone()).map(|p| {
+    let outcome = publish(live, (new.upstreams.clone(), new.client)).map(|p| {
         *live.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         let summary = format!(
             "in place: server set {}, {} server(s) added, {} removed",
@@ -281,17 +283,24 @@ pub fn in_force() -> Option<Arc<Config>> {
 /// new servers join the shared health (checked first where their pool has
 /// checks), then every worker takes them. Returns once all do.
 pub fn publish_servers(upstreams: Vec<UpstreamConfig>) -> Result<Published, String> {
-    publish(LIVE.get().ok_or("still starting")?, upstreams)
+    let live = LIVE.get().ok_or("still starting")?;
+    let client = live.rosters.current().client;
+    publish(live, (upstreams, client))
 }
 
-fn publish(live: &Live, upstreams: Vec<UpstreamConfig>) -> Result<Published, String> {
+fn publish(
+    live: &Live,
+    (upstreams, client): (Vec<UpstreamConfig>, ClientSettings),
+) -> Result<Published, String> {
     let health = &live.health;
     let checked: Vec<bool> = upstreams.iter().map(|u| u.health_check.is_some()).collect();
-    let p = live.rosters.publish(upstreams, WORKER_WAIT, &|added| {
-        for &(up, m) in added {
-            health.joined(up, m.id, checked[up]);
-        }
-    })?;
+    let p = live
+        .rosters
+        .publish((upstreams, client), WORKER_WAIT, &|added| {
+            for &(up, m) in added {
+                health.joined(up, m.id, checked[up]);
+            }
+        })?;
     // Servers of a pool whose checks were removed: nothing would ever bring
     // a server they held down back up.
     for (ui, u) in p.roster.upstreams.iter().enumerate() {

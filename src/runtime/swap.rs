@@ -72,6 +72,7 @@ impl Roster {
             fresh
         };
         ctx.replace_upstreams(upstreams);
+        ctx.client.set(roster.client);
         if self.number.is_some() {
             crate::info!(
                 "worker {}: serving server set {} ({} servers)",

@@ -12,7 +12,7 @@
 //!
 //! How the configuration splits (see also `runtime::reload`):
 //! - the roster (every upstream's servers and settings, upstream names and
-//!   order fixed) is a value: `Rosters::publish` makes the next one, and each
+//!   order fixed, and the client timeouts and limits) is a value: `Rosters::publish` makes the next one, and each
 //!   worker takes it at its next housekeeping tick, between requests. A
 //!   request in flight finishes on the `Upstream` it started with (it holds
 //!   an `Rc` of the worker's upstream list), so nothing is cut off;
@@ -24,7 +24,7 @@
 //! worker never skips one and an id freed by one roster is reused only once
 //! no worker lends it to a server that left.
 
-use crate::config::UpstreamConfig;
+use crate::config::{ClientSettings, UpstreamConfig};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,7 +38,8 @@ pub struct Member {
     pub tag: u64,
 }
 
-/// One published server set.
+/// One published server set, with the client settings that go with it
+/// (the other part of the configuration an in-place reload changes).
 pub struct Roster {
     /// Counts publications (the first roster is 0).
     pub number: u64,
@@ -46,6 +47,8 @@ pub struct Roster {
     pub upstreams: Vec<UpstreamConfig>,
     /// Per upstream, per server (in `upstreams[u].servers` order).
     pub members: Vec<Vec<Member>>,
+    /// Client timeouts and limits.
+    pub client: ClientSettings,
 }
 
 impl Roster {
@@ -93,7 +96,11 @@ pub struct Published {
 impl Rosters {
     /// The first roster: servers numbered in config order. `capacity`: most
     /// servers at once over the life of the process.
-    pub fn new(upstreams: Vec<UpstreamConfig>, workers: usize, capacity: usize) -> Arc<Rosters> {
+    pub fn new(
+        (upstreams, client): (Vec<UpstreamConfig>, ClientSettings),
+        workers: usize,
+        capacity: usize,
+    ) -> Arc<Rosters> {
         let mut id = 0;
         let members = upstreams
             .iter()
@@ -115,6 +122,7 @@ impl Rosters {
                 number: 0,
                 upstreams,
                 members,
+                client,
             })),
             number: AtomicU64::new(0),
             applied: (0..workers).map(|_| AtomicU64::new(0)).collect(),
@@ -181,7 +189,7 @@ impl Rosters {
     /// or when the new servers do not fit the capacity.
     pub fn publish(
         &self,
-        upstreams: Vec<UpstreamConfig>,
+        (upstreams, client): (Vec<UpstreamConfig>, ClientSettings),
         within: Duration,
         joining: &dyn Fn(&[Joined]),
     ) -> Result<Published, String> {
@@ -262,6 +270,7 @@ impl Rosters {
             number: old.number + 1,
             upstreams,
             members,
+            client,
         });
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = roster.clone();
         self.number.store(roster.number, Ordering::Release);
@@ -294,15 +303,20 @@ mod tests {
     }
 
     const NOW: Duration = Duration::from_millis(100);
+    const C: ClientSettings = ClientSettings::DEFAULT;
 
     #[test]
     fn servers_that_stay_keep_their_member_and_new_ones_get_fresh_ids() {
-        let r = Rosters::new(vec![upstream("a", &["127.0.0.1:1", "127.0.0.1:2"])], 1, 8);
+        let r = Rosters::new(
+            (vec![upstream("a", &["127.0.0.1:1", "127.0.0.1:2"])], C),
+            1,
+            8,
+        );
         let first = r.current();
         r.applied(0, 0);
         let p = r
             .publish(
-                vec![upstream("a", &["127.0.0.1:2", "127.0.0.1:3"])],
+                (vec![upstream("a", &["127.0.0.1:2", "127.0.0.1:3"])], C),
                 NOW,
                 &|_| {},
             )
@@ -318,32 +332,32 @@ mod tests {
 
     #[test]
     fn a_worker_that_lags_blocks_the_next_roster() {
-        let r = Rosters::new(vec![upstream("a", &["127.0.0.1:1"])], 2, 8);
+        let r = Rosters::new((vec![upstream("a", &["127.0.0.1:1"])], C), 2, 8);
         r.applied(0, 0);
         r.applied(1, 0);
-        r.publish(vec![upstream("a", &["127.0.0.1:2"])], NOW, &|_| {})
+        r.publish((vec![upstream("a", &["127.0.0.1:2"])], C), NOW, &|_| {})
             .unwrap();
         r.applied(0, 1);
         let e = r
-            .publish(vec![upstream("a", &["127.0.0.1:3"])], NOW, &|_| {})
+            .publish((vec![upstream("a", &["127.0.0.1:3"])], C), NOW, &|_| {})
             .err()
             .expect("worker 1 still serves roster 0");
         assert!(e.contains("not taken"), "{e}");
         r.applied(1, 1);
         assert!(r
-            .publish(vec![upstream("a", &["127.0.0.1:3"])], NOW, &|_| {})
+            .publish((vec![upstream("a", &["127.0.0.1:3"])], C), NOW, &|_| {})
             .is_ok());
     }
 
     #[test]
     fn ids_are_reused_with_a_new_tag_only_at_capacity() {
-        let r = Rosters::new(vec![upstream("a", &["127.0.0.1:1"])], 1, 2);
+        let r = Rosters::new((vec![upstream("a", &["127.0.0.1:1"])], C), 1, 2);
         let mut seen = vec![r.current().members[0][0]];
         for (n, port) in (2..6).enumerate() {
             r.applied(0, n as u64);
             let addr = format!("127.0.0.1:{port}");
             let p = r
-                .publish(vec![upstream("a", &[&addr])], NOW, &|_| {})
+                .publish((vec![upstream("a", &[&addr])], C), NOW, &|_| {})
                 .unwrap();
             let m = p.roster.members[0][0];
             assert!(m.id < 2, "within capacity: {m:?}");
@@ -354,7 +368,7 @@ mod tests {
         let three: Vec<String> = (7..10).map(|p| format!("127.0.0.1:{p}")).collect();
         let three: Vec<&str> = three.iter().map(String::as_str).collect();
         let e = r
-            .publish(vec![upstream("a", &three)], NOW, &|_| {})
+            .publish((vec![upstream("a", &three)], C), NOW, &|_| {})
             .err()
             .expect("three servers do not fit two ids");
         assert!(e.contains("capacity"), "{e}");
@@ -362,9 +376,9 @@ mod tests {
 
     #[test]
     fn renamed_upstreams_are_refused() {
-        let r = Rosters::new(vec![upstream("a", &["127.0.0.1:1"])], 1, 8);
+        let r = Rosters::new((vec![upstream("a", &["127.0.0.1:1"])], C), 1, 8);
         assert!(r
-            .publish(vec![upstream("b", &["127.0.0.1:1"])], NOW, &|_| {})
+            .publish((vec![upstream("b", &["127.0.0.1:1"])], C), NOW, &|_| {})
             .is_err());
     }
 }
