@@ -405,6 +405,15 @@ impl Writer {
         }
     }
 
+    /// Writes bytes shared with their owner (a rendered direct response),
+    /// without copying them.
+    pub async fn write_shared(&mut self, bytes: SharedBytes, timeout: Duration) -> io::Result<()> {
+        match self.timer.within(timeout, self.half.write_all(bytes)).await {
+            Some((res, _)) => res.map(|_| ()),
+            None => Err(timed_out()),
+        }
+    }
+
     /// Writes static bytes (canned responses).
     pub async fn write_static(
         &mut self,
@@ -567,5 +576,34 @@ impl ReadyFd {
     /// Waits until the descriptor is readable.
     pub async fn readable(&self) -> io::Result<()> {
         self.stream.readable(false).await
+    }
+}
+
+/// The first `len` bytes of a shared, immutable allocation, lent to a write:
+/// the `Rc` keeps them alive until the kernel is done with them, even if the
+/// write's future is dropped first.
+pub struct SharedBytes {
+    owner: std::rc::Rc<[u8]>,
+    len: usize,
+}
+
+impl SharedBytes {
+    /// The first `len` bytes of `owner` (all of them if `len` is larger).
+    pub fn new(owner: std::rc::Rc<[u8]>, len: usize) -> SharedBytes {
+        let len = len.min(owner.len());
+        SharedBytes { owner, len }
+    }
+}
+
+// SAFETY: the pointer and length describe the live allocation this value
+// holds an `Rc` of: it neither moves nor changes while the value exists (an
+// `Rc<[u8]>` has no interior mutability), and `len` never exceeds it.
+unsafe impl monoio::buf::IoBuf for SharedBytes {
+    fn read_ptr(&self) -> *const u8 {
+        self.owner.as_ptr()
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.len
     }
 }

@@ -384,3 +384,83 @@ fn client_limits_change_in_place() {
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&s.socket);
 }
+
+#[test]
+fn routes_change_in_place_and_keep_their_counters() {
+    let (a, c) = (Origin::start(), Origin::start());
+    let s = Setup::new("in-place-routes");
+    let with_routes = |routes: &str| {
+        s.config(&[a.addr], "", &[c.addr]).replacen(
+            "upstream = \"app\"\n\n",
+            &format!("upstream = \"other\"\n\n{routes}\n"),
+            1,
+        )
+    };
+    let v1 = "[[listener.route]]\nname = \"v1\"\npath_prefix = \"/v1\"\nupstream = \"app\"\n";
+    let v2_and_ping = "[[listener.route]]\nname = \"v2\"\npath_prefix = \"/v2\"\nupstream = \"app\"\n\
+                       [[listener.route]]\nname = \"ping\"\npath_prefix = \"/ping\"\nstatus = 200\nbody = \"pong\\n\"\n";
+    let running = Ringlb::start(&with_routes(v1));
+    // The origins answer 404 to these paths: a 404 is a request that reached one.
+    let get = |path: &str| {
+        let r = common::client::get(s.main, path);
+        (r.status, r.body_str())
+    };
+    let a_seen = || a.stats.requests.load(Ordering::Relaxed);
+    let before = a_seen();
+    assert_eq!(get("/v1/x").0, 404);
+    assert_eq!(a_seen(), before + 1, "/v1 goes to app");
+    let file = temp_path("in-place-routes.toml");
+    std::fs::write(&file, with_routes(&format!("{v2_and_ping}{v1}"))).unwrap();
+    let (code, said) = reload(&file);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!("DONE {} in place", running.pid())),
+        "{said}"
+    );
+    assert_eq!(
+        get("/ping"),
+        (200, "pong\n".to_string()),
+        "the new direct route"
+    );
+    let before = a_seen();
+    assert_eq!(get("/v2/x").0, 404);
+    assert_eq!(get("/v1/x").0, 404);
+    assert_eq!(a_seen(), before + 2, "/v1 and /v2 go to app");
+    let v1_count = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("ringlb_requests_total{")
+                    && l.contains("route=\"v1\"")
+                    && l.contains("code=\"4xx\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    let metrics = admin_get(s.admin, "/metrics");
+    assert_eq!(
+        v1_count(&metrics),
+        Some(2),
+        "the v1 route kept its counter:\n{metrics}"
+    );
+    assert!(metrics.contains("route=\"ping\""), "{metrics}");
+    // Back to /v1 alone: /v2 falls to the default pool, ping is gone.
+    std::fs::write(&file, with_routes(v1)).unwrap();
+    let (code, said) = reload(&file);
+    assert_eq!(code, Some(0), "{said}");
+    let (c_before, a_before) = (c.stats.requests.load(Ordering::Relaxed), a_seen());
+    assert_eq!(get("/v2/x").0, 404);
+    assert_eq!(get("/ping/x").0, 404);
+    assert_eq!(
+        c.stats.requests.load(Ordering::Relaxed),
+        c_before + 2,
+        "the default pool"
+    );
+    assert_eq!(a_seen(), a_before);
+    let metrics = admin_get(s.admin, "/metrics");
+    assert!(
+        !metrics.contains("route=\"ping\""),
+        "a removed route is still listed"
+    );
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&s.socket);
+}

@@ -272,6 +272,20 @@ impl Config {
         bound: &[SocketAddr],
         server_cells: usize,
     ) -> crate::metrics::Layout {
+        let names: Vec<String> = bound.iter().map(SocketAddr::to_string).collect();
+        let (listeners, upstreams) = self.metrics_specs(&names);
+        crate::metrics::Layout::new(listeners, upstreams, (self.workers, server_cells))
+    }
+
+    /// The metrics labels of this config's listeners (named `bound`) and
+    /// upstreams.
+    pub fn metrics_specs(
+        &self,
+        bound: &[String],
+    ) -> (
+        Vec<crate::metrics::layout::ListenerSpec>,
+        Vec<crate::metrics::layout::UpstreamSpec>,
+    ) {
         use crate::metrics::layout::{ListenerSpec, UpstreamSpec};
         let upstream_of = |a: &Action| match a {
             Action::Proxy(i) => Some(*i),
@@ -282,7 +296,7 @@ impl Config {
             .iter()
             .zip(bound)
             .map(|(l, b)| ListenerSpec {
-                name: b.to_string(),
+                name: b.clone(),
                 routes: l
                     .routes
                     .iter()
@@ -302,7 +316,7 @@ impl Config {
                 name: u.name.clone(),
             })
             .collect();
-        crate::metrics::Layout::new(listeners, upstreams, (self.workers, server_cells))
+        (listeners, upstreams)
     }
 
     /// Parses and validates config text; `file` names it in errors.

@@ -40,9 +40,9 @@ fn sum_i(reg: &Registry, f: impl Fn(&WorkerMetrics) -> i64) -> i64 {
 
 pub fn render(reg: &Registry, outside: &Outside<'_>) -> String {
     let mut out = String::with_capacity(16 * 1024);
-    let l = &reg.layout;
-    requests(&mut out, reg);
-    histograms(&mut out, reg);
+    let l = outside.roster.layout.as_ref();
+    requests(&mut out, reg, l);
+    histograms(&mut out, reg, l);
 
     family(
         &mut out,
@@ -143,7 +143,7 @@ pub fn render(reg: &Registry, outside: &Outside<'_>) -> String {
             "ringlb_rejected_requests_total{{code=\"{code}\",reason=\"{reason}\"}} {v}"
         );
     }
-    shedding(&mut out, reg);
+    shedding(&mut out, reg, l);
     family(
         &mut out,
         "ringlb_panics_total",
@@ -156,7 +156,7 @@ pub fn render(reg: &Registry, outside: &Outside<'_>) -> String {
 }
 
 /// Shed decisions by reason, and each pool's admission limit and queue.
-fn shedding(out: &mut String, reg: &Registry) {
+fn shedding(out: &mut String, reg: &Registry, layout: &super::Layout) {
     family(
         out,
         "ringlb_shed_total",
@@ -179,7 +179,7 @@ fn shedding(out: &mut String, reg: &Registry) {
         "gauge",
         "Requests a worker lets into the pool at once (limited pools only; adaptive pools move it).",
     );
-    for (u, up) in reg.layout.upstreams.iter().enumerate() {
+    for (u, up) in layout.upstreams.iter().enumerate() {
         for (i, w) in reg.workers.iter().enumerate() {
             let limit = w.admission_limit[u].get();
             if limit >= 0 && limit < i64::from(u32::MAX) {
@@ -197,7 +197,7 @@ fn shedding(out: &mut String, reg: &Registry) {
         "gauge",
         "Requests waiting in the pool's queues for an in-flight slot.",
     );
-    for (u, up) in reg.layout.upstreams.iter().enumerate() {
+    for (u, up) in layout.upstreams.iter().enumerate() {
         let v = sum_i(reg, |w| w.queued[u].get());
         let _ = writeln!(
             out,
@@ -211,7 +211,7 @@ fn shedding(out: &mut String, reg: &Registry) {
         "counter",
         "Requests that waited in the pool's queue for a slot and then went on.",
     );
-    for (u, up) in reg.layout.upstreams.iter().enumerate() {
+    for (u, up) in layout.upstreams.iter().enumerate() {
         let v = sum(reg, |w| w.waited[u].get());
         let _ = writeln!(
             out,
@@ -221,10 +221,11 @@ fn shedding(out: &mut String, reg: &Registry) {
     }
 }
 
-fn requests(out: &mut String, reg: &Registry) {
-    let l = &reg.layout;
+fn requests(out: &mut String, reg: &Registry, layout: &super::Layout) {
+    let l = layout;
     family(out, "ringlb_requests_total", "counter", "Requests answered, by listener, route, upstream and status class (none: no status was sent).");
     for (si, slot) in l.slots.iter().enumerate() {
+        let Some(slot) = slot else { continue };
         let upstream = slot.upstream.map_or("", |u| l.upstreams[u].name.as_str());
         for (ci, class) in CLASSES.iter().enumerate() {
             let v = sum(reg, |w| w.requests[si][ci].get());
@@ -239,8 +240,8 @@ fn requests(out: &mut String, reg: &Registry) {
     }
 }
 
-fn histograms(out: &mut String, reg: &Registry) {
-    let l = &reg.layout;
+fn histograms(out: &mut String, reg: &Registry, layout: &super::Layout) {
+    let l = layout;
     type Pick = fn(&WorkerMetrics, usize) -> &super::Histogram;
     let kinds: [(&str, &str, Pick); 2] = [
         (
@@ -478,6 +479,6 @@ fn process(out: &mut String, reg: &Registry) {
         env!("CARGO_PKG_VERSION"),
         option_env!("RINGLB_COMMIT").unwrap_or("unknown"),
         reg.driver.get().copied().unwrap_or("unknown"),
-        reg.layout.workers
+        reg.workers.len()
     );
 }

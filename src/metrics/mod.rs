@@ -198,7 +198,6 @@ pub struct ServerMetrics {
 
 /// One worker's cells (see the module doc).
 pub struct WorkerMetrics {
-    pub layout: Arc<Layout>,
     /// Per route slot, per status class.
     pub requests: Box<[[Counter; CLASSES.len()]]>,
     /// Per listener: bytes received from and sent to clients.
@@ -230,7 +229,9 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    pub fn new(layout: Arc<Layout>) -> WorkerMetrics {
+    /// Cells for `layout` (its route cells, listeners, upstreams and server
+    /// cells: the counts stay for the life of the process).
+    pub fn new(layout: &Layout) -> WorkerMetrics {
         fn cells<T: Default>(n: usize) -> Box<[T]> {
             (0..n).map(|_| T::default()).collect()
         }
@@ -253,7 +254,6 @@ impl WorkerMetrics {
             connections_accepted: Counter::default(),
             connections_closed: Counter::default(),
             access_log_dropped: Counter::default(),
-            layout,
         }
     }
 
@@ -272,7 +272,6 @@ impl WorkerMetrics {
 
 /// Every worker's metrics, for the admin thread.
 pub struct Registry {
-    pub layout: Arc<Layout>,
     pub workers: Vec<Arc<WorkerMetrics>>,
     /// The io driver the workers run ("io_uring", "epoll"), for build info.
     pub driver: std::sync::OnceLock<&'static str>,

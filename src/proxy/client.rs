@@ -112,7 +112,7 @@ async fn handle_request(
     inbuf: &mut Buffer,
 ) -> bool {
     let _busy = ctx.busy_guard();
-    let mut tally = Tally::new(listener, ctx.metrics.layout.unrouted_slot(listener));
+    let mut tally = Tally::new(listener, ctx.layout.borrow().unrouted_slot(listener));
     let mut capture = None;
     let req = match read_head(ctx, (listener, ip), client, inbuf, &mut capture).await {
         Ok(Some(req)) => req,
@@ -134,13 +134,13 @@ async fn handle_request(
     tally.capture = capture;
     tally.slot.set(req.slot);
     tally.head_in.set(req.received_head_len as u64);
-    let keep = match req.action {
+    let keep = match &req.action {
         RouteAction::Respond(direct) => {
             answer_directly(ctx, client, inbuf, &req, direct, &tally).await
         }
         RouteAction::Local => answer_locally(ctx, client, inbuf, &req, &tally).await,
         RouteAction::Proxy(upstream) => {
-            match exchange::forward(ctx, upstream, client, inbuf, &req, &tally).await {
+            match exchange::forward(ctx, *upstream, client, inbuf, &req, &tally).await {
                 Ok(keep) => keep,
                 Err(f) => answer_failure(ctx, client, &req, f, &tally).await,
             }
@@ -156,8 +156,11 @@ async fn handle_request(
 async fn shed_for_memory(ctx: &WorkerCtx, listener: usize, client: &mut Conn) {
     let why = crate::error::Shed::Memory;
     ctx.metrics.shed(why);
-    let name = &ctx.metrics.layout.listeners[listener];
-    ctx.shed_log.shed(why, format_args!("listener {name}"));
+    {
+        let layout = ctx.layout.borrow();
+        let name = &layout.listeners[listener];
+        ctx.shed_log.shed(why, format_args!("listener {name}"));
+    }
     client
         .answer_and_linger(
             Some(canned::for_shed(why).close),
@@ -211,7 +214,8 @@ async fn read_head(
             // A head past a small buffer, and no memory left to enlarge it:
             // nothing was forwarded yet, so a 503 is safe.
             let why = crate::error::Shed::Memory;
-            let name = &ctx.metrics.layout.listeners[listener];
+            let layout = ctx.layout.borrow();
+            let name = &layout.listeners[listener];
             ctx.shed_log.shed(why, format_args!("listener {name}"));
             return Err(ProxyError::Shed(why));
         }
@@ -248,7 +252,7 @@ fn prepare(
             rewrite::write_local_answer(&head, scratch);
             let req = Prepared {
                 action: RouteAction::Local,
-                slot: ctx.metrics.layout.unrouted_slot(listener),
+                slot: ctx.layout.borrow().unrouted_slot(listener),
                 received_head_len: head.head_len,
                 head_len: scratch.len(),
                 framing: head.framing,
@@ -261,9 +265,10 @@ fn prepare(
             return (Ok(Some(req)), Some(head.head_len));
         }
         let (route_idx, action, hash_key) = route(ctx, listener, &head, ip);
+        let proxied = matches!(action, RouteAction::Proxy(_));
         let mut req = Prepared {
             action,
-            slot: ctx.metrics.layout.route_slot(listener, route_idx),
+            slot: ctx.layout.borrow().route_slot(listener, route_idx),
             received_head_len: head.head_len,
             head_len: head.head_len,
             framing: head.framing,
@@ -273,15 +278,15 @@ fn prepare(
             upgrade: head.upgrade,
             hash_key,
         };
-        match action {
-            RouteAction::Proxy(_) => {
-                let authority = ctx.routes[listener].authority();
-                let id = id.as_ref().map(|i| &i[..]);
-                rewrite::write_request(&head, ip.as_bytes(), authority, id, scratch);
-                req.head_len = scratch.len();
-                (Ok(Some(req)), Some(head.head_len))
-            }
-            RouteAction::Respond(_) | RouteAction::Local => (Ok(Some(req)), None),
+        if proxied {
+            let routes = ctx.routes.borrow();
+            let authority = routes[listener].authority();
+            let id = id.as_ref().map(|i| &i[..]);
+            rewrite::write_request(&head, ip.as_bytes(), authority, id, scratch);
+            req.head_len = scratch.len();
+            (Ok(Some(req)), Some(head.head_len))
+        } else {
+            (Ok(Some(req)), None)
         }
     })
 }
@@ -303,7 +308,7 @@ fn route(
     PATH_SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let path = crate::http::path::normalise(head.path(), &mut scratch);
-        let (index, action) = ctx.routes[listener].select(head.host_name(), path);
+        let (index, action) = ctx.routes.borrow()[listener].select(head.host_name(), path);
         let key = match action {
             RouteAction::Proxy(up) => ctx.upstreams()[up]
                 .hash_key
@@ -336,23 +341,28 @@ async fn answer_directly(
     client: &mut Conn,
     inbuf: &mut Buffer,
     req: &Prepared,
-    direct: &'static super::route::Direct,
+    direct: &super::route::Direct,
     tally: &Tally,
 ) -> bool {
     inbuf.consume(req.head_len);
     let keep = consume_buffered_body(inbuf, req.framing) && may_keep_alive(ctx, req);
     let (bytes, head_len) = if keep {
-        (direct.keep_alive, direct.keep_alive_head)
+        (&direct.keep_alive, direct.keep_alive_head)
     } else {
-        (direct.close, direct.close_head)
+        (&direct.close, direct.close_head)
     };
-    let bytes = if req.method == Method::Head {
-        &bytes[..head_len]
+    let len = if req.method == Method::Head {
+        head_len
     } else {
-        bytes
+        bytes.len()
     };
-    tally.answered(direct.status, bytes.len());
-    send_static(ctx, client, bytes, keep).await
+    tally.answered(direct.status, len);
+    let bytes = crate::io::SharedBytes::new(bytes.clone(), len);
+    let sent = client
+        .writer
+        .write_shared(bytes, ctx.client().write_timeout)
+        .await;
+    sent.is_ok() && keep
 }
 
 /// Writes a pre-rendered answer; true if it went out and the connection stays.

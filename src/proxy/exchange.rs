@@ -28,7 +28,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 /// What the client connection learned from its request head.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Prepared {
     pub action: RouteAction,
     /// The metrics route slot the request counts in.

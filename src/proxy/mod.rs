@@ -37,7 +37,10 @@ pub const HEADROOM: usize = 512;
 
 /// Everything one worker's connection tasks share. Single-threaded: no locks.
 pub struct WorkerCtx {
-    pub routes: Arc<Vec<ListenerRoutes>>,
+    /// Per listener, its routes (they change with an in-place reload).
+    pub routes: RefCell<Vec<ListenerRoutes>>,
+    /// The metrics labels and slots of the roster in force.
+    pub layout: RefCell<Arc<crate::metrics::Layout>>,
     /// The upstream pools of the roster this worker serves with (see
     /// `upstream::roster`): replaced whole when a new roster comes; a request
     /// holds the list it started with.

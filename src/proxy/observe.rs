@@ -95,6 +95,7 @@ pub fn finish(ctx: &WorkerCtx, ip: &ClientIp, tally: &Tally) {
         return;
     };
     let upstream = tally.upstream.get().map(usize::from);
+    let layout = ctx.layout.borrow();
     // The server's address as text (formatted when it joined).
     let names = ctx.server_names.borrow();
     let server = tally
@@ -115,7 +116,7 @@ pub fn finish(ctx: &WorkerCtx, ip: &ClientIp, tally: &Tally) {
         request_bytes: tally.request_bytes(),
         duration_us,
         upstream: upstream
-            .and_then(|u| ctx.metrics.layout.upstreams.get(u))
+            .and_then(|u| layout.upstreams.get(u))
             .map(|l| l.name.as_str()),
         server,
         upstream_us: tally.head_latency_us(),

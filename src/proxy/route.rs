@@ -1,24 +1,25 @@
 //! Routing: listener -> (host, path prefix) -> upstream or direct response.
-//! Built once at start-up and shared read-only by all workers.
+//! Each worker builds its own from the roster in force (routes change with
+//! an in-place reload); a request holds what it was routed to.
 
 use crate::config::{Action, DirectResponse, ListenerConfig};
+use std::rc::Rc;
 
 /// A pre-rendered direct response.
 #[derive(Debug)]
 pub struct Direct {
     pub status: u16,
     /// Full response for a persistent connection.
-    pub keep_alive: &'static [u8],
+    pub keep_alive: Rc<[u8]>,
     /// Full response with `Connection: close`.
-    pub close: &'static [u8],
+    pub close: Rc<[u8]>,
     /// Head lengths of the two, for HEAD requests.
     pub keep_alive_head: usize,
     pub close_head: usize,
 }
 
 impl Direct {
-    /// Renders once; the bytes live for the whole process (routing never changes
-    /// without a restart, so the leak is bounded by the config size).
+    /// Renders once per roster (freed with the last request holding it).
     pub fn render(r: &DirectResponse) -> Direct {
         let head = |close: bool| {
             format!(
@@ -30,14 +31,14 @@ impl Direct {
                 if close { "Connection: close\r\n" } else { "" }
             )
         };
-        let leak = |h: String| -> (&'static [u8], usize) {
+        let full = |h: String| -> (Rc<[u8]>, usize) {
             let len = h.len();
             let mut bytes = h.into_bytes();
             bytes.extend_from_slice(r.body.as_bytes());
-            (Box::leak(bytes.into_boxed_slice()), len)
+            (bytes.into(), len)
         };
-        let (keep_alive, keep_alive_head) = leak(head(false));
-        let (close, close_head) = leak(head(true));
+        let (keep_alive, keep_alive_head) = full(head(false));
+        let (close, close_head) = full(head(true));
         Direct {
             status: r.status,
             keep_alive,
@@ -48,10 +49,10 @@ impl Direct {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum RouteAction {
     Proxy(usize),
-    Respond(&'static Direct),
+    Respond(Rc<Direct>),
     /// ringlb answers itself (Max-Forwards: 0); the answer is already rendered.
     Local,
 }
@@ -74,7 +75,7 @@ pub struct ListenerRoutes {
 fn action(a: &Action) -> RouteAction {
     match a {
         Action::Proxy(i) => RouteAction::Proxy(*i),
-        Action::Respond(r) => RouteAction::Respond(Box::leak(Box::new(Direct::render(r)))),
+        Action::Respond(r) => RouteAction::Respond(Rc::new(Direct::render(r))),
     }
 }
 
@@ -109,10 +110,10 @@ impl ListenerRoutes {
                 }
             }
             if path.starts_with(&*r.path_prefix) {
-                return (Some(i), r.action);
+                return (Some(i), r.action.clone());
             }
         }
-        (None, self.default)
+        (None, self.default.clone())
     }
 }
 
@@ -184,7 +185,7 @@ servers = ["127.0.0.1:2"]
         match r.select(b"other", "/healthz").1 {
             RouteAction::Respond(d) => {
                 assert_eq!(
-                    d.keep_alive,
+                    &d.keep_alive[..],
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
                 );
                 assert_eq!(&d.close[d.close_head..], b"ok");

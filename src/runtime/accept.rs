@@ -49,7 +49,8 @@ fn accepted(ctx: &Rc<WorkerCtx>, idx: usize, stream: monoio::net::TcpStream, pee
         }
         Err(why) => {
             ctx.metrics.shed(why);
-            let listener = &ctx.metrics.layout.listeners[idx];
+            let layout = ctx.layout.borrow();
+            let listener = &layout.listeners[idx];
             ctx.shed_log.shed(why, format_args!("listener {listener}"));
             if conn_limit::take_refusal(crate::deadline::now_ms()) {
                 let refuse = conn_limit::refuse(stream, why, ctx.client().write_timeout);

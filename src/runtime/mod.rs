@@ -17,12 +17,11 @@ mod swap;
 use crate::buf::Buffer;
 use crate::config::Config;
 use crate::metrics::{Registry, WorkerMetrics};
-use crate::proxy::route::ListenerRoutes;
 use crate::proxy::{conn_limit, WorkerCtx};
 use crate::upstream::health::{self, Health};
 use crate::upstream::idle_watch::IdleWatch;
 use crate::upstream::pool::ConnPool;
-use crate::upstream::roster::Rosters;
+use crate::upstream::roster::{Rosters, Settings};
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 use std::cell::{Cell, RefCell};
@@ -141,13 +140,21 @@ pub fn start(
     }
     let capacity = Rosters::capacity_for(&config.upstreams);
     let health = Health::new(&config, capacity);
-    let rosters = Rosters::new((config.upstreams.clone(), config.client), workers, capacity);
     let layout = Arc::new(config.metrics_layout(&bound, capacity));
     let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..workers)
-        .map(|_| Arc::new(WorkerMetrics::new(layout.clone())))
+        .map(|_| Arc::new(WorkerMetrics::new(&layout)))
         .collect();
+    let rosters = Rosters::new(
+        Settings {
+            upstreams: config.upstreams.clone(),
+            client: config.client,
+            listeners: config.listeners.clone(),
+            layout,
+        },
+        workers,
+        capacity,
+    );
     let registry = Arc::new(Registry {
-        layout,
         workers: worker_metrics.clone(),
         driver: std::sync::OnceLock::new(),
         started: std::time::SystemTime::now(),
@@ -194,14 +201,7 @@ pub fn start(
         shutdown.clone(),
         exit_tx.clone(),
     )?;
-    let routes: Arc<Vec<ListenerRoutes>> = Arc::new(
-        config
-            .listeners
-            .iter()
-            .zip(&bound)
-            .map(|(l, &b)| ListenerRoutes::new(l, b))
-            .collect(),
-    );
+    let routes = Arc::new(bound.clone());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let config = Arc::new(config);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -401,7 +401,7 @@ type Observers = (
 
 fn worker_ctx(
     config: &Config,
-    routes: Arc<Vec<ListenerRoutes>>,
+    bound: Arc<Vec<SocketAddr>>,
     (health, rosters): (Arc<Health>, Arc<Rosters>),
     id: usize,
     (metrics, access_log, log_sinks): Observers,
@@ -417,7 +417,8 @@ fn worker_ctx(
         }
     };
     let ctx = Rc::new(WorkerCtx {
-        routes,
+        routes: Default::default(),
+        layout: RefCell::new(rosters.current().layout.clone()),
         upstreams: Default::default(),
         server_names: RefCell::new(vec![Box::from(""); rosters.capacity()]),
         pool: RefCell::new(ConnPool::new(rosters.capacity())),
@@ -431,7 +432,7 @@ fn worker_ctx(
         started: Cell::new(0),
         shed_log: Default::default(),
     });
-    let mut roster = swap::Roster::new(id, config.workers, health, rosters);
+    let mut roster = swap::Roster::new((id, config.workers), bound, health, rosters);
     roster.take(&ctx);
     (ctx, roster)
 }

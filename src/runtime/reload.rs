@@ -3,22 +3,23 @@
 //! returned to the command), then puts it in force one of two ways:
 //!
 //! - **in place**, when the new file differs from the one in force only in
-//!   its upstreams' servers and settings and its client settings (the
-//!   roster, see `upstream::roster`): the new roster is published and every
-//!   worker takes it between requests. Servers that stay keep their idle
+//!   its upstreams' servers and settings, its listeners' routes and its
+//!   client settings (the roster, see `upstream::roster`): the new roster is
+//!   published and every worker takes it between requests. Servers that stay keep their idle
 //!   connections, health and ejections; new ones join with a health check
 //!   (and slow start where set); removed ones get no new request once the
 //!   reload has answered.
-//! - **by handover** for anything else (listeners, routes, limits, workers):
+//! - **by handover** for anything else (listener addresses, limits,
+//!   workers, access logs, the admin port):
 //!   this binary is started on the new file with `--upgrade` and takes the
 //!   listening sockets over `upgrade_socket` (`handover`), so listeners that
 //!   remain never stop accepting, new ones open and removed ones close; this
 //!   process then finishes its in-flight requests on the old configuration
 //!   and exits. Pooled connections, health and counters start afresh there.
 
-use crate::config::{ClientSettings, Config, UpstreamConfig};
+use crate::config::{Action, Config, UpstreamConfig};
 use crate::upstream::health::Health;
-use crate::upstream::roster::{Published, Rosters};
+use crate::upstream::roster::{Published, Rosters, Settings};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -209,13 +210,17 @@ pub fn reload(file: &Path, report: Option<Reporter>) -> Result<Reloaded, String>
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    match needs_fresh_process(&current, &parsed) {
-        None => {
-            let summary = reload_in_place(live, parsed)?;
+    let in_place = match needs_fresh_process(&current, &parsed) {
+        None => in_place_settings(live, &parsed),
+        Some(why) => Err(why),
+    };
+    match in_place {
+        Ok(settings) => {
+            let summary = reload_in_place(live, parsed, settings)?;
             loaded(&file.display().to_string(), &text, How::InPlace);
             Ok(Reloaded::InPlace(summary))
         }
-        Some(why) => {
+        Err(why) => {
             crate::info!("reload: {why}: handing over to a fresh process");
             start_successor(file, &parsed, report).map(Reloaded::Successor)
         }
@@ -223,7 +228,8 @@ pub fn reload(file: &Path, report: Option<Reporter>) -> Result<Reloaded, String>
 }
 
 /// Why `new` cannot be put in force in place (None: it can): it changes
-/// more than the upstreams' servers and settings and the client settings.
+/// more than the upstreams' servers and settings, the listeners' routes and
+/// the client settings.
 pub fn needs_fresh_process(current: &Config, new: &Config) -> Option<String> {
     let names = |c: &Config| {
         c.upstreams
@@ -239,20 +245,43 @@ pub fn needs_fresh_process(current: &Config, new: &Config) -> Option<String> {
         return Some("active checks are new (their thread starts with the process)".into());
     }
     // Everything but the upstreams' contents, compared as written out.
+    // Everything but what a roster carries, compared as written out: the
+    // listeners' addresses and access logs stay, their routes may change.
     let rest = |c: &Config| {
         let mut c = c.clone();
         c.upstreams.clear();
         c.client = Default::default();
+        for l in &mut c.listeners {
+            l.routes.clear();
+            l.default_action = Action::Proxy(0);
+        }
         format!("{c:?}")
     };
-    (rest(current) != rest(new))
-        .then(|| "more than the upstreams and the client settings changed".into())
+    (rest(current) != rest(new)).then(|| {
+        "more than the upstreams, routes and client settings changed (listeners, limits, \
+         workers, access logs or the admin port)"
+            .into()
+    })
 }
 
 /// Publishes `new`'s server sets and waits until every worker serves them.
-fn reload_in_place(live: &Live, new: Config) -> Result<String, String> {
+/// What the workers take for `new` in place, with its metrics layout; Err
+/// when its routes do not fit the metrics slots fixed at start.
+fn in_place_settings(live: &Live, new: &Config) -> Result<Settings, String> {
+    let current = live.rosters.current();
+    let (listeners, upstreams) = new.metrics_specs(&current.layout.listeners);
+    let layout = current.layout.next(listeners, upstreams)?;
+    Ok(Settings {
+        upstreams: new.upstreams.clone(),
+        client: new.client,
+        listeners: new.listeners.clone(),
+        layout: Arc::new(layout),
+    })
+}
+
+fn reload_in_place(live: &Live, new: Config, settings: Settings) -> Result<String, String> {
     super::notify::notify("RELOADING=1\nSTATUS=reloading in place");
-    let outcome = publish(live, (new.upstreams.clone(), new.client)).map(|p| {
+    let outcome = publish(live, settings).map(|p| {
         *live.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         let summary = format!(
             "in place: server set {}, {} server(s) added, {} removed",
@@ -284,23 +313,21 @@ pub fn in_force() -> Option<Arc<Config>> {
 /// checks), then every worker takes them. Returns once all do.
 pub fn publish_servers(upstreams: Vec<UpstreamConfig>) -> Result<Published, String> {
     let live = LIVE.get().ok_or("still starting")?;
-    let client = live.rosters.current().client;
-    publish(live, (upstreams, client))
+    publish(live, live.rosters.current().with_upstreams(upstreams))
 }
 
-fn publish(
-    live: &Live,
-    (upstreams, client): (Vec<UpstreamConfig>, ClientSettings),
-) -> Result<Published, String> {
+fn publish(live: &Live, settings: Settings) -> Result<Published, String> {
     let health = &live.health;
-    let checked: Vec<bool> = upstreams.iter().map(|u| u.health_check.is_some()).collect();
-    let p = live
-        .rosters
-        .publish((upstreams, client), WORKER_WAIT, &|added| {
-            for &(up, m) in added {
-                health.joined(up, m.id, checked[up]);
-            }
-        })?;
+    let checked: Vec<bool> = settings
+        .upstreams
+        .iter()
+        .map(|u| u.health_check.is_some())
+        .collect();
+    let p = live.rosters.publish(settings, WORKER_WAIT, &|added| {
+        for &(up, m) in added {
+            health.joined(up, m.id, checked[up]);
+        }
+    })?;
     // Servers of a pool whose checks were removed: nothing would ever bring
     // a server they held down back up.
     for (ui, u) in p.roster.upstreams.iter().enumerate() {

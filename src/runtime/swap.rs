@@ -4,16 +4,20 @@
 //! between requests: requests already running finish on the view they
 //! started with; the next one starts on the new view.
 
+use crate::proxy::route::ListenerRoutes;
 use crate::proxy::WorkerCtx;
 use crate::upstream::health::Health;
 use crate::upstream::roster::Rosters;
 use crate::upstream::Upstream;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The roster a worker serves with, and what it needs to take the next.
 pub struct Roster {
     worker: usize,
     workers: usize,
+    /// Each listener's bound address (for its routes' authority).
+    bound: Arc<Vec<SocketAddr>>,
     health: Arc<Health>,
     rosters: Arc<Rosters>,
     /// The roster in force (None before the first).
@@ -21,10 +25,16 @@ pub struct Roster {
 }
 
 impl Roster {
-    pub fn new(worker: usize, workers: usize, health: Arc<Health>, rosters: Arc<Rosters>) -> Self {
+    pub fn new(
+        (worker, workers): (usize, usize),
+        bound: Arc<Vec<SocketAddr>>,
+        health: Arc<Health>,
+        rosters: Arc<Rosters>,
+    ) -> Self {
         Roster {
             worker,
             workers,
+            bound,
             health,
             rosters,
             number: None,
@@ -73,6 +83,13 @@ impl Roster {
         };
         ctx.replace_upstreams(upstreams);
         ctx.client.set(roster.client);
+        *ctx.routes.borrow_mut() = roster
+            .listeners
+            .iter()
+            .zip(self.bound.iter())
+            .map(|(l, &b)| ListenerRoutes::new(l, b))
+            .collect();
+        *ctx.layout.borrow_mut() = roster.layout.clone();
         if self.number.is_some() {
             crate::info!(
                 "worker {}: serving server set {} ({} servers)",

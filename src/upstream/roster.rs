@@ -12,19 +12,21 @@
 //!
 //! How the configuration splits (see also `runtime::reload`):
 //! - the roster (every upstream's servers and settings, upstream names and
-//!   order fixed, and the client timeouts and limits) is a value: `Rosters::publish` makes the next one, and each
+//!   order fixed; the listeners' routes with the metrics layout that labels
+//!   them; the client timeouts and limits) is a value: `Rosters::publish` makes the next one, and each
 //!   worker takes it at its next housekeeping tick, between requests. A
 //!   request in flight finishes on the `Upstream` it started with (it holds
 //!   an `Rc` of the worker's upstream list), so nothing is cut off;
-//! - the rest (listeners, routes, client limits, workers, the admin port)
-//!   shapes sockets, threads and metrics labels, and is fixed for the life of
-//!   a process; changing it hands the sockets to a fresh process.
+//! - the rest (listener addresses, connection limits, workers, access
+//!   logs, the admin port) shapes sockets and threads, and is fixed for the
+//!   life of a process; changing it hands the sockets to a fresh process.
 //!
 //! `publish` waits for every worker to take the previous roster first, so a
 //! worker never skips one and an id freed by one roster is reused only once
 //! no worker lends it to a server that left.
 
-use crate::config::{ClientSettings, UpstreamConfig};
+use crate::config::{ClientSettings, ListenerConfig, UpstreamConfig};
+use crate::metrics::Layout;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,6 +51,31 @@ pub struct Roster {
     pub members: Vec<Vec<Member>>,
     /// Client timeouts and limits.
     pub client: ClientSettings,
+    /// The listeners' routes (their addresses fixed for the process).
+    pub listeners: Vec<ListenerConfig>,
+    /// The metrics labels of the routes and upstreams.
+    pub layout: Arc<Layout>,
+}
+
+/// What a roster carries besides its members: the part of the configuration
+/// an in-place reload changes.
+pub struct Settings {
+    pub upstreams: Vec<UpstreamConfig>,
+    pub client: ClientSettings,
+    pub listeners: Vec<ListenerConfig>,
+    pub layout: Arc<Layout>,
+}
+
+impl Roster {
+    /// This roster's settings with other upstreams (a DNS change).
+    pub fn with_upstreams(&self, upstreams: Vec<UpstreamConfig>) -> Settings {
+        Settings {
+            upstreams,
+            client: self.client,
+            listeners: self.listeners.clone(),
+            layout: self.layout.clone(),
+        }
+    }
 }
 
 impl Roster {
@@ -96,11 +123,13 @@ pub struct Published {
 impl Rosters {
     /// The first roster: servers numbered in config order. `capacity`: most
     /// servers at once over the life of the process.
-    pub fn new(
-        (upstreams, client): (Vec<UpstreamConfig>, ClientSettings),
-        workers: usize,
-        capacity: usize,
-    ) -> Arc<Rosters> {
+    pub fn new(settings: Settings, workers: usize, capacity: usize) -> Arc<Rosters> {
+        let Settings {
+            upstreams,
+            client,
+            listeners,
+            layout,
+        } = settings;
         let mut id = 0;
         let members = upstreams
             .iter()
@@ -123,6 +152,8 @@ impl Rosters {
                 upstreams,
                 members,
                 client,
+                listeners,
+                layout,
             })),
             number: AtomicU64::new(0),
             applied: (0..workers).map(|_| AtomicU64::new(0)).collect(),
@@ -189,10 +220,16 @@ impl Rosters {
     /// or when the new servers do not fit the capacity.
     pub fn publish(
         &self,
-        (upstreams, client): (Vec<UpstreamConfig>, ClientSettings),
+        settings: Settings,
         within: Duration,
         joining: &dyn Fn(&[Joined]),
     ) -> Result<Published, String> {
+        let Settings {
+            upstreams,
+            client,
+            listeners,
+            layout,
+        } = settings;
         let mut alloc = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current();
         let names = |u: &[UpstreamConfig]| u.iter().map(|u| u.name.clone()).collect::<Vec<_>>();
@@ -271,6 +308,8 @@ impl Rosters {
             upstreams,
             members,
             client,
+            listeners,
+            layout,
         });
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = roster.clone();
         self.number.store(roster.number, Ordering::Release);
@@ -303,12 +342,19 @@ mod tests {
     }
 
     const NOW: Duration = Duration::from_millis(100);
-    const C: ClientSettings = ClientSettings::DEFAULT;
+    fn settings(upstreams: Vec<UpstreamConfig>) -> Settings {
+        Settings {
+            upstreams,
+            client: ClientSettings::DEFAULT,
+            listeners: Vec::new(),
+            layout: Arc::new(Layout::new(Vec::new(), Vec::new(), (1, 8))),
+        }
+    }
 
     #[test]
     fn servers_that_stay_keep_their_member_and_new_ones_get_fresh_ids() {
         let r = Rosters::new(
-            (vec![upstream("a", &["127.0.0.1:1", "127.0.0.1:2"])], C),
+            settings(vec![upstream("a", &["127.0.0.1:1", "127.0.0.1:2"])]),
             1,
             8,
         );
@@ -316,7 +362,7 @@ mod tests {
         r.applied(0, 0);
         let p = r
             .publish(
-                (vec![upstream("a", &["127.0.0.1:2", "127.0.0.1:3"])], C),
+                settings(vec![upstream("a", &["127.0.0.1:2", "127.0.0.1:3"])]),
                 NOW,
                 &|_| {},
             )
@@ -332,32 +378,44 @@ mod tests {
 
     #[test]
     fn a_worker_that_lags_blocks_the_next_roster() {
-        let r = Rosters::new((vec![upstream("a", &["127.0.0.1:1"])], C), 2, 8);
+        let r = Rosters::new(settings(vec![upstream("a", &["127.0.0.1:1"])]), 2, 8);
         r.applied(0, 0);
         r.applied(1, 0);
-        r.publish((vec![upstream("a", &["127.0.0.1:2"])], C), NOW, &|_| {})
-            .unwrap();
+        r.publish(
+            settings(vec![upstream("a", &["127.0.0.1:2"])]),
+            NOW,
+            &|_| {},
+        )
+        .unwrap();
         r.applied(0, 1);
         let e = r
-            .publish((vec![upstream("a", &["127.0.0.1:3"])], C), NOW, &|_| {})
+            .publish(
+                settings(vec![upstream("a", &["127.0.0.1:3"])]),
+                NOW,
+                &|_| {},
+            )
             .err()
             .expect("worker 1 still serves roster 0");
         assert!(e.contains("not taken"), "{e}");
         r.applied(1, 1);
         assert!(r
-            .publish((vec![upstream("a", &["127.0.0.1:3"])], C), NOW, &|_| {})
+            .publish(
+                settings(vec![upstream("a", &["127.0.0.1:3"])]),
+                NOW,
+                &|_| {}
+            )
             .is_ok());
     }
 
     #[test]
     fn ids_are_reused_with_a_new_tag_only_at_capacity() {
-        let r = Rosters::new((vec![upstream("a", &["127.0.0.1:1"])], C), 1, 2);
+        let r = Rosters::new(settings(vec![upstream("a", &["127.0.0.1:1"])]), 1, 2);
         let mut seen = vec![r.current().members[0][0]];
         for (n, port) in (2..6).enumerate() {
             r.applied(0, n as u64);
             let addr = format!("127.0.0.1:{port}");
             let p = r
-                .publish((vec![upstream("a", &[&addr])], C), NOW, &|_| {})
+                .publish(settings(vec![upstream("a", &[&addr])]), NOW, &|_| {})
                 .unwrap();
             let m = p.roster.members[0][0];
             assert!(m.id < 2, "within capacity: {m:?}");
@@ -368,7 +426,7 @@ mod tests {
         let three: Vec<String> = (7..10).map(|p| format!("127.0.0.1:{p}")).collect();
         let three: Vec<&str> = three.iter().map(String::as_str).collect();
         let e = r
-            .publish((vec![upstream("a", &three)], C), NOW, &|_| {})
+            .publish(settings(vec![upstream("a", &three)]), NOW, &|_| {})
             .err()
             .expect("three servers do not fit two ids");
         assert!(e.contains("capacity"), "{e}");
@@ -376,9 +434,13 @@ mod tests {
 
     #[test]
     fn renamed_upstreams_are_refused() {
-        let r = Rosters::new((vec![upstream("a", &["127.0.0.1:1"])], C), 1, 8);
+        let r = Rosters::new(settings(vec![upstream("a", &["127.0.0.1:1"])]), 1, 8);
         assert!(r
-            .publish((vec![upstream("b", &["127.0.0.1:1"])], C), NOW, &|_| {})
+            .publish(
+                settings(vec![upstream("b", &["127.0.0.1:1"])]),
+                NOW,
+                &|_| {}
+            )
             .is_err());
     }
 }
