@@ -464,3 +464,64 @@ fn routes_change_in_place_and_keep_their_counters() {
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&s.socket);
 }
+
+/// Requests in flight when a reload comes still count against the pool's
+/// limit: the new view shares the old one's admission while the limits stay.
+#[test]
+fn requests_in_flight_across_an_in_place_reload_still_count_against_the_limit() {
+    let a = Origin::start();
+    let s = Setup::new("in-place-admission");
+    let config = |connect: &str| {
+        format!(
+            "workers = 1\nupgrade_socket = \"{}\"\n\n\
+             [[listener]]\nlisten = \"{}\"\nupstream = \"app\"\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\nconnect_timeout = \"{connect}\"\n\
+             max_in_flight = 2\n",
+            s.socket.display(),
+            s.main,
+            a.addr
+        )
+    };
+    let _running = Ringlb::start(&config("1s"));
+    let slow: Vec<_> = (0..2)
+        .map(|i| {
+            let main = s.main;
+            std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(main).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                use std::io::{Read, Write};
+                write!(
+                    c,
+                    "GET /slow/1500 HTTP/1.1\r\nHost: x\r\nX-Token: s{i}\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut answer = String::new();
+                let _ = c.read_to_string(&mut answer);
+                answer
+            })
+        })
+        .collect();
+    common::eventually(
+        "both slow requests reach the origin",
+        Duration::from_secs(5),
+        || a.stats.requests.load(Ordering::Relaxed) >= 2,
+    );
+    let file = temp_path("in-place-admission.toml");
+    std::fs::write(&file, config("2s")).unwrap();
+    let (code, said) = reload(&file);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("in place"), "{said}");
+    // The pool is full: a third request is shed, not let in as if the
+    // reload had emptied the pool.
+    let third = common::client::get(s.main, "/");
+    assert_eq!(
+        third.status, 503,
+        "a third request admitted over max_in_flight = 2"
+    );
+    for t in slow {
+        assert!(t.join().unwrap().starts_with("HTTP/1.1 200 "));
+    }
+    assert_eq!(common::client::get(s.main, "/").status, 200);
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&s.socket);
+}

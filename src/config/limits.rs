@@ -22,7 +22,7 @@ pub struct LimitsConfig {
 }
 
 /// One upstream's admission limits (see `upstream::admission`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AdmissionConfig {
     /// Requests in flight to the pool, process-wide.
     pub max_in_flight: Option<u32>,

@@ -28,6 +28,7 @@ use retry::RetryBudget;
 use roster::Member;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,12 +74,14 @@ pub struct Upstream {
     retry_cursor: Cell<usize>,
     /// Until when some server's slow-start ramp runs (weights move).
     ramp_until: Cell<Option<Instant>>,
-    /// Requests in flight to the pool, and the queue for the rest.
-    admission: Admission,
+    /// Requests in flight to the pool, and the queue for the rest (shared
+    /// with the view a new roster makes while the limits stay).
+    admission: Rc<Admission>,
+    admission_cfg: crate::config::AdmissionConfig,
     /// This worker's share of `max_in_flight_per_server` (`u32::MAX`: none).
     per_server_limit: u32,
     /// Adaptive concurrency: the limit in force follows latency.
-    adaptive: Option<RefCell<Gradient>>,
+    adaptive: Option<Rc<RefCell<Gradient>>>,
     /// How long a request may wait in the queue.
     queue_timeout: Duration,
     /// A newer roster replaced this view: the requests still using it leave
@@ -228,6 +231,36 @@ impl Servers for View<'_> {
     }
 }
 
+/// A pool's admission for worker `worker` of `workers`: its share of the
+/// limits, and the adaptive limit if set.
+fn admission_for(
+    a: &crate::config::AdmissionConfig,
+    (worker, workers): (usize, usize),
+) -> (Rc<Admission>, Option<Rc<RefCell<Gradient>>>) {
+    let limit = admission::share(a.max_in_flight, workers, worker);
+    // Adaptive limits are per worker (each measures its own latency);
+    // `max_in_flight`, when set, caps them at this worker's share.
+    let adaptive = a.adaptive.map(|mut g| {
+        if let Some(share) = limit {
+            g.max_limit = g.max_limit.min(share).max(g.min_limit);
+            g.initial_limit = g.initial_limit.clamp(g.min_limit, g.max_limit);
+        }
+        Gradient::new(g)
+    });
+    let admission = Admission::new(
+        limit,
+        admission::share(Some(a.queue_size), workers, worker).unwrap_or(0),
+        a.queue_timeout.as_millis() as u64,
+    );
+    if let Some(g) = &adaptive {
+        admission.set_limit(g.limit(), &admission::AnyRoom);
+    }
+    (
+        Rc::new(admission),
+        adaptive.map(|g| Rc::new(RefCell::new(g))),
+    )
+}
+
 impl Upstream {
     /// Builds the worker-local view of worker `worker` of `workers`, for
     /// servers `members` (in `cfg.servers` order). `before`: the view this
@@ -271,24 +304,12 @@ impl Upstream {
             .min();
         let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(worker as u64 + 1) ^ index as u64;
         let a = &cfg.admission;
-        let limit = admission::share(a.max_in_flight, workers, worker);
-        // Adaptive limits are per worker (each measures its own latency);
-        // `max_in_flight`, when set, caps them at this worker's share.
-        let adaptive = a.adaptive.map(|mut g| {
-            if let Some(share) = limit {
-                g.max_limit = g.max_limit.min(share).max(g.min_limit);
-                g.initial_limit = g.initial_limit.clamp(g.min_limit, g.max_limit);
-            }
-            Gradient::new(g)
-        });
-        let admission = Admission::new(
-            limit,
-            admission::share(Some(a.queue_size), workers, worker).unwrap_or(0),
-            a.queue_timeout.as_millis() as u64,
-        );
-        if let Some(g) = &adaptive {
-            admission.set_limit(g.limit(), &admission::AnyRoom);
-        }
+        // Unchanged limits: the new view shares the old one's admission, so
+        // requests still in flight on the old view count against it.
+        let (admission, adaptive) = match before {
+            Some(b) if b.admission_cfg == *a => (b.admission.clone(), b.adaptive.clone()),
+            _ => admission_for(a, (worker, workers)),
+        };
         Upstream {
             name: cfg.name.clone(),
             balancer: RefCell::new(Balancer::new(cfg.balance, servers.len(), seed)),
@@ -316,9 +337,10 @@ impl Upstream {
             retry_cursor: Cell::new(worker),
             ramp_until: Cell::new(None),
             admission,
+            admission_cfg: a.clone(),
             per_server_limit: admission::share(a.max_in_flight_per_server, workers, worker)
                 .unwrap_or(u32::MAX),
-            adaptive: adaptive.map(RefCell::new),
+            adaptive,
             queue_timeout: a.queue_timeout,
             retired: Cell::new(false),
         }
