@@ -201,3 +201,82 @@ fn a_name_is_resolved_again_and_its_addresses_join_and_leave_the_pool() {
     drop(b);
     let _ = std::fs::remove_file(&hosts_file);
 }
+
+/// A reload in place is not undone by the next DNS refresh (found by an
+/// attacking helper: the refresh republished the servers of the file
+/// before the reload for one interval).
+#[test]
+fn a_dns_refresh_keeps_what_a_reload_put_in_force() {
+    let port = port_on_both();
+    let two: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let three: SocketAddr = format!("127.0.0.3:{port}").parse().unwrap();
+    let (_a, b) = (Origin::start_on(two), Origin::start_on(three));
+    let hosts_file = temp_path("hosts-reload");
+    hosts(&hosts_file, &["127.0.0.2"]);
+    let (main, admin) = (
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+    );
+    let config = |extra: &str| {
+        format!(
+            "workers = 2\nresolve_interval = \"50ms\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+             [[listener]]\nlisten = \"{main}\"\nupstream = \"app\"\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{NAME}:{port}\"{extra}]\n"
+        )
+    };
+    let running = Ringlb::start_with(&config(""), with_hosts_file(&hosts_file));
+    // SIGHUP: the process re-reads its own file (in its own namespace).
+    std::fs::write(&running.config_path, config(&format!(", \"{three}\""))).unwrap();
+    running.signal(libc::SIGHUP);
+    common::eventually("the reload in force", Duration::from_secs(5), || {
+        running.log_contains("reload in place")
+    });
+    // Twenty refresh intervals: the added server stays, and no refresh
+    // publishes anything (the answers did not change).
+    for _ in 0..20 {
+        assert_eq!(servers(admin).len(), 2, "a refresh undid the reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !running.log_contains("dns: server set"),
+        "{}",
+        running.log_text()
+    );
+    let seen = b.stats.requests.load(Ordering::Relaxed);
+    requests(main, "after", 20);
+    assert!(b.stats.requests.load(Ordering::Relaxed) > seen);
+    let _ = std::fs::remove_file(&hosts_file);
+}
+
+/// A name that a reload brings in is resolved again like the others, even
+/// when ringlb started without any (found by an attacking helper).
+#[test]
+fn a_name_added_by_a_reload_is_resolved_again() {
+    let port = port_on_both();
+    let two: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let three: SocketAddr = format!("127.0.0.3:{port}").parse().unwrap();
+    let (_a, _b) = (Origin::start_on(two), Origin::start_on(three));
+    let hosts_file = temp_path("hosts-added");
+    hosts(&hosts_file, &["127.0.0.2"]);
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let main = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = |server: &str| {
+        format!(
+            "workers = 2\nresolve_interval = \"50ms\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+             [[listener]]\nlisten = \"{main}\"\nupstream = \"app\"\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{server}\"]\n"
+        )
+    };
+    let running = Ringlb::start_with(&config(&three.to_string()), with_hosts_file(&hosts_file));
+    std::fs::write(&running.config_path, config(&format!("{NAME}:{port}"))).unwrap();
+    running.signal(libc::SIGHUP);
+    common::eventually("the name in force", Duration::from_secs(5), || {
+        servers(admin) == vec![two.to_string()]
+    });
+    hosts(&hosts_file, &["127.0.0.3"]);
+    common::eventually("the name resolved again", Duration::from_secs(5), || {
+        servers(admin) == vec![three.to_string()]
+    });
+    requests(main, "after", 5);
+    let _ = std::fs::remove_file(&hosts_file);
+}

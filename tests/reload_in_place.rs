@@ -525,3 +525,79 @@ fn requests_in_flight_across_an_in_place_reload_still_count_against_the_limit() 
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&s.socket);
 }
+
+/// Changing how a pool is checked restarts its checks: a server that was
+/// down comes back up once it answers (found by an attacking helper: the
+/// checks stopped for good).
+#[test]
+fn changed_check_settings_keep_checking() {
+    let a = Origin::start();
+    let down = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let s = Setup::new("in-place-check-change");
+    let checks = |interval: &str| {
+        format!(
+            "[upstream.health_check]\npath = \"/\"\ninterval = \"{interval}\"\n\
+             timeout = \"100ms\"\nrise = 1\nfall = 1\n"
+        )
+    };
+    let _running = Ringlb::start(&s.config(&[a.addr, down], &checks("150ms"), &[a.addr]));
+    common::eventually("the dead server is down", Duration::from_secs(5), || {
+        s.server("app", down)
+            .is_some_and(|(state, _, _)| state == "down")
+    });
+    let file = temp_path("in-place-check-change.toml");
+    std::fs::write(
+        &file,
+        s.config(&[a.addr, down], &checks("200ms"), &[a.addr]),
+    )
+    .unwrap();
+    let (code, said) = reload(&file);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("in place"), "{said}");
+    // The server comes back: the new checks see it.
+    let back = Origin::start_on(down);
+    common::eventually(
+        "the server is seen up again",
+        Duration::from_secs(5),
+        || {
+            s.server("app", down)
+                .is_some_and(|(state, _, _)| state == "up")
+        },
+    );
+    drop(back);
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&s.socket);
+}
+
+/// More servers than the cells fixed at start: the reload goes through a
+/// fresh process instead of being refused.
+#[test]
+fn a_reload_past_the_server_capacity_hands_over() {
+    let a = Origin::start();
+    let s = Setup::new("in-place-capacity");
+    let running = Ringlb::start(&s.config(&[a.addr], "", &[a.addr]));
+    // One server each at start: capacity 2 * 2 + 64 = 68.
+    let many: Vec<SocketAddr> = (0..80)
+        .map(|i| SocketAddr::from(([127, 0, 1, 1 + i as u8], 9)))
+        .chain([a.addr])
+        .collect();
+    let file = temp_path("in-place-capacity.toml");
+    std::fs::write(&file, s.config(&many, "", &[a.addr])).unwrap();
+    let (code, said) = reload(&file);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(!said.contains("in place"), "{said}");
+    assert!(running.log_contains("capacity"), "{}", running.log_text());
+    let successor: u32 = said
+        .split("DONE ")
+        .nth(1)
+        .and_then(|p| p.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    // SAFETY: kill(2) on the successor this test started through a reload.
+    unsafe { libc::kill(successor as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while alive(successor) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&s.socket);
+}

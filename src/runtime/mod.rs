@@ -154,6 +154,9 @@ pub fn start(
         workers,
         capacity,
     );
+    for m in rosters.current().members.iter().flatten() {
+        health.claim(*m);
+    }
     let registry = Arc::new(Registry {
         workers: worker_metrics.clone(),
         driver: std::sync::OnceLock::new(),
@@ -278,7 +281,7 @@ pub fn start(
         offer.publish()?;
     }
 
-    resolve::start(&config, rosters.clone(), shutdown.clone());
+    resolve::start(&config, shutdown.clone());
     reload::serving(config.clone(), rosters, health);
     Ok(Running {
         bound,

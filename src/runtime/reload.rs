@@ -19,7 +19,7 @@
 
 use crate::config::{Action, Config, UpstreamConfig};
 use crate::upstream::health::Health;
-use crate::upstream::roster::{Published, Rosters, Settings};
+use crate::upstream::roster::{Published, Roster, Rosters, Settings};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,10 @@ struct Live {
     config: Mutex<Arc<Config>>,
     rosters: Arc<Rosters>,
     health: Arc<Health>,
+    /// Held by whatever decides the next roster (a reload, a DNS refresh),
+    /// from reading the configuration in force to publishing: neither
+    /// publishes a set derived from what the other just replaced.
+    changing: Mutex<()>,
 }
 
 static LIVE: OnceLock<Live> = OnceLock::new();
@@ -48,6 +52,7 @@ pub fn serving(config: Arc<Config>, rosters: Arc<Rosters>, health: Arc<Health>) 
         config: Mutex::new(config),
         rosters,
         health,
+        changing: Mutex::new(()),
     });
 }
 
@@ -205,6 +210,7 @@ pub fn reload(file: &Path, report: Option<Reporter>) -> Result<Reloaded, String>
     let parsed = Config::parse(&String::from_utf8_lossy(&text), &file.display().to_string())
         .map_err(|e| e.to_string())?;
     let live = LIVE.get().ok_or("this ringlb is still starting")?;
+    let _changing = live.changing.lock().unwrap_or_else(|p| p.into_inner());
     let current = live
         .config
         .lock()
@@ -266,8 +272,9 @@ pub fn needs_fresh_process(current: &Config, new: &Config) -> Option<String> {
 
 /// Publishes `new`'s server sets and waits until every worker serves them.
 /// What the workers take for `new` in place, with its metrics layout; Err
-/// when its routes do not fit the metrics slots fixed at start.
+/// when its servers or routes do not fit the cells fixed at start.
 fn in_place_settings(live: &Live, new: &Config) -> Result<Settings, String> {
+    live.rosters.fits(&new.upstreams)?;
     let current = live.rosters.current();
     let (listeners, upstreams) = new.metrics_specs(&current.layout.listeners);
     let layout = current.layout.next(listeners, upstreams)?;
@@ -308,12 +315,24 @@ pub fn in_force() -> Option<Arc<Config>> {
     )
 }
 
-/// Puts `upstreams` (the same names in the same order) in force in place:
-/// new servers join the shared health (checked first where their pool has
-/// checks), then every worker takes them. Returns once all do.
-pub fn publish_servers(upstreams: Vec<UpstreamConfig>) -> Result<Published, String> {
-    let live = LIVE.get().ok_or("still starting")?;
-    publish(live, live.rosters.current().with_upstreams(upstreams))
+/// A DNS refresh: `next` sees the configuration in force (as loaded) and
+/// the roster in force, and returns the upstreams to put in force in place
+/// (None: nothing changed). New servers join the shared health (checked
+/// first where their pool has checks), then every worker takes them.
+/// Returns once all do (None when nothing was published).
+pub fn refresh_servers(
+    next: impl FnOnce(&Config, &Roster) -> Option<Vec<UpstreamConfig>>,
+) -> Option<Result<Published, String>> {
+    let live = LIVE.get()?;
+    let _changing = live.changing.lock().unwrap_or_else(|p| p.into_inner());
+    let base = live
+        .config
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let current = live.rosters.current();
+    let upstreams = next(&base, &current)?;
+    Some(publish(live, current.with_upstreams(upstreams)))
 }
 
 fn publish(live: &Live, settings: Settings) -> Result<Published, String> {
@@ -325,7 +344,7 @@ fn publish(live: &Live, settings: Settings) -> Result<Published, String> {
         .collect();
     let p = live.rosters.publish(settings, WORKER_WAIT, &|added| {
         for &(up, m) in added {
-            health.joined(up, m.id, checked[up]);
+            health.joined(up, m, checked[up]);
         }
     })?;
     // Servers of a pool whose checks were removed: nothing would ever bring

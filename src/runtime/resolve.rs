@@ -12,48 +12,44 @@ use super::reload;
 use super::Shutdown;
 use crate::config::{resolve, Config, ServerConfig, UpstreamConfig};
 use crate::upstream::roster::Roster;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Starts the resolver thread if `config` names any server and re-resolves.
-pub fn start(
-    config: &Config,
-    rosters: Arc<crate::upstream::roster::Rosters>,
-    shutdown: Arc<Shutdown>,
-) {
-    let named = config
-        .upstreams
-        .iter()
-        .any(|u| u.servers.iter().any(|s| s.name.is_some()));
-    if !named || config.resolve_interval.is_zero() {
+/// Starts the resolver thread unless `resolve_interval` is zero (it idles
+/// while no server is given by name: a reload may add one).
+pub fn start(config: &Config, shutdown: Arc<Shutdown>) {
+    let interval = config.resolve_interval;
+    if interval.is_zero() {
         return;
     }
     let spawned = std::thread::Builder::new()
         .name("ringlb-resolve".into())
         .spawn(move || {
             let mut failing = HashSet::new();
-            loop {
-                // The interval in force (a reload by handover may change it).
+            while sleep(interval, &shutdown) {
                 let Some(base) = reload::in_force() else {
-                    return;
-                };
-                let interval = base.resolve_interval;
-                if interval.is_zero() || !sleep(interval, &shutdown) {
-                    return;
-                }
-                let current = rosters.current();
-                let Some(next) = resolved(&base.upstreams, &current, &mut failing) else {
                     continue;
                 };
-                match reload::publish_servers(next) {
-                    Ok(p) => crate::info!(
+                // Resolve without holding anything (the resolver blocks);
+                // then decide against what is in force by then.
+                let answers = lookup(&base.upstreams);
+                if answers.is_empty() {
+                    continue;
+                }
+                let published = reload::refresh_servers(|base, current| {
+                    resolved(&base.upstreams, current, &answers, &mut failing)
+                });
+                match published {
+                    None => {}
+                    Some(Ok(p)) => crate::info!(
                         "dns: server set {}: {} server(s) added, {} removed",
                         p.roster.number,
                         p.added.len(),
                         p.removed
                     ),
-                    Err(e) => crate::warn!("dns: the new addresses are not in force: {e}"),
+                    Some(Err(e)) => crate::warn!("dns: the new addresses are not in force: {e}"),
                 }
             }
         });
@@ -62,6 +58,19 @@ pub fn start(
             "dns: cannot start the resolver thread ({e}); names stay as resolved at start"
         );
     }
+}
+
+/// What each server name in `upstreams` resolves to now.
+fn lookup(upstreams: &[UpstreamConfig]) -> HashMap<Arc<str>, Result<Vec<SocketAddr>, String>> {
+    let mut answers = HashMap::new();
+    for s in upstreams.iter().flat_map(|u| &u.servers) {
+        if let Some(name) = &s.name {
+            if !answers.contains_key(name) {
+                answers.insert(name.clone(), resolve(name));
+            }
+        }
+    }
+    answers
 }
 
 /// Sleeps `d` in short steps; false when a shutdown was requested.
@@ -82,6 +91,7 @@ fn sleep(d: Duration, shutdown: &Shutdown) -> bool {
 fn resolved(
     base: &[UpstreamConfig],
     current: &Roster,
+    answers: &HashMap<Arc<str>, Result<Vec<SocketAddr>, String>>,
     failing: &mut HashSet<Arc<str>>,
 ) -> Option<Vec<UpstreamConfig>> {
     let mut next = base.to_vec();
@@ -96,12 +106,18 @@ fn resolved(
             if !done.insert((name.clone(), s.weight)) {
                 continue; // one entry expanded to several addresses
             }
-            let addrs = match resolve(name) {
+            // A name a reload added since the lookup: as the reload resolved it.
+            let Some(answer) = answers.get(name) else {
+                let as_loaded = up.servers.iter().filter(|b| b.name.as_ref() == Some(name));
+                servers.extend(as_loaded.cloned());
+                continue;
+            };
+            let addrs = match answer {
                 Ok(addrs) => {
                     if failing.remove(name) {
                         crate::info!("dns: {name} resolves again");
                     }
-                    addrs
+                    addrs.clone()
                 }
                 Err(why) => {
                     if failing.insert(name.clone()) {

@@ -11,7 +11,7 @@ use super::roster::{Member, Rosters};
 use crate::config::{HealthCheck, HealthCheckKind};
 use crate::io::{self, ReadOutcome};
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 /// One server's shared health, at its member id (see `roster`).
 pub struct SharedServer {
+    /// The member tag of the server that holds this id (see `roster`).
+    tag: AtomicU64,
     healthy: AtomicBool,
     /// Milliseconds since `Health::epoch` when the server last came up (slow start).
     up_since_ms: AtomicU64,
@@ -47,6 +49,11 @@ pub struct Health {
 }
 
 impl SharedServer {
+    /// Whether the server with member tag `tag` holds this id.
+    pub fn holds(&self, tag: u64) -> bool {
+        self.tag.load(Ordering::Acquire) == tag
+    }
+
     #[inline]
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -80,6 +87,7 @@ impl Health {
                 .collect(),
             servers: (0..capacity)
                 .map(|_| SharedServer {
+                    tag: AtomicU64::new(0),
                     healthy: AtomicBool::new(true),
                     up_since_ms: AtomicU64::new(0),
                     ejected_by: AtomicU32::new(0),
@@ -88,6 +96,13 @@ impl Health {
                 })
                 .collect(),
         })
+    }
+
+    /// The servers of the first roster hold their ids (at start).
+    pub fn claim(&self, member: Member) {
+        self.servers[member.id]
+            .tag
+            .store(member.tag, Ordering::Release);
     }
 
     /// The health of the server with member id `id`.
@@ -100,8 +115,9 @@ impl Health {
     /// until its first check passes when the upstream has active checks,
     /// else up at once. Either way it comes up now (slow start ramps from
     /// here). Called before the roster that holds it is published.
-    pub fn joined(&self, up: usize, id: usize, checked: bool) {
-        let s = &self.servers[id];
+    pub fn joined(&self, up: usize, member: Member, checked: bool) {
+        let s = &self.servers[member.id];
+        s.tag.store(member.tag, Ordering::Release);
         s.healthy.store(!checked, Ordering::Relaxed);
         s.last_check_ok.store(!checked, Ordering::Relaxed);
         s.checks.store(0, Ordering::Relaxed);
@@ -213,9 +229,10 @@ pub async fn run_checks(
     rosters: Arc<Rosters>,
     stop: Arc<crate::runtime::Shutdown>,
 ) {
-    let running: Rc<RefCell<HashSet<(usize, u64)>>> = Rc::default();
+    let owners: Owners = Rc::default();
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     let mut seen = None;
+    let mut tasks = 0u64;
     while !stop.is_requested() {
         if seen != Some(rosters.number()) {
             let roster = rosters.current();
@@ -225,27 +242,36 @@ pub async fn run_checks(
                     continue;
                 };
                 for (server, &m) in cfg.servers.iter().zip(&roster.members[ui]) {
-                    if !running.borrow_mut().insert((m.id, m.tag)) {
+                    let key = (m.id, m.tag);
+                    // A task checking this server this way runs already (a
+                    // task for an older way ends when it next wakes).
+                    if owners.borrow().get(&key).is_some_and(|(_, c)| c == check) {
                         continue;
                     }
+                    tasks += 1;
+                    owners.borrow_mut().insert(key, (tasks, check.clone()));
                     seed = seed
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
                     let task = Checked {
                         health: health.clone(),
                         rosters: rosters.clone(),
+                        owners: owners.clone(),
+                        number: tasks,
                         up: ui,
                         member: m,
                         addr: server.addr,
                         check: check.clone(),
                         at_once: roster.number > 0 && server_is_new(&health, m.id),
                     };
-                    let running = running.clone();
                     let stop = stop.clone();
                     monoio::spawn(async move {
-                        let key = (task.member.id, task.member.tag);
+                        let (owners, number) = (task.owners.clone(), task.number);
                         check_server(task, seed, stop).await;
-                        running.borrow_mut().remove(&key);
+                        let mut owners = owners.borrow_mut();
+                        if owners.get(&key).is_some_and(|(n, _)| *n == number) {
+                            owners.remove(&key);
+                        }
                     });
                 }
             }
@@ -253,6 +279,9 @@ pub async fn run_checks(
         monoio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Per server (member id and tag): the task that checks it, and how.
+type Owners = Rc<RefCell<HashMap<(usize, u64), (u64, HealthCheck)>>>;
 
 /// A server `Health::joined` reset, not yet checked.
 fn server_is_new(health: &Health, id: usize) -> bool {
@@ -263,6 +292,9 @@ fn server_is_new(health: &Health, id: usize) -> bool {
 struct Checked {
     health: Arc<Health>,
     rosters: Arc<Rosters>,
+    owners: Owners,
+    /// This task's number in `owners`.
+    number: u64,
     up: usize,
     member: Member,
     addr: SocketAddr,
@@ -272,15 +304,24 @@ struct Checked {
 }
 
 impl Checked {
-    /// Whether the current roster still has this server, checked this way.
+    /// Whether this task still checks this server: the current roster has
+    /// it, checked this way, and no newer task took it over.
     fn still_wanted(&self, seen: &mut u64) -> bool {
+        let mine = |owners: &HashMap<(usize, u64), (u64, HealthCheck)>| {
+            let key = (self.member.id, self.member.tag);
+            owners.get(&key).is_some_and(|(n, _)| *n == self.number)
+        };
+        if !mine(&self.owners.borrow()) {
+            return false;
+        }
         if self.rosters.number() == *seen {
-            return true;
+            return self.health.server(self.member.id).holds(self.member.tag);
         }
         let roster = self.rosters.current();
         *seen = roster.number;
         roster.has(self.up, self.member)
             && roster.upstreams[self.up].health_check.as_ref() == Some(&self.check)
+            && self.health.server(self.member.id).holds(self.member.tag)
     }
 }
 
@@ -303,6 +344,10 @@ async fn check_server(task: Checked, mut seed: u64, stop: Arc<crate::runtime::Sh
         }
         next = jitter(check.interval, &mut seed, false);
         let result = probe(addr, check).await;
+        // The server may have left (and its id gone to another) meanwhile.
+        if !task.still_wanted(&mut seen) {
+            return;
+        }
         let s = health.server(id);
         s.checks.fetch_add(1, Ordering::Relaxed);
         s.last_check_ok.store(result.is_ok(), Ordering::Relaxed);

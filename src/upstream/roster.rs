@@ -104,6 +104,7 @@ pub struct Rosters {
 }
 
 /// Hands out ids and tags.
+#[derive(Clone, Copy)]
 struct Allocator {
     /// Ids below this have been used.
     high_water: usize,
@@ -112,6 +113,14 @@ struct Allocator {
 
 /// A server new in a roster: its upstream's index and its member.
 pub type Joined = (usize, Member);
+
+/// The members a roster would have (see `Rosters::plan`).
+struct Plan {
+    members: Vec<Vec<Member>>,
+    added: Vec<Joined>,
+    removed: usize,
+    alloc: Allocator,
+}
 
 /// A roster `publish` made: the roster and the members new in it.
 pub struct Published {
@@ -213,32 +222,20 @@ impl Rosters {
         }
     }
 
-    /// Publishes `upstreams` (same names in the same order as now) as the
-    /// next roster: servers still present keep their members; `joining`
-    /// sees the new members (per upstream) before any worker can. Refused
-    /// when the workers have not taken the current roster within `within`,
-    /// or when the new servers do not fit the capacity.
-    pub fn publish(
+    /// Whether `upstreams` would fit the capacity if published now.
+    pub fn fits(&self, upstreams: &[UpstreamConfig]) -> Result<(), String> {
+        let alloc = *self.publishing.lock().unwrap_or_else(|p| p.into_inner());
+        self.plan(alloc, &self.current(), upstreams).map(|_| ())
+    }
+
+    /// The members of `upstreams` after `old`: servers still present keep
+    /// theirs, new ones get ids from `alloc` (returned as it is after).
+    fn plan(
         &self,
-        settings: Settings,
-        within: Duration,
-        joining: &dyn Fn(&[Joined]),
-    ) -> Result<Published, String> {
-        let Settings {
-            upstreams,
-            client,
-            listeners,
-            layout,
-        } = settings;
-        let mut alloc = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.current();
-        let names = |u: &[UpstreamConfig]| u.iter().map(|u| u.name.clone()).collect::<Vec<_>>();
-        if names(&old.upstreams) != names(&upstreams) {
-            return Err("the upstreams' names or order changed".into());
-        }
-        if !self.wait_applied(old.number, within) {
-            return Err("a worker has not taken the previous server set yet".into());
-        }
+        mut alloc: Allocator,
+        old: &Roster,
+        upstreams: &[UpstreamConfig],
+    ) -> Result<Plan, String> {
         // Per upstream: the old members by address, to match the new servers.
         let mut members = Vec::with_capacity(upstreams.len());
         let mut kept = vec![false; self.capacity];
@@ -302,6 +299,47 @@ impl Rosters {
             members[ui][si] = m;
             added.push((ui, m));
         }
+        Ok(Plan {
+            members,
+            added,
+            removed,
+            alloc,
+        })
+    }
+
+    /// Publishes `upstreams` (same names in the same order as now) as the
+    /// next roster: servers still present keep their members; `joining`
+    /// sees the new members (per upstream) before any worker can. Refused
+    /// when the workers have not taken the current roster within `within`,
+    /// or when the new servers do not fit the capacity.
+    pub fn publish(
+        &self,
+        settings: Settings,
+        within: Duration,
+        joining: &dyn Fn(&[Joined]),
+    ) -> Result<Published, String> {
+        let Settings {
+            upstreams,
+            client,
+            listeners,
+            layout,
+        } = settings;
+        let mut alloc = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current();
+        let names = |u: &[UpstreamConfig]| u.iter().map(|u| u.name.clone()).collect::<Vec<_>>();
+        if names(&old.upstreams) != names(&upstreams) {
+            return Err("the upstreams' names or order changed".into());
+        }
+        if !self.wait_applied(old.number, within) {
+            return Err("a worker has not taken the previous server set yet".into());
+        }
+        let Plan {
+            members,
+            added,
+            removed,
+            alloc: next,
+        } = self.plan(*alloc, &old, &upstreams)?;
+        *alloc = next;
         joining(&added);
         let roster = Arc::new(Roster {
             number: old.number + 1,
