@@ -38,7 +38,8 @@ impl Ports {
 }
 
 /// The config: the main listener over `servers`, and optionally a second
-/// listener that answers itself.
+/// listener that answers itself. The two differ in `drain_timeout` too, which
+/// only a fresh process can change: each reload between them is a handover.
 fn config(p: &Ports, servers: &[SocketAddr], extra_listener: bool) -> String {
     let extra = if extra_listener {
         format!(
@@ -48,8 +49,9 @@ fn config(p: &Ports, servers: &[SocketAddr], extra_listener: bool) -> String {
     } else {
         String::new()
     };
+    let drain = if extra_listener { "9s" } else { "10s" };
     format!(
-        "workers = 2\nupgrade_socket = \"{}\"\ndrain_timeout = \"10s\"\n\n\
+        "workers = 2\nupgrade_socket = \"{}\"\ndrain_timeout = \"{drain}\"\n\n\
          [[listener]]\nlisten = \"127.0.0.1:{}\"\nupstream = \"app\"\n\n{extra}\
          [[upstream]]\nname = \"app\"\nservers = [{}]\n",
         p.socket.display(),

@@ -601,3 +601,74 @@ fn a_reload_past_the_server_capacity_hands_over() {
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&s.socket);
 }
+
+/// Listeners open and close in place: ten reloads under load add and remove
+/// a listener; it answers while configured and refuses once removed, a
+/// kept-alive client of it gets its last answer with `Connection: close`,
+/// the other listeners never stop and the pools stay.
+#[test]
+fn listeners_open_and_close_in_place_under_load() {
+    let (a, c) = (Origin::start(), Origin::start());
+    let s = Setup::new("in-place-listeners");
+    let extra = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let base = s.config(&[a.addr], "", &[c.addr]);
+    let with_extra = base.replacen(
+        "[[upstream]]",
+        &format!(
+            "[[listener]]\nlisten = \"{extra}\"\nstatus = 200\nbody = \"extra\\n\"\n\n[[upstream]]"
+        ),
+        1,
+    );
+    let running = Ringlb::start(&base);
+    let load = Load::start(s.main, 4);
+    let load_other = Load::start(s.other, 2);
+    common::eventually("idle connections to c", Duration::from_secs(5), || {
+        s.server("other", c.addr)
+            .is_some_and(|(_, _, idle)| idle > 0)
+    });
+    let c_connections = c.stats.connections.load(Ordering::Relaxed);
+    let file = temp_path("in-place-listeners.toml");
+    for n in 0..10 {
+        std::fs::write(&file, &with_extra).unwrap();
+        let (code, said) = reload(&file);
+        assert_eq!(code, Some(0), "reload {n}: {said}");
+        assert!(
+            said.contains(&format!("DONE {} in place", running.pid())),
+            "reload {n}: {said}"
+        );
+        // The new listener answers at once; a client keeps its connection.
+        let mut kept = common::client::Client::connect(extra);
+        kept.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let first = kept.read_response(false);
+        assert_eq!((first.status, first.body_str().as_str()), (200, "extra\n"));
+        std::fs::write(&file, &base).unwrap();
+        let (code, said) = reload(&file);
+        assert_eq!(code, Some(0), "reload {n}: {said}");
+        assert!(said.contains("in place"), "reload {n}: {said}");
+        // Removed: new connections are refused...
+        common::eventually(
+            "the removed listener refuses",
+            Duration::from_secs(5),
+            || std::net::TcpStream::connect(extra).is_err(),
+        );
+        // ...and the kept connection's next request is its last.
+        kept.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let last = kept.read_response(false);
+        assert_eq!(last.status, 200);
+        assert_eq!(last.header("connection"), Some("close"), "{last:?}");
+    }
+    let (ok, failures) = load.finish();
+    let (ok_other, failures_other) = load_other.finish();
+    assert!(
+        failures.is_empty() && failures_other.is_empty(),
+        "{failures:?} {failures_other:?}"
+    );
+    assert!(ok > 50 && ok_other > 20, "only {ok} + {ok_other}");
+    let opened = c.stats.connections.load(Ordering::Relaxed) - c_connections;
+    assert!(
+        opened < 6,
+        "{opened} new connections to a pool no reload touched"
+    );
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&s.socket);
+}

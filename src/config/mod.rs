@@ -266,57 +266,39 @@ impl Config {
 
     /// The label values of the metrics for this config; `bound`: each
     /// listener's actual address.
-    /// The metrics labels and cells; `server_cells`: the roster's capacity.
-    pub fn metrics_layout(
+    /// The metrics labels of `listener`, named `name`.
+    pub fn listener_spec(
         &self,
-        bound: &[SocketAddr],
-        server_cells: usize,
-    ) -> crate::metrics::Layout {
-        let names: Vec<String> = bound.iter().map(SocketAddr::to_string).collect();
-        let (listeners, upstreams) = self.metrics_specs(&names);
-        crate::metrics::Layout::new(listeners, upstreams, (self.workers, server_cells))
-    }
-
-    /// The metrics labels of this config's listeners (named `bound`) and
-    /// upstreams.
-    pub fn metrics_specs(
-        &self,
-        bound: &[String],
-    ) -> (
-        Vec<crate::metrics::layout::ListenerSpec>,
-        Vec<crate::metrics::layout::UpstreamSpec>,
-    ) {
-        use crate::metrics::layout::{ListenerSpec, UpstreamSpec};
+        listener: &ListenerConfig,
+        name: String,
+    ) -> crate::metrics::layout::ListenerSpec {
         let upstream_of = |a: &Action| match a {
             Action::Proxy(i) => Some(*i),
             Action::Respond(_) => None,
         };
-        let listeners = self
-            .listeners
+        crate::metrics::layout::ListenerSpec {
+            name,
+            routes: listener
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let name = r.name.clone().unwrap_or_else(|| i.to_string());
+                    (name, upstream_of(&r.action))
+                })
+                .collect(),
+            default_upstream: upstream_of(&listener.default_action),
+        }
+    }
+
+    /// The metrics labels of the upstreams.
+    pub fn upstream_specs(&self) -> Vec<crate::metrics::layout::UpstreamSpec> {
+        self.upstreams
             .iter()
-            .zip(bound)
-            .map(|(l, b)| ListenerSpec {
-                name: b.clone(),
-                routes: l
-                    .routes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| {
-                        let name = r.name.clone().unwrap_or_else(|| i.to_string());
-                        (name, upstream_of(&r.action))
-                    })
-                    .collect(),
-                default_upstream: upstream_of(&l.default_action),
-            })
-            .collect();
-        let upstreams = self
-            .upstreams
-            .iter()
-            .map(|u| UpstreamSpec {
+            .map(|u| crate::metrics::layout::UpstreamSpec {
                 name: u.name.clone(),
             })
-            .collect();
-        (listeners, upstreams)
+            .collect()
     }
 
     /// Parses and validates config text; `file` names it in errors.

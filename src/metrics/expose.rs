@@ -50,7 +50,12 @@ pub fn render(reg: &Registry, outside: &Outside<'_>) -> String {
         "counter",
         "Bytes received from clients.",
     );
-    for (i, name) in l.listeners.iter().enumerate() {
+    for (i, name) in l
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| !n.is_empty())
+    {
         let v = sum(reg, |w| w.client_bytes_in[i].get());
         let _ = writeln!(
             out,
@@ -64,7 +69,12 @@ pub fn render(reg: &Registry, outside: &Outside<'_>) -> String {
         "counter",
         "Bytes sent to clients.",
     );
-    for (i, name) in l.listeners.iter().enumerate() {
+    for (i, name) in l
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| !n.is_empty())
+    {
         let v = sum(reg, |w| w.client_bytes_out[i].get());
         let _ = writeln!(
             out,

@@ -41,7 +41,7 @@ pub struct UpstreamLabels {
 }
 
 pub struct Layout {
-    /// Each listener's bound address.
+    /// Each listener's bound address, by listener id (empty: no listener).
     pub listeners: Vec<String>,
     pub upstreams: Vec<UpstreamLabels>,
     /// Per route slot: its labels (None: free).
@@ -59,12 +59,12 @@ pub struct Layout {
 impl Layout {
     /// The first layout: route cells for twice the slots it needs and some.
     pub fn new(
-        listeners: Vec<ListenerSpec>,
+        listeners: Vec<Option<ListenerSpec>>,
         upstreams: Vec<UpstreamSpec>,
         (workers, server_cells): (usize, usize),
     ) -> Layout {
-        let needed: usize = listeners.iter().map(|l| l.routes.len() + 2).sum();
-        let cells = (2 * needed + 64).min(RouteSlot::MAX as usize);
+        let needed: usize = listeners.iter().flatten().map(|l| l.routes.len() + 2).sum();
+        let cells = (2 * needed + 64).min(RouteSlot::MAX as usize - 1);
         Layout::build(listeners, upstreams, (workers, server_cells, cells), None)
             .expect("the first layout fits its own cells")
     }
@@ -73,7 +73,7 @@ impl Layout {
     /// other routes. Err when the new routes need more slots than exist.
     pub fn next(
         &self,
-        listeners: Vec<ListenerSpec>,
+        listeners: Vec<Option<ListenerSpec>>,
         upstreams: Vec<UpstreamSpec>,
     ) -> Result<Layout, String> {
         let cells = (self.workers, self.server_cells, self.slots.len());
@@ -81,7 +81,7 @@ impl Layout {
     }
 
     fn build(
-        listeners: Vec<ListenerSpec>,
+        listeners: Vec<Option<ListenerSpec>>,
         upstreams: Vec<UpstreamSpec>,
         (workers, server_cells, cells): (usize, usize, usize),
         before: Option<&Layout>,
@@ -92,6 +92,12 @@ impl Layout {
         let mut listener_slots = Vec::new();
         let mut names = Vec::new();
         for (li, l) in listeners.into_iter().enumerate() {
+            // An id no listener holds: no slots, no name.
+            let Some(l) = l else {
+                listener_slots.push(Vec::new());
+                names.push(String::new());
+                continue;
+            };
             let labels = l
                 .routes
                 .into_iter()
@@ -178,15 +184,26 @@ impl Layout {
     /// The slot of route `route` of `listener` (None: its default action).
     #[inline]
     pub fn route_slot(&self, listener: usize, route: Option<usize>) -> RouteSlot {
-        let slots = &self.listener_slots[listener];
-        slots[route.unwrap_or(slots.len() - 2)]
+        match self.listener_slots.get(listener) {
+            Some(slots) if slots.len() >= 2 => slots[route.unwrap_or(slots.len() - 2)],
+            _ => self.unlisted_slot(),
+        }
     }
 
     /// The slot for requests of `listener` rejected before routing.
     #[inline]
     pub fn unrouted_slot(&self, listener: usize) -> RouteSlot {
-        let slots = &self.listener_slots[listener];
-        slots[slots.len() - 1]
+        match self.listener_slots.get(listener).and_then(|s| s.last()) {
+            Some(&slot) => slot,
+            None => self.unlisted_slot(),
+        }
+    }
+
+    /// The cell past the route slots: counts the last requests of
+    /// connections whose listener a reload removed (not exposed).
+    #[inline]
+    pub fn unlisted_slot(&self) -> RouteSlot {
+        self.slots.len() as RouteSlot
     }
 
     pub fn route_slots(&self) -> usize {
@@ -205,16 +222,16 @@ mod tests {
     #[test]
     fn slots_per_listener() {
         let listeners = vec![
-            ListenerSpec {
+            Some(ListenerSpec {
                 name: "127.0.0.1:80".into(),
                 routes: vec![("api".into(), Some(1)), ("1".into(), None)],
                 default_upstream: Some(0),
-            },
-            ListenerSpec {
+            }),
+            Some(ListenerSpec {
                 name: "127.0.0.1:81".into(),
                 routes: vec![],
                 default_upstream: Some(1),
-            },
+            }),
         ];
         let upstreams = vec![
             UpstreamSpec { name: "a".into() },
@@ -244,12 +261,12 @@ mod tests {
 mod next_tests {
     use super::*;
 
-    fn spec(routes: &[(&str, Option<usize>)]) -> Vec<ListenerSpec> {
-        vec![ListenerSpec {
+    fn spec(routes: &[(&str, Option<usize>)]) -> Vec<Option<ListenerSpec>> {
+        vec![Some(ListenerSpec {
             name: "127.0.0.1:80".into(),
             routes: routes.iter().map(|(r, u)| (r.to_string(), *u)).collect(),
             default_upstream: Some(0),
-        }]
+        })]
     }
 
     fn ups() -> Vec<UpstreamSpec> {

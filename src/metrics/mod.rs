@@ -236,7 +236,8 @@ impl WorkerMetrics {
             (0..n).map(|_| T::default()).collect()
         }
         WorkerMetrics {
-            requests: (0..layout.route_slots())
+            // One more than the slots: see `Layout::unlisted_slot`.
+            requests: (0..=layout.route_slots())
                 .map(|_| Default::default())
                 .collect(),
             client_bytes_in: cells(layout.listeners.len()),

@@ -257,7 +257,7 @@ fn prepare(
                 head_len: scratch.len(),
                 framing: head.framing,
                 method: head.kind,
-                keep_alive: head.keep_alive,
+                keep_alive: head.keep_alive && ctx.listening(listener),
                 minor_version: head.minor_version,
                 upgrade: false,
                 hash_key: 0,
@@ -273,7 +273,8 @@ fn prepare(
             head_len: head.head_len,
             framing: head.framing,
             method: head.kind,
-            keep_alive: head.keep_alive,
+            // A listener a reload removed: this is its connection's last request.
+            keep_alive: head.keep_alive && ctx.listening(listener),
             minor_version: head.minor_version,
             upgrade: head.upgrade,
             hash_key,

@@ -37,7 +37,7 @@ pub const HEADROOM: usize = 512;
 
 /// Everything one worker's connection tasks share. Single-threaded: no locks.
 pub struct WorkerCtx {
-    /// Per listener, its routes (they change with an in-place reload).
+    /// Per listener id, its routes (they change with an in-place reload).
     pub routes: RefCell<Vec<ListenerRoutes>>,
     /// The metrics labels and slots of the roster in force.
     pub layout: RefCell<Arc<crate::metrics::Layout>>,
@@ -52,8 +52,8 @@ pub struct WorkerCtx {
     pub metrics: Arc<crate::metrics::WorkerMetrics>,
     /// This worker's side of the access logs (None: no listener logs).
     pub access_log: Option<crate::access_log::WorkerLog>,
-    /// Per listener: its log file (index) and format, if it logs.
-    pub log_sinks: Vec<Option<(usize, crate::access_log::Format)>>,
+    /// Per listener id: its log file (index) and format, if it logs.
+    pub log_sinks: RefCell<Vec<Option<(usize, crate::access_log::Format)>>>,
     /// Tells the pool when a server closes one of its connections (None if
     /// the epoll set could not be made: pooled connections are still probed).
     pub idle_watch: Option<IdleWatch>,
@@ -103,7 +103,14 @@ impl WorkerCtx {
     /// Whether `listener` writes an access log.
     #[inline]
     pub fn logs(&self, listener: usize) -> bool {
-        self.log_sinks[listener].is_some()
+        self.log_sinks.borrow()[listener].is_some()
+    }
+
+    /// Whether `listener` is still in the configuration (else its
+    /// connections close after their request).
+    #[inline]
+    pub fn listening(&self, listener: usize) -> bool {
+        self.routes.borrow()[listener].open
     }
 
     pub fn busy_guard(&self) -> BusyGuard<'_> {

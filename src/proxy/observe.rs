@@ -89,7 +89,7 @@ pub fn finish(ctx: &WorkerCtx, ip: &ClientIp, tally: &Tally) {
     let listener = tally.listener as usize;
     let (Some(log), Some((file, form)), Some(capture)) = (
         &ctx.access_log,
-        ctx.log_sinks[listener],
+        ctx.log_sinks.borrow()[listener],
         tally.capture.as_ref(),
     ) else {
         return;

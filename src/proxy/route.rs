@@ -66,6 +66,9 @@ struct Route {
 
 #[derive(Debug)]
 pub struct ListenerRoutes {
+    /// False once the listener left the configuration: its connections
+    /// finish their requests with `Connection: close`.
+    pub open: bool,
     routes: Vec<Route>,
     default: RouteAction,
     /// The listener's bound address, the Host for requests that carry none.
@@ -83,6 +86,7 @@ impl ListenerRoutes {
     /// Routes of one listener; `bound` is its actual address (port 0 resolved).
     pub fn new(cfg: &ListenerConfig, bound: std::net::SocketAddr) -> ListenerRoutes {
         ListenerRoutes {
+            open: true,
             authority: bound.to_string().into_bytes().into(),
             routes: cfg
                 .routes
@@ -94,6 +98,16 @@ impl ListenerRoutes {
                 })
                 .collect(),
             default: action(&cfg.default_action),
+        }
+    }
+
+    /// For an id no listener has held: routes nothing (never consulted).
+    pub fn none() -> ListenerRoutes {
+        ListenerRoutes {
+            open: false,
+            routes: Vec::new(),
+            default: RouteAction::Local,
+            authority: Box::default(),
         }
     }
 

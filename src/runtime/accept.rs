@@ -8,12 +8,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-pub(super) async fn accept_loop(
-    ctx: Rc<WorkerCtx>,
-    idx: usize,
-    listener: TcpListener,
-    cancel: monoio::io::CancelHandle,
-) {
+/// How an accept loop is told to stop: the cancel handle wakes its accept,
+/// and `closed` says the listener left the configuration (as opposed to a
+/// drain).
+pub(super) struct Stop {
+    pub cancel: monoio::io::CancelHandle,
+    pub closed: Rc<std::cell::Cell<bool>>,
+}
+
+pub(super) async fn accept_loop(ctx: Rc<WorkerCtx>, idx: usize, listener: TcpListener, stop: Stop) {
     loop {
         // At the cap, with `at_connection_cap = "pause"` or this window's
         // refusals spent: leave new connections in the kernel's backlog
@@ -22,12 +25,22 @@ pub(super) async fn accept_loop(
             if ctx.draining.get() {
                 return;
             }
+            if stop.closed.get() {
+                break; // to the cancelled accept below, which ends it
+            }
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
-        match listener.cancelable_accept(cancel.clone()).await {
+        match listener.cancelable_accept(stop.cancel.clone()).await {
             Ok((stream, peer)) => accepted(&ctx, idx, stream, peer),
             Err(_) if ctx.draining.get() => {
                 take_queued(&ctx, idx, &listener);
+                return;
+            }
+            Err(_) if stop.closed.get() => {
+                // Removed by a reload: answer what is queued, then out of
+                // the listening tables (the port is free again).
+                take_queued(&ctx, idx, &listener);
+                super::listener::stop_listening(std::os::fd::AsRawFd::as_raw_fd(&listener));
                 return;
             }
             Err(e) => {
@@ -50,7 +63,7 @@ fn accepted(ctx: &Rc<WorkerCtx>, idx: usize, stream: monoio::net::TcpStream, pee
         Err(why) => {
             ctx.metrics.shed(why);
             let layout = ctx.layout.borrow();
-            let listener = &layout.listeners[idx];
+            let listener = layout.listeners.get(idx).map_or("?", String::as_str);
             ctx.shed_log.shed(why, format_args!("listener {listener}"));
             if conn_limit::take_refusal(crate::deadline::now_ms()) {
                 let refuse = conn_limit::refuse(stream, why, ctx.client().write_timeout);

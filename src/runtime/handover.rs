@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Most descriptors one message carries (the kernel's SCM_MAX_FD).
-const MAX_FDS: usize = 253;
+pub const MAX_FDS: usize = 253;
 /// How long either side waits for the other's next step (a successor's
 /// READY comes once its workers run).
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -161,20 +161,25 @@ impl Offer {
     }
 }
 
+/// The sockets on offer: our own copies of every listening socket (and the
+/// admin socket), kept in step with the listeners an in-place reload opens
+/// and closes.
+pub type Offered = Arc<std::sync::Mutex<Vec<Handed>>>;
+
 /// Offers `sockets` on `path` to a successor, from a thread of its own.
 /// `replace`: a predecessor may still hold the path (this process took its
 /// sockets over); otherwise a path that answers means another ringlb offers
 /// there, which is an error. Bound under a temporary name until `publish`.
 pub fn offer(
     path: &Path,
-    sockets: Vec<Handed>,
+    sockets: Offered,
     shutdown: Arc<Shutdown>,
     replace: bool,
 ) -> io::Result<Offer> {
-    if sockets.len() > MAX_FDS {
+    let count = sockets.lock().map_or(0, |s| s.len());
+    if count > MAX_FDS {
         return Err(io::Error::other(format!(
-            "{} listening sockets: a handover carries at most {MAX_FDS}",
-            sockets.len()
+            "{count} listening sockets: a handover carries at most {MAX_FDS}"
         )));
     }
     if !replace && UnixStream::connect(path).is_ok() {
@@ -230,7 +235,11 @@ pub fn offer(
                     pending = start_reload(Path::new(path.trim()), stream);
                     continue;
                 }
-                match hand_over(&line, stream, &sockets) {
+                let handed = {
+                    let sockets = sockets.lock().unwrap_or_else(|p| p.into_inner());
+                    hand_over(&line, stream, &sockets)
+                };
+                match handed {
                     Ok(pid) => {
                         crate::info!(
                             "handed the listening sockets to pid {pid}: no longer accepting, \

@@ -9,6 +9,7 @@ pub mod handover;
 pub mod listener;
 pub mod monitor;
 pub mod notify;
+mod relisten;
 pub mod reload;
 mod resolve;
 pub mod signals;
@@ -140,15 +141,22 @@ pub fn start(
     }
     let capacity = Rosters::capacity_for(&config.upstreams);
     let health = Health::new(&config, capacity);
-    let layout = Arc::new(config.metrics_layout(&bound, capacity));
+    let (log_sinks, mut log_ends, log_writer, log_targets) = start_access_logs(&config)?;
+    let table = relisten::first_table(&config, &bound, &log_sinks);
+    let layout = Arc::new(crate::metrics::Layout::new(
+        relisten::specs(&config, &table),
+        config.upstream_specs(),
+        (workers, capacity),
+    ));
     let worker_metrics: Vec<Arc<WorkerMetrics>> = (0..workers)
         .map(|_| Arc::new(WorkerMetrics::new(&layout)))
         .collect();
+    let accepting: Vec<bool> = table.iter().map(Option::is_some).collect();
     let rosters = Rosters::new(
         Settings {
             upstreams: config.upstreams.clone(),
             client: config.client,
-            listeners: config.listeners.clone(),
+            listeners: table,
             layout,
         },
         workers,
@@ -191,11 +199,16 @@ pub fn start(
     }
     // Before any worker accepts: a process that cannot offer its sockets
     // exits here, without having taken (and then dropped) a connection.
+    let offered = Arc::new(std::sync::Mutex::new(offered));
     let offer = match &config.upgrade_socket {
-        Some(path) => Some(handover::offer(path, offered, shutdown.clone(), upgrading)?),
+        Some(path) => Some(handover::offer(
+            path,
+            offered.clone(),
+            shutdown.clone(),
+            upgrading,
+        )?),
         None => None,
     };
-    let (log_sinks, mut log_ends, log_writer) = start_access_logs(&config)?;
     let (exit_tx, exits) = std::sync::mpsc::channel();
     start_health_thread(
         &config,
@@ -204,7 +217,6 @@ pub fn start(
         shutdown.clone(),
         exit_tx.clone(),
     )?;
-    let routes = Arc::new(bound.clone());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let config = Arc::new(config);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -212,14 +224,14 @@ pub fn start(
     for (id, sockets) in per_worker.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let config = config.clone();
-        let routes = routes.clone();
+        let accepting = accepting.clone();
         let shutdown = shutdown.clone();
         let ready = ready_tx.clone();
         let shared = (health.clone(), rosters.clone());
         let exit_tx = exit_tx.clone();
         let metrics = worker_metrics[id].clone();
         let registry = registry.clone();
-        let logs = (log_sinks.clone(), log_ends.as_mut().map(|e| e.remove(0)));
+        let logs = log_ends.as_mut().map(|e| e.remove(0));
         let t = std::thread::Builder::new()
             .name(format!("ringlb-w{id}"))
             .spawn(move || {
@@ -257,10 +269,8 @@ pub fn start(
                 crate::pooled::prefill(crate::memory::BASE_FREE);
                 rt.block_on(async move {
                     // Inside the runtime: the idle watcher registers with it.
-                    let log = logs
-                        .1
-                        .map(|ends| crate::access_log::WorkerLog::new(id, ends));
-                    let ctx = worker_ctx(&config, routes, shared, id, (metrics, log, logs.0));
+                    let log = logs.map(|ends| crate::access_log::WorkerLog::new(id, ends));
+                    let ctx = worker_ctx(&config, accepting, shared, id, (metrics, log));
                     worker_main(id, ctx, sockets, shutdown, config.drain_timeout, ready).await
                 });
             })?;
@@ -282,7 +292,14 @@ pub fn start(
     }
 
     resolve::start(&config, shutdown.clone());
-    reload::serving(config.clone(), rosters, health);
+    reload::serving(
+        config.clone(),
+        (rosters, health),
+        reload::Sockets {
+            log_targets,
+            offered,
+        },
+    );
     Ok(Running {
         bound,
         admin: admin_addr,
@@ -362,11 +379,13 @@ fn start_health_thread(
 }
 
 /// The access log writer, if any listener logs: per listener its file index
-/// and format, and per worker its ends of the writer's channels.
+/// and format, per worker its ends of the writer's channels, the writer, and
+/// its files.
 type LogSetup = (
     Vec<Option<(usize, crate::access_log::Format)>>,
     Option<Vec<crate::access_log::writer::WorkerEnds>>,
     Option<std::thread::JoinHandle<()>>,
+    Vec<crate::access_log::writer::Target>,
 );
 
 fn start_access_logs(config: &Config) -> std::io::Result<LogSetup> {
@@ -388,27 +407,23 @@ fn start_access_logs(config: &Config) -> std::io::Result<LogSetup> {
         })
         .collect();
     if targets.is_empty() {
-        return Ok((sinks, None, None));
+        return Ok((sinks, None, None, targets));
     }
-    let (ends, writer) = crate::access_log::writer::start(targets, config.workers)?;
-    Ok((sinks, Some(ends), Some(writer)))
+    let (ends, writer) = crate::access_log::writer::start(targets.clone(), config.workers)?;
+    Ok((sinks, Some(ends), Some(writer), targets))
 }
 
-/// A worker's observability: its metrics, its access log side, and which
-/// listeners log where.
-type Observers = (
-    Arc<WorkerMetrics>,
-    Option<crate::access_log::WorkerLog>,
-    Vec<Option<(usize, crate::access_log::Format)>>,
-);
+/// A worker's observability: its metrics and its access log side.
+type Observers = (Arc<WorkerMetrics>, Option<crate::access_log::WorkerLog>);
 
+/// `accepting`: per listener id, whether this worker got a socket for it.
 fn worker_ctx(
     config: &Config,
-    bound: Arc<Vec<SocketAddr>>,
+    accepting: Vec<bool>,
     (health, rosters): (Arc<Health>, Arc<Rosters>),
     id: usize,
-    (metrics, access_log, log_sinks): Observers,
-) -> (Rc<WorkerCtx>, swap::Roster) {
+    (metrics, access_log): Observers,
+) -> (Rc<WorkerCtx>, swap::Follower) {
     let idle_watch = match IdleWatch::new() {
         Ok(w) => Some(w),
         Err(e) => {
@@ -427,7 +442,7 @@ fn worker_ctx(
         pool: RefCell::new(ConnPool::new(rosters.capacity())),
         metrics,
         access_log,
-        log_sinks,
+        log_sinks: Default::default(),
         idle_watch,
         client: Cell::new(config.client),
         draining: Cell::new(false),
@@ -435,40 +450,79 @@ fn worker_ctx(
         started: Cell::new(0),
         shed_log: Default::default(),
     });
-    let mut roster = swap::Roster::new((id, config.workers), bound, health, rosters);
+    let mut roster = swap::Follower::new((id, config.workers), accepting, health, rosters);
     roster.take(&ctx);
     (ctx, roster)
 }
 
+/// A worker's accept loops, by listener id.
+#[derive(Default)]
+struct Accepting {
+    loops: std::collections::HashMap<usize, (Canceller, std::os::fd::RawFd, accept::Stop)>,
+}
+
+impl Accepting {
+    /// Starts accepting on listener `id`.
+    fn open(
+        &mut self,
+        ctx: &Rc<WorkerCtx>,
+        id: usize,
+        socket: std::net::TcpListener,
+    ) -> std::io::Result<()> {
+        let listener = TcpListener::from_std(socket)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let canceller = Canceller::new();
+        let stop = accept::Stop {
+            cancel: canceller.handle(),
+            closed: Rc::default(),
+        };
+        let closed = stop.closed.clone();
+        monoio::spawn(accept::accept_loop(ctx.clone(), id, listener, stop));
+        let mine = accept::Stop {
+            cancel: canceller.handle(),
+            closed,
+        };
+        self.loops.insert(id, (canceller, fd, mine));
+        Ok(())
+    }
+
+    /// Stops accepting on listener `id`, which left the configuration (its
+    /// loop answers what is queued, then closes the socket).
+    fn close(&mut self, id: usize) {
+        if let Some((canceller, _, stop)) = self.loops.remove(&id) {
+            stop.closed.set(true);
+            canceller.cancel();
+        }
+    }
+
+    fn apply(&mut self, ctx: &Rc<WorkerCtx>, changes: Vec<swap::Relisten>) {
+        for change in changes {
+            match change {
+                swap::Relisten::Open(id, socket) => {
+                    if let Err(e) = self.open(ctx, id, socket) {
+                        crate::warn!("listener {id}: cannot accept: {e}");
+                    }
+                }
+                swap::Relisten::Close(id) => self.close(id),
+            }
+        }
+    }
+}
+
 async fn worker_main(
     id: usize,
-    (ctx, mut roster): (Rc<WorkerCtx>, swap::Roster),
+    (ctx, mut roster): (Rc<WorkerCtx>, swap::Follower),
     sockets: Vec<(usize, std::net::TcpListener)>,
     shutdown: Arc<Shutdown>,
     drain_timeout: Duration,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let mut cancellers = Vec::new();
-    let listening: Vec<std::os::fd::RawFd> = sockets
-        .iter()
-        .map(|(_, s)| std::os::fd::AsRawFd::as_raw_fd(s))
-        .collect();
+    let mut accepting = Accepting::default();
     for (idx, socket) in sockets {
-        let listener = match TcpListener::from_std(socket) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(format!("worker {id}: listener: {e}")));
-                return;
-            }
-        };
-        let canceller = Canceller::new();
-        monoio::spawn(accept::accept_loop(
-            ctx.clone(),
-            idx,
-            listener,
-            canceller.handle(),
-        ));
-        cancellers.push(canceller);
+        if let Err(e) = accepting.open(&ctx, idx, socket) {
+            let _ = ready.send(Err(format!("worker {id}: listener: {e}")));
+            return;
+        }
     }
     let _ = ready.send(Ok(()));
     drop(ready);
@@ -487,7 +541,7 @@ async fn worker_main(
         if crate::contain::test_hooks::worker_panic_requested() {
             panic!("test hook: a panic outside any connection task");
         }
-        roster.take(&ctx);
+        accepting.apply(&ctx, roster.take(&ctx));
         let now_ms = crate::deadline::now_ms();
         for (i, up) in ctx.upstreams().iter().enumerate() {
             up.housekeeping(now_ms);
@@ -513,11 +567,11 @@ async fn worker_main(
     // Unless a successor shares the sockets: then they stay open for it, and
     // the connections in their queues are its to accept.
     if !shutdown.handed_over() {
-        for fd in listening {
-            listener::stop_listening(fd);
+        for (_, fd, _) in accepting.loops.values() {
+            listener::stop_listening(*fd);
         }
     }
-    for c in cancellers {
+    for (_, (c, _, _)) in accepting.loops.drain() {
         c.cancel();
     }
     let deadline = Instant::now() + drain_timeout;

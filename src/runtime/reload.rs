@@ -3,24 +3,26 @@
 //! returned to the command), then puts it in force one of two ways:
 //!
 //! - **in place**, when the new file differs from the one in force only in
-//!   its upstreams' servers and settings, its listeners' routes and its
-//!   client settings (the roster, see `upstream::roster`): the new roster is
-//!   published and every worker takes it between requests. Servers that stay keep their idle
+//!   its upstreams' servers and settings, its listeners (see `relisten`) and
+//!   its client settings (the roster, see `upstream::roster`): the new
+//!   roster is published and every worker takes it between requests. Servers that stay keep their idle
 //!   connections, health and ejections; new ones join with a health check
 //!   (and slow start where set); removed ones get no new request once the
 //!   reload has answered.
-//! - **by handover** for anything else (listener addresses, limits,
-//!   workers, access logs, the admin port):
+//! - **by handover** for anything else (limits, workers, the admin port, a
+//!   new access log file, upstream names):
 //!   this binary is started on the new file with `--upgrade` and takes the
 //!   listening sockets over `upgrade_socket` (`handover`), so listeners that
 //!   remain never stop accepting, new ones open and removed ones close; this
 //!   process then finishes its in-flight requests on the old configuration
 //!   and exits. Pooled connections, health and counters start afresh there.
 
-use crate::config::{Action, Config, UpstreamConfig};
+use super::relisten::{self, Opened};
+use crate::config::{Config, UpstreamConfig};
 use crate::upstream::health::Health;
 use crate::upstream::roster::{Published, Roster, Rosters, Settings};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -37,6 +39,7 @@ struct Live {
     config: Mutex<Arc<Config>>,
     rosters: Arc<Rosters>,
     health: Arc<Health>,
+    sockets: Sockets,
     /// Held by whatever decides the next roster (a reload, a DNS refresh),
     /// from reading the configuration in force to publishing: neither
     /// publishes a set derived from what the other just replaced.
@@ -45,13 +48,25 @@ struct Live {
 
 static LIVE: OnceLock<Live> = OnceLock::new();
 
+/// What an in-place reload needs to open and close listeners: the access
+/// log files the writer has, and the sockets on offer to a successor.
+pub struct Sockets {
+    pub log_targets: Vec<crate::access_log::writer::Target>,
+    pub offered: super::handover::Offered,
+}
+
 /// The workers serve `config` (`runtime::start`): in-place reloads start
 /// from it.
-pub fn serving(config: Arc<Config>, rosters: Arc<Rosters>, health: Arc<Health>) {
+pub fn serving(
+    config: Arc<Config>,
+    (rosters, health): (Arc<Rosters>, Arc<Health>),
+    sockets: Sockets,
+) {
     let _ = LIVE.set(Live {
         config: Mutex::new(config),
         rosters,
         health,
+        sockets,
         changing: Mutex::new(()),
     });
 }
@@ -250,45 +265,80 @@ pub fn needs_fresh_process(current: &Config, new: &Config) -> Option<String> {
     if current.admin.is_none() && !checks(current) && checks(new) {
         return Some("active checks are new (their thread starts with the process)".into());
     }
-    // Everything but the upstreams' contents, compared as written out.
-    // Everything but what a roster carries, compared as written out: the
-    // listeners' addresses and access logs stay, their routes may change.
+    // Everything but what a roster carries (upstreams, listeners, client
+    // settings), compared as written out.
     let rest = |c: &Config| {
         let mut c = c.clone();
         c.upstreams.clear();
+        c.listeners.clear();
         c.client = Default::default();
-        for l in &mut c.listeners {
-            l.routes.clear();
-            l.default_action = Action::Proxy(0);
-        }
         format!("{c:?}")
     };
     (rest(current) != rest(new)).then(|| {
-        "more than the upstreams, routes and client settings changed (listeners, limits, \
-         workers, access logs or the admin port)"
+        "more than the upstreams, listeners and client settings changed (limits, workers, \
+         the admin port, ...)"
             .into()
     })
 }
 
-/// Publishes `new`'s server sets and waits until every worker serves them.
-/// What the workers take for `new` in place, with its metrics layout; Err
-/// when its servers or routes do not fit the cells fixed at start.
-fn in_place_settings(live: &Live, new: &Config) -> Result<Settings, String> {
+/// What the workers take for `new` in place, with its metrics layout, and
+/// the listeners it opens (bound already); Err when its servers, routes or
+/// listeners do not fit the cells fixed at start, it names a new access log
+/// file, or a new listener cannot listen.
+fn in_place_settings(live: &Live, new: &Config) -> Result<(Settings, Vec<Opened>), String> {
     live.rosters.fits(&new.upstreams)?;
     let current = live.rosters.current();
-    let (listeners, upstreams) = new.metrics_specs(&current.layout.listeners);
-    let layout = current.layout.next(listeners, upstreams)?;
-    Ok(Settings {
+    let (table, opened) = relisten::plan(&current, new, &live.sockets.log_targets)?;
+    let offered = live.sockets.offered.lock().map_or(0, |o| o.len());
+    let new_sockets: usize = opened.iter().map(|o| o.sockets.len()).sum();
+    if new.upgrade_socket.is_some() && offered + new_sockets > super::handover::MAX_FDS {
+        return Err(format!(
+            "more than {} sockets to offer a successor",
+            super::handover::MAX_FDS
+        ));
+    }
+    let layout = current
+        .layout
+        .next(relisten::specs(new, &table), new.upstream_specs())?;
+    let settings = Settings {
         upstreams: new.upstreams.clone(),
         client: new.client,
-        listeners: new.listeners.clone(),
+        listeners: table,
         layout: Arc::new(layout),
-    })
+    };
+    Ok((settings, opened))
 }
 
-fn reload_in_place(live: &Live, new: Config, settings: Settings) -> Result<String, String> {
+/// Publishes `settings` (for `new`), with the listeners it opens, and waits
+/// until every worker serves them.
+fn reload_in_place(
+    live: &Live,
+    new: Config,
+    (settings, opened): (Settings, Vec<Opened>),
+) -> Result<String, String> {
     super::notify::notify("RELOADING=1\nSTATUS=reloading in place");
+    let before = live.rosters.current();
+    let closing: Vec<SocketAddr> = before
+        .listeners
+        .iter()
+        .zip(&settings.listeners)
+        .filter_map(|(b, n)| match (b, n) {
+            (Some(b), None) => Some(b.bound),
+            _ => None,
+        })
+        .collect();
+    let opened_ids: Vec<usize> = opened.iter().map(|o| o.id).collect();
+    offer_and_deliver(live, opened);
     let outcome = publish(live, settings).map(|p| {
+        withdraw_offers(live, &closing);
+        for (id, l) in p.roster.listeners.iter().enumerate() {
+            if let (Some(l), true) = (l, opened_ids.contains(&id)) {
+                crate::info!("listening on {}", l.bound);
+            }
+        }
+        for addr in &closing {
+            crate::info!("no longer listening on {addr}");
+        }
         *live.config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         let summary = format!(
             "in place: server set {}, {} server(s) added, {} removed",
@@ -299,8 +349,49 @@ fn reload_in_place(live: &Live, new: Config, settings: Settings) -> Result<Strin
         crate::info!("reload {summary}");
         summary
     });
+    if outcome.is_err() {
+        // Nothing changed: the new listeners close again.
+        let bound: Vec<SocketAddr> = opened_ids
+            .iter()
+            .filter_map(|&id| live.rosters.withdraw(id))
+            .collect();
+        withdraw_offers(live, &bound);
+    }
     super::notify::notify("READY=1\nSTATUS=serving");
     outcome
+}
+
+/// Leaves each worker its socket of every listener in `opened`, and offers
+/// copies to a successor.
+fn offer_and_deliver(live: &Live, opened: Vec<Opened>) {
+    let mut offered = live
+        .sockets
+        .offered
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    for o in opened {
+        for (worker, socket) in o.sockets.into_iter().enumerate() {
+            match socket.try_clone() {
+                Ok(copy) => offered.push(super::handover::Handed {
+                    role: super::handover::Role::Listener,
+                    addr: o.bound,
+                    fd: copy.into(),
+                }),
+                Err(e) => crate::warn!("listener {}: not offered to a successor: {e}", o.bound),
+            }
+            live.rosters.deliver(worker, o.id, socket, o.bound);
+        }
+    }
+}
+
+/// Stops offering the sockets of the listeners bound to `bound`.
+fn withdraw_offers(live: &Live, bound: &[SocketAddr]) {
+    let mut offered = live
+        .sockets
+        .offered
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    offered.retain(|h| !(h.role == super::handover::Role::Listener && bound.contains(&h.addr)));
 }
 
 /// The configuration in force, as loaded (servers given by name as they

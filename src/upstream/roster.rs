@@ -1,25 +1,29 @@
-//! Which servers each upstream has right now, as a value that changes while
-//! ringlb serves (a reload, a DNS answer), under handles that stay stable.
+//! The part of the configuration that changes while ringlb serves (a
+//! reload in place, a DNS answer), as a value, under handles that stay
+//! stable.
+//!
+//! How the configuration splits (see also `runtime::reload`):
+//! - the roster is a value: every upstream's servers and settings (upstream
+//!   names and order fixed), the listeners and their routes with the
+//!   metrics layout that labels them, and the client timeouts and limits.
+//!   `Rosters::publish` makes the next one, and each worker takes it at its
+//!   next housekeeping tick, between requests (`runtime::swap`). A request
+//!   in flight finishes on what it started with (it holds an `Rc` of the
+//!   worker's upstream list and of its route), so nothing is cut off;
+//! - the rest (connection limits, workers, the admin port, the access log
+//!   files, upstream names) shapes threads and per-upstream cells, and is
+//!   fixed for the life of a process; changing it hands the sockets to a
+//!   fresh process.
 //!
 //! A server is known by a `Member`: its `id`, a small index that is the same
 //! in every worker (its pool slot, its metrics cells, its shared health), and
 //! a `tag`, new each time an id is given to a server. A server that stays in
 //! its upstream across a change keeps its member, and with it its idle
 //! connections, its health and its ejection state; a new server gets a free
-//! id and a fresh tag. Ids are handed out up to a capacity fixed at start
-//! (the metrics cells and pool slots are allocated once); a change that
-//! needs more is refused, and a reload then goes through a fresh process.
-//!
-//! How the configuration splits (see also `runtime::reload`):
-//! - the roster (every upstream's servers and settings, upstream names and
-//!   order fixed; the listeners' routes with the metrics layout that labels
-//!   them; the client timeouts and limits) is a value: `Rosters::publish` makes the next one, and each
-//!   worker takes it at its next housekeeping tick, between requests. A
-//!   request in flight finishes on the `Upstream` it started with (it holds
-//!   an `Rc` of the worker's upstream list), so nothing is cut off;
-//! - the rest (listener addresses, connection limits, workers, access
-//!   logs, the admin port) shapes sockets and threads, and is fixed for the
-//!   life of a process; changing it hands the sockets to a fresh process.
+//! id and a fresh tag. Listeners (`runtime::relisten`) and route slots
+//! (`metrics::layout`) are handles the same way. Ids are handed out up to a
+//! capacity fixed at start (the cells are allocated once); a reload that
+//! needs more goes through a fresh process.
 //!
 //! `publish` waits for every worker to take the previous roster first, so a
 //! worker never skips one and an id freed by one roster is reused only once
@@ -51,10 +55,22 @@ pub struct Roster {
     pub members: Vec<Vec<Member>>,
     /// Client timeouts and limits.
     pub client: ClientSettings,
-    /// The listeners' routes (their addresses fixed for the process).
-    pub listeners: Vec<ListenerConfig>,
-    /// The metrics labels of the routes and upstreams.
+    /// The listeners by id (see `Listener`): None for an id no listener
+    /// holds.
+    pub listeners: Vec<Option<Listener>>,
+    /// The metrics labels of the listeners, routes and upstreams.
     pub layout: Arc<Layout>,
+}
+
+/// A listener as a roster has it. Its id (its place in the roster's table)
+/// is kept as long as its address stays in the configuration.
+#[derive(Clone)]
+pub struct Listener {
+    pub config: ListenerConfig,
+    /// The address it is bound to (the port chosen for port 0).
+    pub bound: SocketAddr,
+    /// Its access log: the writer's file index and the format.
+    pub log: Option<(usize, crate::access_log::Format)>,
 }
 
 /// What a roster carries besides its members: the part of the configuration
@@ -62,7 +78,7 @@ pub struct Roster {
 pub struct Settings {
     pub upstreams: Vec<UpstreamConfig>,
     pub client: ClientSettings,
-    pub listeners: Vec<ListenerConfig>,
+    pub listeners: Vec<Option<Listener>>,
     pub layout: Arc<Layout>,
 }
 
@@ -101,6 +117,9 @@ pub struct Rosters {
     /// Serializes `publish` (a reload and a DNS refresh may race).
     publishing: Mutex<Allocator>,
     capacity: usize,
+    /// Sockets of listeners a reload opened, until their worker takes them:
+    /// (worker, listener id, socket).
+    sockets: Mutex<Vec<Delivered>>,
 }
 
 /// Hands out ids and tags.
@@ -121,6 +140,10 @@ struct Plan {
     removed: usize,
     alloc: Allocator,
 }
+
+/// A listening socket left for a worker: (worker, listener id, socket, its
+/// bound address).
+type Delivered = (usize, usize, std::net::TcpListener, SocketAddr);
 
 /// A roster `publish` made: the roster and the members new in it.
 pub struct Published {
@@ -171,7 +194,39 @@ impl Rosters {
                 next_tag: id as u64 + 1,
             }),
             capacity: capacity.max(id),
+            sockets: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Leaves `socket` for worker `worker`'s listener `id` (before the
+    /// roster that opens it is published).
+    pub fn deliver(
+        &self,
+        worker: usize,
+        id: usize,
+        socket: std::net::TcpListener,
+        bound: SocketAddr,
+    ) {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        sockets.push((worker, id, socket, bound));
+    }
+
+    /// Worker `worker`'s socket for listener `id`, if one was delivered.
+    pub fn collect(&self, worker: usize, id: usize) -> Option<std::net::TcpListener> {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let i = sockets
+            .iter()
+            .position(|(w, l, ..)| *w == worker && *l == id)?;
+        Some(sockets.swap_remove(i).2)
+    }
+
+    /// Drops (closes) every socket delivered for listener `id` and not
+    /// taken; returns its bound address if there was one.
+    pub fn withdraw(&self, id: usize) -> Option<SocketAddr> {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let bound = sockets.iter().find(|(_, l, ..)| *l == id).map(|d| d.3);
+        sockets.retain(|(_, l, ..)| *l != id);
+        bound
     }
 
     /// The capacity for a config: room for every server twice over and some,
