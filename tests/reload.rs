@@ -9,7 +9,7 @@ mod common;
 
 use common::load::{check, free_port, request, Load};
 use common::origin::Origin;
-use common::{alive, reload, server_list, temp_path, Ringlb};
+use common::{alive, reload, server_list, successor, temp_path, Ringlb, Stop};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -64,37 +64,6 @@ fn write(name: &str, text: &str) -> PathBuf {
     let path = temp_path(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// The pid in a `DONE pid` answer.
-fn successor(said: &str) -> u32 {
-    said.split("DONE ")
-        .nth(1)
-        .and_then(|p| p.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no DONE in {said:?}"))
-}
-
-/// Stops a ringlb that is not the test's child (a successor) and waits.
-fn stop(pid: u32) {
-    if pid == 0 {
-        return;
-    }
-    // SAFETY: kill(2) on a pid this test started (through a reload).
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Stops the process when dropped (a successor is not the test's child, so
-/// nothing else would if the test fails).
-struct Stop(u32);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        stop(self.0);
-    }
 }
 
 fn answers(addr: SocketAddr, token: &str) -> bool {

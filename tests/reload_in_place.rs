@@ -12,13 +12,19 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Setup {
     main: SocketAddr,
     other: SocketAddr,
     admin: SocketAddr,
     socket: PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+    }
 }
 
 impl Setup {
@@ -220,7 +226,6 @@ fn health_state_stays_and_a_new_server_is_checked_before_it_gets_traffic() {
     assert!(ok >= 5, "only {ok} requests");
     assert!(alive(running.pid()));
     let _ = std::fs::remove_file(&file);
-    let _ = std::fs::remove_file(&s.socket);
 }
 
 #[test]
@@ -241,11 +246,7 @@ fn a_change_beyond_the_upstreams_goes_through_a_fresh_process_and_a_bad_one_chan
     assert_eq!(code, Some(0), "{said}");
     assert!(!said.contains("in place"), "{said}");
     assert!(running.log_contains("handing over to a fresh process"));
-    let successor: u32 = said
-        .split("DONE ")
-        .nth(1)
-        .and_then(|p| p.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let successor = common::successor(&said);
     assert_ne!(successor, running.pid());
     requests(s.main, "after-handover", 3);
     // A server list the successor cannot resolve is refused, and it serves on.
@@ -260,12 +261,7 @@ fn a_change_beyond_the_upstreams_goes_through_a_fresh_process_and_a_bad_one_chan
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("in-place-bad.toml:"), "{said}");
     requests(s.main, "after-bad", 3);
-    // SAFETY: kill(2) on the successor this test started through a reload.
-    unsafe { libc::kill(successor as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while alive(successor) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::stop(successor);
     for f in [&renamed, &bad, &s.socket] {
         let _ = std::fs::remove_file(f);
     }
@@ -341,7 +337,6 @@ fn a_server_ejected_before_an_in_place_reload_stays_ejected() {
     );
     assert!(extra.stats.requests.load(Ordering::Relaxed) > 0);
     let _ = std::fs::remove_file(&file);
-    let _ = std::fs::remove_file(&s.socket);
 }
 
 #[test]
@@ -382,7 +377,6 @@ fn client_limits_change_in_place() {
     assert!(after.starts_with("HTTP/1.1 431 "), "{after}");
     requests(s.main, "small", 3);
     let _ = std::fs::remove_file(&file);
-    let _ = std::fs::remove_file(&s.socket);
 }
 
 #[test]
@@ -462,7 +456,6 @@ fn routes_change_in_place_and_keep_their_counters() {
         "a removed route is still listed"
     );
     let _ = std::fs::remove_file(&file);
-    let _ = std::fs::remove_file(&s.socket);
 }
 
 /// Requests in flight when a reload comes still count against the pool's
@@ -523,7 +516,6 @@ fn requests_in_flight_across_an_in_place_reload_still_count_against_the_limit() 
     }
     assert_eq!(common::client::get(s.main, "/").status, 200);
     let _ = std::fs::remove_file(&file);
-    let _ = std::fs::remove_file(&s.socket);
 }
 
 /// Changing how a pool is checked restarts its checks: a server that was
@@ -566,7 +558,6 @@ fn changed_check_settings_keep_checking() {
     );
     drop(back);
     let _ = std::fs::remove_file(&file);
-    let _ = std::fs::remove_file(&s.socket);
 }
 
 /// More servers than the cells fixed at start: the reload goes through a
@@ -587,19 +578,9 @@ fn a_reload_past_the_server_capacity_hands_over() {
     assert_eq!(code, Some(0), "{said}");
     assert!(!said.contains("in place"), "{said}");
     assert!(running.log_contains("capacity"), "{}", running.log_text());
-    let successor: u32 = said
-        .split("DONE ")
-        .nth(1)
-        .and_then(|p| p.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    // SAFETY: kill(2) on the successor this test started through a reload.
-    unsafe { libc::kill(successor as i32, libc::SIGTERM) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while alive(successor) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let successor = common::successor(&said);
+    common::stop(successor);
     let _ = std::fs::remove_file(&file);
-    let _ = std::fs::remove_file(&s.socket);
 }
 
 /// Listeners open and close in place: ten reloads under load add and remove
@@ -670,5 +651,4 @@ fn listeners_open_and_close_in_place_under_load() {
         "{opened} new connections to a pool no reload touched"
     );
     let _ = std::fs::remove_file(&file);
-    let _ = std::fs::remove_file(&s.socket);
 }

@@ -435,6 +435,11 @@ mod tests {
     }
 
     const NOW: Duration = Duration::from_millis(100);
+    /// Publishes one upstream `name` with `addrs`.
+    fn publish(r: &Rosters, name: &str, addrs: &[&str]) -> Result<Published, String> {
+        r.publish(settings(vec![upstream(name, addrs)]), NOW, &|_| {})
+    }
+
     fn settings(upstreams: Vec<UpstreamConfig>) -> Settings {
         Settings {
             upstreams,
@@ -453,13 +458,7 @@ mod tests {
         );
         let first = r.current();
         r.applied(0, 0);
-        let p = r
-            .publish(
-                settings(vec![upstream("a", &["127.0.0.1:2", "127.0.0.1:3"])]),
-                NOW,
-                &|_| {},
-            )
-            .unwrap();
+        let p = publish(&r, "a", &["127.0.0.1:2", "127.0.0.1:3"]).unwrap();
         assert_eq!(p.roster.number, 1);
         assert_eq!(p.roster.members[0][0], first.members[0][1], "kept");
         assert_eq!(p.added.len(), 1);
@@ -474,30 +473,14 @@ mod tests {
         let r = Rosters::new(settings(vec![upstream("a", &["127.0.0.1:1"])]), 2, 8);
         r.applied(0, 0);
         r.applied(1, 0);
-        r.publish(
-            settings(vec![upstream("a", &["127.0.0.1:2"])]),
-            NOW,
-            &|_| {},
-        )
-        .unwrap();
+        publish(&r, "a", &["127.0.0.1:2"]).unwrap();
         r.applied(0, 1);
-        let e = r
-            .publish(
-                settings(vec![upstream("a", &["127.0.0.1:3"])]),
-                NOW,
-                &|_| {},
-            )
+        let e = publish(&r, "a", &["127.0.0.1:3"])
             .err()
             .expect("worker 1 still serves roster 0");
         assert!(e.contains("not taken"), "{e}");
         r.applied(1, 1);
-        assert!(r
-            .publish(
-                settings(vec![upstream("a", &["127.0.0.1:3"])]),
-                NOW,
-                &|_| {}
-            )
-            .is_ok());
+        assert!(publish(&r, "a", &["127.0.0.1:3"]).is_ok());
     }
 
     #[test]
@@ -507,9 +490,7 @@ mod tests {
         for (n, port) in (2..6).enumerate() {
             r.applied(0, n as u64);
             let addr = format!("127.0.0.1:{port}");
-            let p = r
-                .publish(settings(vec![upstream("a", &[&addr])]), NOW, &|_| {})
-                .unwrap();
+            let p = publish(&r, "a", &[&addr]).unwrap();
             let m = p.roster.members[0][0];
             assert!(m.id < 2, "within capacity: {m:?}");
             assert!(seen.iter().all(|s| s.tag != m.tag), "a tag is never reused");
@@ -518,8 +499,7 @@ mod tests {
         r.applied(0, 4);
         let three: Vec<String> = (7..10).map(|p| format!("127.0.0.1:{p}")).collect();
         let three: Vec<&str> = three.iter().map(String::as_str).collect();
-        let e = r
-            .publish(settings(vec![upstream("a", &three)]), NOW, &|_| {})
+        let e = publish(&r, "a", &three)
             .err()
             .expect("three servers do not fit two ids");
         assert!(e.contains("capacity"), "{e}");
@@ -528,12 +508,6 @@ mod tests {
     #[test]
     fn renamed_upstreams_are_refused() {
         let r = Rosters::new(settings(vec![upstream("a", &["127.0.0.1:1"])]), 1, 8);
-        assert!(r
-            .publish(
-                settings(vec![upstream("b", &["127.0.0.1:1"])]),
-                NOW,
-                &|_| {}
-            )
-            .is_err());
+        assert!(publish(&r, "b", &["127.0.0.1:1"]).is_err());
     }
 }

@@ -387,3 +387,34 @@ pub fn reload(file: &std::path::Path) -> (Option<i32>, String) {
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
+
+/// The pid in a `DONE pid` answer.
+pub fn successor(said: &str) -> u32 {
+    said.split("DONE ")
+        .nth(1)
+        .and_then(|p| p.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no DONE in {said:?}"))
+}
+
+/// Stops a ringlb that is not the test's child (a successor) and waits.
+pub fn stop(pid: u32) {
+    if pid == 0 {
+        return;
+    }
+    // SAFETY: kill(2) on a pid this test started (through a reload).
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the process when dropped (a successor is not the test's child, so
+/// nothing else would if the test fails).
+pub struct Stop(pub u32);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        stop(self.0);
+    }
+}
