@@ -138,14 +138,48 @@ fn port_on_both() -> u16 {
     panic!("no port free on both 127.0.0.2 and 127.0.0.3");
 }
 
+/// Origins on 127.0.0.2 and 127.0.0.3 at one port, and a hosts file (named
+/// `hosts_name`) mapping the test's name to 127.0.0.2.
+struct Names {
+    two: SocketAddr,
+    three: SocketAddr,
+    origins: (Origin, Origin),
+    hosts_file: std::path::PathBuf,
+}
+
+impl Names {
+    fn start(hosts_name: &str) -> Names {
+        let port = port_on_both();
+        let two: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+        let three: SocketAddr = format!("127.0.0.3:{port}").parse().unwrap();
+        let origins = (Origin::start_on(two), Origin::start_on(three));
+        let hosts_file = temp_path(hosts_name);
+        hosts(&hosts_file, &["127.0.0.2"]);
+        Names {
+            two,
+            three,
+            origins,
+            hosts_file,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.two.port()
+    }
+}
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.hosts_file);
+    }
+}
+
 #[test]
 fn a_name_is_resolved_again_and_its_addresses_join_and_leave_the_pool() {
-    let port = port_on_both();
-    let two: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
-    let three: SocketAddr = format!("127.0.0.3:{port}").parse().unwrap();
-    let (a, b) = (Origin::start_on(two), Origin::start_on(three));
-    let hosts_file = temp_path("hosts");
-    hosts(&hosts_file, &["127.0.0.2"]);
+    let names = Names::start("hosts");
+    let (two, three, port) = (names.two, names.three, names.port());
+    let hosts_file = names.hosts_file.clone();
+    let a = &names.origins.0;
     let (main, admin) = (
         SocketAddr::from(([127, 0, 0, 1], free_port())),
         SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -198,8 +232,6 @@ fn a_name_is_resolved_again_and_its_addresses_join_and_leave_the_pool() {
     let (ok, failures) = load.finish();
     assert!(failures.is_empty(), "{failures:?}");
     assert!(ok > 20, "only {ok} requests");
-    drop(b);
-    let _ = std::fs::remove_file(&hosts_file);
 }
 
 /// A reload in place is not undone by the next DNS refresh (found by an
@@ -207,12 +239,10 @@ fn a_name_is_resolved_again_and_its_addresses_join_and_leave_the_pool() {
 /// before the reload for one interval).
 #[test]
 fn a_dns_refresh_keeps_what_a_reload_put_in_force() {
-    let port = port_on_both();
-    let two: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
-    let three: SocketAddr = format!("127.0.0.3:{port}").parse().unwrap();
-    let (_a, b) = (Origin::start_on(two), Origin::start_on(three));
-    let hosts_file = temp_path("hosts-reload");
-    hosts(&hosts_file, &["127.0.0.2"]);
+    let names = Names::start("hosts-reload");
+    let (three, port) = (names.three, names.port());
+    let hosts_file = names.hosts_file.clone();
+    let b = &names.origins.1;
     let (main, admin) = (
         SocketAddr::from(([127, 0, 0, 1], free_port())),
         SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -245,19 +275,15 @@ fn a_dns_refresh_keeps_what_a_reload_put_in_force() {
     let seen = b.stats.requests.load(Ordering::Relaxed);
     requests(main, "after", 20);
     assert!(b.stats.requests.load(Ordering::Relaxed) > seen);
-    let _ = std::fs::remove_file(&hosts_file);
 }
 
 /// A name that a reload brings in is resolved again like the others, even
 /// when ringlb started without any (found by an attacking helper).
 #[test]
 fn a_name_added_by_a_reload_is_resolved_again() {
-    let port = port_on_both();
-    let two: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
-    let three: SocketAddr = format!("127.0.0.3:{port}").parse().unwrap();
-    let (_a, _b) = (Origin::start_on(two), Origin::start_on(three));
-    let hosts_file = temp_path("hosts-added");
-    hosts(&hosts_file, &["127.0.0.2"]);
+    let names = Names::start("hosts-added");
+    let (two, three, port) = (names.two, names.three, names.port());
+    let hosts_file = names.hosts_file.clone();
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let main = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = |server: &str| {
@@ -278,5 +304,4 @@ fn a_name_added_by_a_reload_is_resolved_again() {
         servers(admin) == vec![three.to_string()]
     });
     requests(main, "after", 5);
-    let _ = std::fs::remove_file(&hosts_file);
 }
