@@ -1,8 +1,10 @@
 //! A worker's accept loop: takes connections off its listening sockets, admits
 //! them under the connection caps (or refuses them within the refusal budget),
-//! and on a drain serves what is still queued (see `take_queued`).
+//! and on a drain serves what is still queued (see `take_queued`). Also the
+//! set of a worker's accept loops, which listeners open and close in place.
 
 use crate::proxy::{client, conn_limit, ClientIp, WorkerCtx};
+use monoio::io::Canceller;
 use monoio::net::TcpListener;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -103,6 +105,60 @@ fn take_queued(ctx: &Rc<WorkerCtx>, idx: usize, listener: &TcpListener) {
         };
         if let Ok(stream) = monoio::net::TcpStream::from_std(std_stream) {
             accepted(ctx, idx, stream, peer);
+        }
+    }
+}
+
+/// A worker's accept loops, by listener id.
+#[derive(Default)]
+pub(super) struct Accepting {
+    pub(super) loops: std::collections::HashMap<usize, (Canceller, std::os::fd::RawFd, Stop)>,
+}
+
+impl Accepting {
+    /// Starts accepting on listener `id`.
+    pub(super) fn open(
+        &mut self,
+        ctx: &Rc<WorkerCtx>,
+        id: usize,
+        socket: std::net::TcpListener,
+    ) -> std::io::Result<()> {
+        let listener = TcpListener::from_std(socket)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let canceller = Canceller::new();
+        let stop = Stop {
+            cancel: canceller.handle(),
+            closed: Rc::default(),
+        };
+        let closed = stop.closed.clone();
+        monoio::spawn(accept_loop(ctx.clone(), id, listener, stop));
+        let mine = Stop {
+            cancel: canceller.handle(),
+            closed,
+        };
+        self.loops.insert(id, (canceller, fd, mine));
+        Ok(())
+    }
+
+    /// Stops accepting on listener `id`, which left the configuration (its
+    /// loop answers what is queued, then closes the socket).
+    pub(super) fn close(&mut self, id: usize) {
+        if let Some((canceller, _, stop)) = self.loops.remove(&id) {
+            stop.closed.set(true);
+            canceller.cancel();
+        }
+    }
+
+    pub(super) fn apply(&mut self, ctx: &Rc<WorkerCtx>, changes: Vec<super::swap::Relisten>) {
+        for change in changes {
+            match change {
+                super::swap::Relisten::Open(id, socket) => {
+                    if let Err(e) = self.open(ctx, id, socket) {
+                        crate::warn!("listener {id}: cannot accept: {e}");
+                    }
+                }
+                super::swap::Relisten::Close(id) => self.close(id),
+            }
         }
     }
 }

@@ -23,7 +23,6 @@ use crate::upstream::health::{self, Health};
 use crate::upstream::idle_watch::IdleWatch;
 use crate::upstream::pool::ConnPool;
 use crate::upstream::roster::{Rosters, Settings};
-use monoio::io::Canceller;
 use monoio::net::TcpListener;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -455,60 +454,6 @@ fn worker_ctx(
     (ctx, roster)
 }
 
-/// A worker's accept loops, by listener id.
-#[derive(Default)]
-struct Accepting {
-    loops: std::collections::HashMap<usize, (Canceller, std::os::fd::RawFd, accept::Stop)>,
-}
-
-impl Accepting {
-    /// Starts accepting on listener `id`.
-    fn open(
-        &mut self,
-        ctx: &Rc<WorkerCtx>,
-        id: usize,
-        socket: std::net::TcpListener,
-    ) -> std::io::Result<()> {
-        let listener = TcpListener::from_std(socket)?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-        let canceller = Canceller::new();
-        let stop = accept::Stop {
-            cancel: canceller.handle(),
-            closed: Rc::default(),
-        };
-        let closed = stop.closed.clone();
-        monoio::spawn(accept::accept_loop(ctx.clone(), id, listener, stop));
-        let mine = accept::Stop {
-            cancel: canceller.handle(),
-            closed,
-        };
-        self.loops.insert(id, (canceller, fd, mine));
-        Ok(())
-    }
-
-    /// Stops accepting on listener `id`, which left the configuration (its
-    /// loop answers what is queued, then closes the socket).
-    fn close(&mut self, id: usize) {
-        if let Some((canceller, _, stop)) = self.loops.remove(&id) {
-            stop.closed.set(true);
-            canceller.cancel();
-        }
-    }
-
-    fn apply(&mut self, ctx: &Rc<WorkerCtx>, changes: Vec<swap::Relisten>) {
-        for change in changes {
-            match change {
-                swap::Relisten::Open(id, socket) => {
-                    if let Err(e) = self.open(ctx, id, socket) {
-                        crate::warn!("listener {id}: cannot accept: {e}");
-                    }
-                }
-                swap::Relisten::Close(id) => self.close(id),
-            }
-        }
-    }
-}
-
 async fn worker_main(
     id: usize,
     (ctx, mut roster): (Rc<WorkerCtx>, swap::Follower),
@@ -517,7 +462,7 @@ async fn worker_main(
     drain_timeout: Duration,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let mut accepting = Accepting::default();
+    let mut accepting = accept::Accepting::default();
     for (idx, socket) in sockets {
         if let Err(e) = accepting.open(&ctx, idx, socket) {
             let _ = ready.send(Err(format!("worker {id}: listener: {e}")));
