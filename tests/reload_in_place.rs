@@ -652,3 +652,34 @@ fn listeners_open_and_close_in_place_under_load() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// A new listener on a port someone else holds refuses the whole reload:
+/// nothing changes (not even the servers it also changes), serving goes on.
+#[test]
+fn a_listener_that_cannot_listen_refuses_the_reload() {
+    let (a, b) = (Origin::start(), Origin::start());
+    let s = Setup::new("in-place-taken");
+    let running = Ringlb::start(&s.config(&[a.addr], "", &[a.addr]));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap();
+    let file = temp_path("in-place-taken.toml");
+    let text = s.config(&[b.addr], "", &[a.addr]).replacen(
+        "[[upstream]]",
+        &format!("[[listener]]\nlisten = \"{port}\"\nstatus = 200\n\n[[upstream]]"),
+        1,
+    );
+    std::fs::write(&file, text).unwrap();
+    let (code, said) = reload(&file);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains(&port.to_string()), "{said}");
+    let seen = b.stats.requests.load(Ordering::Relaxed);
+    requests(s.main, "after", 5);
+    assert_eq!(
+        b.stats.requests.load(Ordering::Relaxed),
+        seen,
+        "the refused file's servers are in force"
+    );
+    assert!(alive(running.pid()));
+    drop(taken);
+    let _ = std::fs::remove_file(&file);
+}

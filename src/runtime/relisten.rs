@@ -12,6 +12,7 @@
 //! `Connection: close`. The table has room for twice the listeners at start
 //! and 16 more; a reload that needs more goes through a fresh process.
 
+use super::reload::NotInPlace;
 use crate::access_log::writer::Target;
 use crate::access_log::Format;
 use crate::config::{Config, ListenerConfig};
@@ -27,16 +28,19 @@ pub fn capacity(n: usize) -> usize {
 /// A listener's access log: the index of its file among the writer's
 /// `targets`, and the format. Err when the file is not one of them (a new
 /// file needs a writer started for it: a fresh process).
-pub fn log_of(l: &ListenerConfig, targets: &[Target]) -> Result<Option<(usize, Format)>, String> {
+pub fn log_of(
+    l: &ListenerConfig,
+    targets: &[Target],
+) -> Result<Option<(usize, Format)>, NotInPlace> {
     let Some(a) = &l.access_log else {
         return Ok(None);
     };
     match targets.iter().position(|t| *t == a.target) {
         Some(file) => Ok(Some((file, a.format))),
-        None => Err(format!(
-            "listener {}: a new access log file (it needs a fresh process)",
+        None => Err(NotInPlace::Fresh(format!(
+            "listener {}: a new access log file",
             l.addr
-        )),
+        ))),
     }
 }
 
@@ -85,13 +89,13 @@ pub struct Opened {
 
 /// The listener table for `new` after `current`'s: listeners whose address
 /// stays keep their id (and socket), new ones get a free id and sockets
-/// bound now. Err (nothing bound is kept) when a new one cannot listen, a
-/// new access log file is named, or the table is full.
+/// bound now. Err (nothing bound is kept): a fresh process is needed (a new
+/// access log file, the table is full), or a new listener cannot listen.
 pub fn plan(
     current: &Roster,
     new: &Config,
     targets: &[Target],
-) -> Result<(Vec<Option<Listener>>, Vec<Opened>), String> {
+) -> Result<(Vec<Option<Listener>>, Vec<Opened>), NotInPlace> {
     let cells = current.listeners.len();
     let mut table: Vec<Option<Listener>> = vec![None; cells];
     let mut fresh = Vec::new();
@@ -123,9 +127,9 @@ pub fn plan(
     for (l, log) in fresh {
         let id = free
             .next()
-            .ok_or_else(|| format!("more than {cells} listeners over the life of the process"))?;
-        let (sockets, bound) =
-            super::listener::bind_all(l.addr, new.workers).map_err(|e| e.to_string())?;
+            .ok_or_else(|| NotInPlace::Fresh(format!("more than {cells} listeners at once")))?;
+        let (sockets, bound) = super::listener::bind_all(l.addr, new.workers)
+            .map_err(|e| NotInPlace::Refused(e.to_string()))?;
         table[id] = Some(Listener {
             config: l.clone(),
             bound,

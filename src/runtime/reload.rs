@@ -233,7 +233,7 @@ pub fn reload(file: &Path, report: Option<Reporter>) -> Result<Reloaded, String>
         .clone();
     let in_place = match needs_fresh_process(&current, &parsed) {
         None => in_place_settings(live, &parsed),
-        Some(why) => Err(why),
+        Some(why) => Err(NotInPlace::Fresh(why)),
     };
     match in_place {
         Ok(settings) => {
@@ -241,7 +241,8 @@ pub fn reload(file: &Path, report: Option<Reporter>) -> Result<Reloaded, String>
             loaded(&file.display().to_string(), &text, How::InPlace);
             Ok(Reloaded::InPlace(summary))
         }
-        Err(why) => {
+        Err(NotInPlace::Refused(why)) => Err(why),
+        Err(NotInPlace::Fresh(why)) => {
             crate::info!("reload: {why}: handing over to a fresh process");
             start_successor(file, &parsed, report).map(Reloaded::Successor)
         }
@@ -281,25 +282,36 @@ pub fn needs_fresh_process(current: &Config, new: &Config) -> Option<String> {
     })
 }
 
+/// Why a file is not put in force in place.
+pub enum NotInPlace {
+    /// It needs a fresh process (a handover).
+    Fresh(String),
+    /// It cannot be put in force at all (a new listener cannot listen).
+    Refused(String),
+}
+
 /// What the workers take for `new` in place, with its metrics layout, and
 /// the listeners it opens (bound already); Err when its servers, routes or
 /// listeners do not fit the cells fixed at start, it names a new access log
 /// file, or a new listener cannot listen.
-fn in_place_settings(live: &Live, new: &Config) -> Result<(Settings, Vec<Opened>), String> {
-    live.rosters.fits(&new.upstreams)?;
+fn in_place_settings(live: &Live, new: &Config) -> Result<(Settings, Vec<Opened>), NotInPlace> {
+    live.rosters
+        .fits(&new.upstreams)
+        .map_err(NotInPlace::Fresh)?;
     let current = live.rosters.current();
     let (table, opened) = relisten::plan(&current, new, &live.sockets.log_targets)?;
     let offered = live.sockets.offered.lock().map_or(0, |o| o.len());
     let new_sockets: usize = opened.iter().map(|o| o.sockets.len()).sum();
     if new.upgrade_socket.is_some() && offered + new_sockets > super::handover::MAX_FDS {
-        return Err(format!(
+        return Err(NotInPlace::Refused(format!(
             "more than {} sockets to offer a successor",
             super::handover::MAX_FDS
-        ));
+        )));
     }
     let layout = current
         .layout
-        .next(relisten::specs(new, &table), new.upstream_specs())?;
+        .next(relisten::specs(new, &table), new.upstream_specs())
+        .map_err(NotInPlace::Fresh)?;
     let settings = Settings {
         upstreams: new.upstreams.clone(),
         client: new.client,
