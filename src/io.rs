@@ -405,10 +405,19 @@ impl Writer {
         }
     }
 
-    /// Writes bytes shared with their owner (a rendered direct response),
-    /// without copying them.
-    pub async fn write_shared(&mut self, bytes: SharedBytes, timeout: Duration) -> io::Result<()> {
-        match self.timer.within(timeout, self.half.write_all(bytes)).await {
+    /// Writes the first `len` bytes of an allocation shared with its owner
+    /// (a rendered direct response), without copying them: the write holds
+    /// an `Rc` of them until the kernel is done, even if its future is
+    /// dropped first.
+    pub async fn write_shared(
+        &mut self,
+        bytes: std::rc::Rc<Box<[u8]>>,
+        len: usize,
+        timeout: Duration,
+    ) -> io::Result<()> {
+        use monoio::buf::IoBuf;
+        let part = bytes.slice(..len);
+        match self.timer.within(timeout, self.half.write_all(part)).await {
             Some((res, _)) => res.map(|_| ()),
             None => Err(timed_out()),
         }
@@ -576,34 +585,5 @@ impl ReadyFd {
     /// Waits until the descriptor is readable.
     pub async fn readable(&self) -> io::Result<()> {
         self.stream.readable(false).await
-    }
-}
-
-/// The first `len` bytes of a shared, immutable allocation, lent to a write:
-/// the `Rc` keeps them alive until the kernel is done with them, even if the
-/// write's future is dropped first.
-pub struct SharedBytes {
-    owner: std::rc::Rc<[u8]>,
-    len: usize,
-}
-
-impl SharedBytes {
-    /// The first `len` bytes of `owner` (all of them if `len` is larger).
-    pub fn new(owner: std::rc::Rc<[u8]>, len: usize) -> SharedBytes {
-        let len = len.min(owner.len());
-        SharedBytes { owner, len }
-    }
-}
-
-// SAFETY: the pointer and length describe the live allocation this value
-// holds an `Rc` of: it neither moves nor changes while the value exists (an
-// `Rc<[u8]>` has no interior mutability), and `len` never exceeds it.
-unsafe impl monoio::buf::IoBuf for SharedBytes {
-    fn read_ptr(&self) -> *const u8 {
-        self.owner.as_ptr()
-    }
-
-    fn bytes_init(&self) -> usize {
-        self.len
     }
 }

@@ -358,10 +358,9 @@ async fn answer_directly(
         bytes.len()
     };
     tally.answered(direct.status, len);
-    let bytes = crate::io::SharedBytes::new(bytes.clone(), len);
     let sent = client
         .writer
-        .write_shared(bytes, ctx.client().write_timeout)
+        .write_shared(bytes.clone(), len, ctx.client().write_timeout)
         .await;
     sent.is_ok() && keep
 }

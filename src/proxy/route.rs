@@ -10,9 +10,9 @@ use std::rc::Rc;
 pub struct Direct {
     pub status: u16,
     /// Full response for a persistent connection.
-    pub keep_alive: Rc<[u8]>,
+    pub keep_alive: Rc<Box<[u8]>>,
     /// Full response with `Connection: close`.
-    pub close: Rc<[u8]>,
+    pub close: Rc<Box<[u8]>>,
     /// Head lengths of the two, for HEAD requests.
     pub keep_alive_head: usize,
     pub close_head: usize,
@@ -31,11 +31,11 @@ impl Direct {
                 if close { "Connection: close\r\n" } else { "" }
             )
         };
-        let full = |h: String| -> (Rc<[u8]>, usize) {
+        let full = |h: String| -> (Rc<Box<[u8]>>, usize) {
             let len = h.len();
             let mut bytes = h.into_bytes();
             bytes.extend_from_slice(r.body.as_bytes());
-            (bytes.into(), len)
+            (Rc::new(bytes.into_boxed_slice()), len)
         };
         let (keep_alive, keep_alive_head) = full(head(false));
         let (close, close_head) = full(head(true));
