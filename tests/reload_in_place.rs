@@ -683,3 +683,52 @@ fn a_listener_that_cannot_listen_refuses_the_reload() {
     drop(taken);
     let _ = std::fs::remove_file(&file);
 }
+
+/// `[limits]` change in place: a lowered connection cap refuses the
+/// connection past it, counting the ones already open.
+#[test]
+fn connection_limits_change_in_place() {
+    let a = Origin::start();
+    let s = Setup::new("in-place-limits");
+    let config = |cap: u32| {
+        format!(
+            "workers = 1\nupgrade_socket = \"{}\"\n\n[limits]\nmax_connections = {cap}\n\n\
+             [[listener]]\nlisten = \"{}\"\nupstream = \"app\"\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n",
+            s.socket.display(),
+            s.main,
+            a.addr
+        )
+    };
+    let running = Ringlb::start(&config(100));
+    // Two kept-alive connections, each answered once.
+    let mut held: Vec<common::client::Client> = (0..2)
+        .map(|_| {
+            let mut c = common::client::Client::connect(s.main);
+            c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(c.read_response(false).status, 200);
+            c
+        })
+        .collect();
+    let file = temp_path("in-place-limits.toml");
+    std::fs::write(&file, config(2)).unwrap();
+    let (code, said) = reload(&file);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!("DONE {} in place", running.pid())),
+        "{said}"
+    );
+    // The cap is full with the two held: a third is refused.
+    let third = common::client::get(s.main, "/");
+    assert_eq!(third.status, 503, "{third:?}");
+    // The held ones still work, and once one goes, there is room again.
+    for c in &mut held {
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    drop(held.pop());
+    common::eventually("room again", Duration::from_secs(5), || {
+        common::client::get(s.main, "/").status == 200
+    });
+    let _ = std::fs::remove_file(&file);
+}

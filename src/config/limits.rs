@@ -8,7 +8,7 @@ use crate::upstream::adaptive::AdaptiveConfig;
 
 /// `[limits]`: client connections, process-wide (each worker enforces its
 /// share).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LimitsConfig {
     /// None: derived from the open-file limit at start.
     pub max_connections: Option<u32>,

@@ -44,9 +44,37 @@ thread_local! {
     static LIMITS: RefCell<Option<Limits>> = const { RefCell::new(None) };
 }
 
-/// Sets this worker's caps (call once at worker start). `cap`: its share of
-/// `max_connections`.
+/// Sets this worker's caps: at start, and again after a reload in place.
+/// `cap`: its share of `max_connections`. The connections it holds stay
+/// counted; per-address counts start afresh when the per-address cap is
+/// newly set (connections already open are not counted against it).
 pub fn install(cap: u32, per_ip: Option<u32>, pause: bool) {
+    let kept = LIMITS.with(|l| {
+        let mut l = l.borrow_mut();
+        let Some(l) = l.as_mut() else {
+            return false;
+        };
+        l.cap = cap;
+        l.pause = pause;
+        l.per_ip = match (l.per_ip.take(), per_ip) {
+            (Some(mut had), Some(max)) => {
+                had.max = max;
+                Some(had)
+            }
+            (_, Some(max)) => Some(PerIp {
+                max,
+                open: RefCell::new(HashMap::new()),
+            }),
+            (_, None) => None,
+        };
+        true
+    });
+    if !kept {
+        install_first(cap, per_ip, pause);
+    }
+}
+
+fn install_first(cap: u32, per_ip: Option<u32>, pause: bool) {
     let per_ip = per_ip.map(|n| {
         let room = (cap as usize).saturating_mul(2).min(1 << 22);
         PerIp {

@@ -155,6 +155,7 @@ pub fn start(
         Settings {
             upstreams: config.upstreams.clone(),
             client: config.client,
+            limits: (config.limits, max_connections),
             listeners: table,
             layout,
         },
@@ -253,17 +254,7 @@ pub fn start(
                 let _ = registry.driver.set(rt.kind());
                 crate::metrics::set_current(metrics.clone());
                 IN_WORKER.with(|w| w.set(true));
-                let cap = crate::upstream::admission::share(Some(max_connections), workers, id);
-                conn_limit::install(
-                    cap.unwrap_or(1),
-                    config.limits.max_connections_per_ip,
-                    config.limits.pause_at_cap,
-                );
-                if let Some(mb) =
-                    crate::upstream::admission::share(config.limits.max_memory_mb, workers, id)
-                {
-                    crate::buf::set_cap(mb as usize * (1 << 20));
-                }
+                swap::install_limits((config.limits, max_connections), (id, workers));
                 Buffer::prefill(crate::memory::BASE_FREE);
                 crate::pooled::prefill(crate::memory::BASE_FREE);
                 rt.block_on(async move {
@@ -311,7 +302,7 @@ pub fn start(
 
 /// Raises the open-file limit and works out the client connection cap
 /// (logged, with a warning when a configured cap does not fit the limit).
-fn connection_cap(config: &Config) -> u32 {
+pub(crate) fn connection_cap(config: &Config) -> u32 {
     let nofile = fd_limit::raise_nofile();
     let (cap, source) = fd_limit::max_connections(config, nofile);
     crate::info!(

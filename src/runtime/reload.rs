@@ -9,8 +9,8 @@
 //!   connections, health and ejections; new ones join with a health check
 //!   (and slow start where set); removed ones get no new request once the
 //!   reload has answered.
-//! - **by handover** for anything else (limits, workers, the admin port, a
-//!   new access log file, upstream names):
+//! - **by handover** for anything else (workers, the admin port, a new
+//!   access log file, upstream names):
 //!   this binary is started on the new file with `--upgrade` and takes the
 //!   listening sockets over `upgrade_socket` (`handover`), so listeners that
 //!   remain never stop accepting, new ones open and removed ones close; this
@@ -273,6 +273,7 @@ pub fn needs_fresh_process(current: &Config, new: &Config) -> Option<String> {
         c.upstreams.clear();
         c.listeners.clear();
         c.client = Default::default();
+        c.limits = Default::default();
         format!("{c:?}")
     };
     (rest(current) != rest(new)).then(|| {
@@ -315,6 +316,7 @@ fn in_place_settings(live: &Live, new: &Config) -> Result<(Settings, Vec<Opened>
     let settings = Settings {
         upstreams: new.upstreams.clone(),
         client: new.client,
+        limits: (new.limits, super::connection_cap(new)),
         listeners: table,
         layout: Arc::new(layout),
     };

@@ -4,8 +4,10 @@
 //! between requests: requests already running finish on the view they
 //! started with; the next one starts on the new view.
 
+use crate::config::LimitsConfig;
 use crate::proxy::route::ListenerRoutes;
-use crate::proxy::WorkerCtx;
+use crate::proxy::{conn_limit, WorkerCtx};
+use crate::upstream::admission::share;
 use crate::upstream::health::Health;
 use crate::upstream::roster::{Roster, Rosters};
 use crate::upstream::Upstream;
@@ -21,6 +23,23 @@ pub struct Follower {
     number: Option<u64>,
     /// Per listener id: whether this worker accepts on it.
     accepting: Vec<bool>,
+    /// The caps in force (installed at start).
+    limits: Option<(LimitsConfig, u32)>,
+}
+
+/// Installs worker `worker`'s share of the connection and memory caps.
+pub fn install_limits(
+    (limits, max_connections): (LimitsConfig, u32),
+    (worker, workers): (usize, usize),
+) {
+    let cap = share(Some(max_connections), workers, worker);
+    conn_limit::install(
+        cap.unwrap_or(1),
+        limits.max_connections_per_ip,
+        limits.pause_at_cap,
+    );
+    let memory = share(limits.max_memory_mb, workers, worker);
+    crate::buf::set_cap(memory.map_or(usize::MAX, |mb| mb as usize * (1 << 20)));
 }
 
 /// What a new roster asks of a worker's accept loops.
@@ -46,6 +65,7 @@ impl Follower {
             rosters,
             number: None,
             accepting,
+            limits: None,
         }
     }
 
@@ -59,6 +79,10 @@ impl Follower {
         let roster = self.rosters.current();
         self.take_upstreams(ctx, &roster);
         ctx.client.set(roster.client);
+        if self.limits.is_some_and(|l| l != roster.limits) {
+            install_limits(roster.limits, (self.worker, self.workers));
+        }
+        self.limits = Some(roster.limits);
         *ctx.layout.borrow_mut() = roster.layout.clone();
         let changes = self.take_listeners(ctx, &roster);
         if self.number.is_some() {

@@ -5,13 +5,14 @@
 //! How the configuration splits (see also `runtime::reload`):
 //! - the roster is a value: every upstream's servers and settings (upstream
 //!   names and order fixed), the listeners and their routes with the
-//!   metrics layout that labels them, and the client timeouts and limits.
+//!   metrics layout that labels them, the client timeouts and limits, and
+//!   the connection and memory caps.
 //!   `Rosters::publish` makes the next one, and each worker takes it at its
 //!   next housekeeping tick, between requests (`runtime::swap`). A request
 //!   in flight finishes on what it started with (it holds an `Rc` of the
 //!   worker's upstream list and of its route), so nothing is cut off;
-//! - the rest (connection limits, workers, the admin port, the access log
-//!   files, upstream names) shapes threads and per-upstream cells, and is
+//! - the rest (workers, the admin port, the access log files, upstream
+//!   names) shapes threads and per-upstream cells, and is
 //!   fixed for the life of a process; changing it hands the sockets to a
 //!   fresh process.
 //!
@@ -29,7 +30,7 @@
 //! worker never skips one and an id freed by one roster is reused only once
 //! no worker lends it to a server that left.
 
-use crate::config::{ClientSettings, ListenerConfig, UpstreamConfig};
+use crate::config::{ClientSettings, LimitsConfig, ListenerConfig, UpstreamConfig};
 use crate::metrics::Layout;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +56,8 @@ pub struct Roster {
     pub members: Vec<Vec<Member>>,
     /// Client timeouts and limits.
     pub client: ClientSettings,
+    /// Connection and memory caps, and `max_connections` as derived.
+    pub limits: (LimitsConfig, u32),
     /// The listeners by id (see `Listener`): None for an id no listener
     /// holds.
     pub listeners: Vec<Option<Listener>>,
@@ -78,6 +81,7 @@ pub struct Listener {
 pub struct Settings {
     pub upstreams: Vec<UpstreamConfig>,
     pub client: ClientSettings,
+    pub limits: (LimitsConfig, u32),
     pub listeners: Vec<Option<Listener>>,
     pub layout: Arc<Layout>,
 }
@@ -88,6 +92,7 @@ impl Roster {
         Settings {
             upstreams,
             client: self.client,
+            limits: self.limits,
             listeners: self.listeners.clone(),
             layout: self.layout.clone(),
         }
@@ -159,6 +164,7 @@ impl Rosters {
         let Settings {
             upstreams,
             client,
+            limits,
             listeners,
             layout,
         } = settings;
@@ -184,6 +190,7 @@ impl Rosters {
                 upstreams,
                 members,
                 client,
+                limits,
                 listeners,
                 layout,
             })),
@@ -376,6 +383,7 @@ impl Rosters {
         let Settings {
             upstreams,
             client,
+            limits,
             listeners,
             layout,
         } = settings;
@@ -401,6 +409,7 @@ impl Rosters {
             upstreams,
             members,
             client,
+            limits,
             listeners,
             layout,
         });
@@ -444,6 +453,7 @@ mod tests {
         Settings {
             upstreams,
             client: ClientSettings::DEFAULT,
+            limits: Default::default(),
             listeners: Vec::new(),
             layout: Arc::new(Layout::new(Vec::new(), Vec::new(), (1, 8))),
         }
