@@ -732,3 +732,37 @@ fn connection_limits_change_in_place() {
     });
     let _ = std::fs::remove_file(&file);
 }
+
+/// The event log's level and format change in place.
+#[test]
+fn the_log_level_changes_in_place() {
+    let a = Origin::start();
+    let s = Setup::new("in-place-log");
+    let base = s.config(&[a.addr], "", &[a.addr]);
+    let running = Ringlb::start(&base);
+    let file = temp_path("in-place-log.toml");
+    let reloads = || {
+        running
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("reload in place"))
+            .count()
+    };
+    std::fs::write(&file, format!("log_format = \"json\"\n{base}")).unwrap();
+    let (code, said) = reload(&file);
+    assert!(code == Some(0) && said.contains("in place"), "{said}");
+    // The reload's own line is written after the switch: in JSON.
+    common::eventually("the reload logged in JSON", Duration::from_secs(5), || {
+        running
+            .log_text()
+            .lines()
+            .any(|l| l.starts_with('{') && l.contains("reload in place"))
+    });
+    let before = reloads();
+    std::fs::write(&file, format!("log_level = \"warn\"\n{base}")).unwrap();
+    let (code, said) = reload(&file);
+    assert!(code == Some(0) && said.contains("in place"), "{said}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(reloads(), before, "an info line at level warn");
+    let _ = std::fs::remove_file(&file);
+}

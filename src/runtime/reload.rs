@@ -274,6 +274,8 @@ pub fn needs_fresh_process(current: &Config, new: &Config) -> Option<String> {
         c.listeners.clear();
         c.client = Default::default();
         c.limits = Default::default();
+        c.log_level = crate::log::Level::Info;
+        c.log_json = false;
         format!("{c:?}")
     };
     (rest(current) != rest(new)).then(|| {
@@ -344,6 +346,7 @@ fn reload_in_place(
     let opened_ids: Vec<usize> = opened.iter().map(|o| o.id).collect();
     offer_and_deliver(live, opened);
     let outcome = publish(live, settings).map(|p| {
+        crate::log::configure(new.log_level, new.log_json);
         withdraw_offers(live, &closing);
         for (id, l) in p.roster.listeners.iter().enumerate() {
             if let (Some(l), true) = (l, opened_ids.contains(&id)) {
