@@ -308,3 +308,32 @@ fn a_silent_or_flooding_client_on_the_upgrade_socket_does_not_hold_up_a_reload()
     let _ = std::fs::remove_file(&p.socket);
     let _ = std::fs::remove_file(&file);
 }
+
+/// A client kept alive across a reload by handover sees its connection
+/// closed when the old process exits: the successor holds no copy of it
+/// (found by an attacking helper: accepted sockets carry no close-on-exec
+/// flag, so every connection open at the reload leaked into the successor,
+/// and such clients waited until it exited).
+#[test]
+fn the_successor_inherits_no_client_connection() {
+    let origin = Origin::start();
+    let p = Ports::new("inherit.sock");
+    let (main, _) = p.addrs();
+    let running = Ringlb::start(&config(&p, &[origin.addr], false));
+    let mut kept = common::client::Client::connect(main);
+    kept.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(kept.read_response(false).status, 200);
+    let file = write("inherit.toml", &config(&p, &[origin.addr], true));
+    let (code, said) = reload(&file);
+    assert_eq!(code, Some(0), "{said}");
+    let _successor = Stop(successor(&said));
+    common::eventually("the old process exits", Duration::from_secs(15), || {
+        !alive(running.pid())
+    });
+    assert!(
+        kept.is_closed_by_peer(Duration::from_secs(3)),
+        "the kept-alive connection is still open after its process exited"
+    );
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&p.socket);
+}

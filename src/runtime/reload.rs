@@ -495,7 +495,8 @@ fn start_successor(
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     super::notify::notify("RELOADING=1\nSTATUS=reloading");
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("--config")
         .arg(config)
         .arg("--upgrade")
@@ -504,7 +505,9 @@ fn start_successor(
             (generation() + IN_PLACE.load(Ordering::Acquire) + 1).to_string(),
         )
         .env("RINGLB_UPGRADE_FROM", socket)
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    inherit_only_stdio(&mut command);
+    let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start the successor: {e}"))?;
     let pid = child.id();
@@ -529,4 +532,25 @@ fn start_successor(
         })
         .map_err(|e| e.to_string())?;
     Ok(pid)
+}
+
+/// The successor inherits standard input, output and error only. Sockets
+/// accepted through io_uring carry no close-on-exec flag: without this, the
+/// successor would hold a copy of every client and upstream connection open
+/// at the reload, and a client whose connection the old process closed
+/// would wait on it (its peer still open) until the successor exits. The
+/// listening sockets reach it over `upgrade_socket` instead.
+fn inherit_only_stdio(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec, and only makes the
+    // close_range(2) system call (async-signal-safe: no allocation, no
+    // locks). It closes descriptors 3 and up of the child alone; std's own
+    // exec-error pipe among them, which only means a failed exec is seen as
+    // the child's exit instead.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
 }
