@@ -337,3 +337,46 @@ fn the_successor_inherits_no_client_connection() {
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&p.socket);
 }
+
+/// After each of 30 reloads by handover, one fresh connection with nothing
+/// else going on is answered promptly (found by an attacking helper: a few
+/// waited seconds, until some other connection arrived).
+#[test]
+fn a_lone_connection_right_after_a_handover_is_answered() {
+    let origin = Origin::start();
+    let p = Ports::new("lone.sock");
+    let (main, _) = p.addrs();
+    // Only the drain timeout differs: a handover each time, same listeners.
+    let text = config(&p, &[origin.addr], false);
+    let files = [
+        write("lone-a.toml", &text),
+        write(
+            "lone-b.toml",
+            &text.replace("drain_timeout = \"10s\"", "drain_timeout = \"8s\""),
+        ),
+    ];
+    let first = Ringlb::start(&config(&p, &[origin.addr], false));
+    let mut last = Stop(0);
+    let mut slow = Vec::new();
+    for n in 0..30 {
+        let (code, said) = reload(&files[(n + 1) % 2]);
+        assert_eq!(code, Some(0), "reload {n}: {said}");
+        last.0 = successor(&said);
+        let started = Instant::now();
+        let mut s = TcpStream::connect(main).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let answered = request(&mut s, &format!("lone{n}"), true);
+        if answered.is_err() || started.elapsed() > Duration::from_secs(1) {
+            slow.push((n, answered.err(), started.elapsed()));
+        }
+    }
+    drop(last);
+    assert!(
+        slow.is_empty(),
+        "slow or unanswered after a handover: {slow:?}\nLOG\n{}",
+        first.log_text()
+    );
+    for f in files.iter().chain([&p.socket]) {
+        let _ = std::fs::remove_file(f);
+    }
+}

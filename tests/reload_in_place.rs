@@ -766,3 +766,72 @@ fn the_log_level_changes_in_place() {
     assert_eq!(reloads(), before, "an info line at level warn");
     let _ = std::fs::remove_file(&file);
 }
+
+/// A listener removed and another added in a later reload: the removed
+/// one's kept-alive connection still gets its own listener's answer, with
+/// `Connection: close`, never the new listener's (found by an attacking
+/// helper: the new listener took the removed one's id).
+#[test]
+fn a_removed_listeners_connection_never_gets_a_new_listeners_routes() {
+    let a = Origin::start();
+    let s = Setup::new("in-place-listener-ids");
+    let (x, y) = (
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+    );
+    let base = s.config(&[a.addr], "", &[a.addr]);
+    let with = |addr: SocketAddr, body: &str| {
+        base.replacen(
+            "[[upstream]]",
+            &format!(
+                "[[listener]]\nlisten = \"{addr}\"\nstatus = 200\nbody = \"{body}\\n\"\n\n[[upstream]]"
+            ),
+            1,
+        )
+    };
+    let _running = Ringlb::start(&with(x, "x"));
+    let mut kept = common::client::Client::connect(x);
+    kept.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(kept.read_response(false).body_str(), "x\n");
+    let file = temp_path("in-place-listener-ids.toml");
+    for text in [base.clone(), with(y, "y")] {
+        std::fs::write(&file, text).unwrap();
+        let (code, said) = reload(&file);
+        assert!(code == Some(0) && said.contains("in place"), "{said}");
+    }
+    assert_eq!(common::client::get(y, "/").body_str(), "y\n");
+    kept.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+    let last = kept.read_response(false);
+    assert_eq!(
+        last.body_str(),
+        "x\n",
+        "the removed listener's connection got another's answer"
+    );
+    assert_eq!(last.header("connection"), Some("close"));
+    let _ = std::fs::remove_file(&file);
+}
+
+/// Two listeners on port 0 are two listeners: reloading the same file
+/// keeps both (found by an attacking helper: both matched the first).
+#[test]
+fn two_port_zero_listeners_both_stay() {
+    let a = Origin::start();
+    let s = Setup::new("in-place-port-zero");
+    let zero = |body: &str| {
+        format!("[[listener]]\nlisten = \"127.0.0.1:0\"\nstatus = 200\nbody = \"{body}\\n\"\n\n")
+    };
+    let text = s.config(&[a.addr], "", &[a.addr]).replacen(
+        "[[upstream]]",
+        &format!("{}{}[[upstream]]", zero("z1"), zero("z2")),
+        1,
+    );
+    let running = Ringlb::start(&text);
+    let (z1, z2) = (running.addrs[2], running.addrs[3]);
+    let file = temp_path("in-place-port-zero.toml");
+    std::fs::write(&file, &text).unwrap();
+    let (code, said) = reload(&file);
+    assert!(code == Some(0) && said.contains("in place"), "{said}");
+    assert_eq!(common::client::get(z1, "/").body_str(), "z1\n");
+    assert_eq!(common::client::get(z2, "/").body_str(), "z2\n");
+    let _ = std::fs::remove_file(&file);
+}

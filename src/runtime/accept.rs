@@ -83,13 +83,20 @@ fn accepted(ctx: &Rc<WorkerCtx>, idx: usize, stream: monoio::net::TcpStream, pee
 /// waiting until the next connection arrived). After a plain drain the
 /// socket is shut down and this finds nothing.
 fn take_queued(ctx: &Rc<WorkerCtx>, idx: usize, listener: &TcpListener) {
-    use std::os::fd::{AsRawFd, FromRawFd};
+    sweep(ctx, idx, std::os::fd::AsRawFd::as_raw_fd(listener));
+}
+
+/// Accepts (without waiting) whatever is queued on listening socket `fd` of
+/// listener `idx`.
+pub(super) fn sweep(ctx: &Rc<WorkerCtx>, idx: usize, listening: std::os::fd::RawFd) {
+    use std::os::fd::FromRawFd;
     loop {
-        // SAFETY: accept4 on the listener this task owns; a returned
-        // descriptor is new and owned by the TcpStream built from it at once.
+        // SAFETY: accept4 on a listening socket this worker holds open; a
+        // returned descriptor is new and owned by the TcpStream built from
+        // it at once.
         let fd = unsafe {
             libc::accept4(
-                listener.as_raw_fd(),
+                listening,
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
                 libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
@@ -113,6 +120,9 @@ fn take_queued(ctx: &Rc<WorkerCtx>, idx: usize, listener: &TcpListener) {
 #[derive(Default)]
 pub(super) struct Accepting {
     pub(super) loops: std::collections::HashMap<usize, (Canceller, std::os::fd::RawFd, Stop)>,
+    /// Accept loops still running (closed or cancelled ones included, until
+    /// their cancelled accept has completed).
+    running: Rc<std::cell::Cell<usize>>,
 }
 
 impl Accepting {
@@ -131,7 +141,13 @@ impl Accepting {
             closed: Rc::default(),
         };
         let closed = stop.closed.clone();
-        monoio::spawn(accept_loop(ctx.clone(), id, listener, stop));
+        let running = self.running.clone();
+        running.set(running.get() + 1);
+        let ctx = ctx.clone();
+        monoio::spawn(async move {
+            accept_loop(ctx, id, listener, stop).await;
+            running.set(running.get() - 1);
+        });
         let mine = Stop {
             cancel: canceller.handle(),
             closed,
@@ -140,12 +156,37 @@ impl Accepting {
         Ok(())
     }
 
+    /// Whether an accept loop still runs: a drain waits for them all, since
+    /// a cancelled accept may still complete with a connection (which the
+    /// loop then serves); exiting first would drop it unanswered (seen: a
+    /// client reset right after a handover).
+    pub(super) fn running(&self) -> bool {
+        self.running.get() > 0
+    }
+
     /// Stops accepting on listener `id`, which left the configuration (its
     /// loop answers what is queued, then closes the socket).
     pub(super) fn close(&mut self, id: usize) {
         if let Some((canceller, _, stop)) = self.loops.remove(&id) {
             stop.closed.set(true);
             canceller.cancel();
+        }
+    }
+
+    /// Accepts what waits in this worker's queues without a wakeup having
+    /// reached its accept (each tick). The kernel wakes one waiter per new
+    /// connection; on a socket shared with a process that is handing over,
+    /// that waiter can be an accept being cancelled, and the connection
+    /// would sit until the next one arrived (seen: 5 in 30 lone connections
+    /// right after a handover waited more than 10 s).
+    pub(super) fn sweep(&self, ctx: &Rc<WorkerCtx>) {
+        if conn_limit::paused(crate::deadline::now_ms()) {
+            return;
+        }
+        for (&id, (_, fd, stop)) in &self.loops {
+            if !stop.closed.get() {
+                sweep(ctx, id, *fd);
+            }
         }
     }
 

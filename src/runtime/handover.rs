@@ -161,6 +161,14 @@ impl Offer {
     }
 }
 
+/// The pid this process handed its sockets to (0: none yet).
+static HANDED_TO: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Whether this process handed its sockets to `pid`.
+pub fn handed_to(pid: u32) -> bool {
+    HANDED_TO.load(std::sync::atomic::Ordering::Acquire) == pid
+}
+
 /// The sockets on offer: our own copies of every listening socket (and the
 /// admin socket), kept in step with the listeners an in-place reload opens
 /// and closes.
@@ -241,6 +249,7 @@ pub fn offer(
                 };
                 match handed {
                     Ok(pid) => {
+                        HANDED_TO.store(pid, std::sync::atomic::Ordering::Release);
                         crate::info!(
                             "handed the listening sockets to pid {pid}: no longer accepting, \
                              draining in-flight requests"

@@ -157,6 +157,7 @@ pub fn start(
             client: config.client,
             limits: (config.limits, max_connections),
             listeners: table,
+            listeners_used: config.listeners.len(),
             layout,
         },
         workers,
@@ -478,6 +479,7 @@ async fn worker_main(
             panic!("test hook: a panic outside any connection task");
         }
         accepting.apply(&ctx, roster.take(&ctx));
+        accepting.sweep(&ctx);
         let now_ms = crate::deadline::now_ms();
         for (i, up) in ctx.upstreams().iter().enumerate() {
             up.housekeeping(now_ms);
@@ -515,6 +517,7 @@ async fn worker_main(
     // first request (it is then counted in `busy`).
     while Instant::now() < deadline
         && (ctx.busy.get() > 0
+            || accepting.running()
             || conn_limit::since_last_accept(crate::deadline::now_ms()) < FRESH_GRACE_MS)
     {
         monoio::time::sleep(Duration::from_millis(10)).await;

@@ -87,24 +87,32 @@ pub struct Opened {
     pub sockets: Vec<std::net::TcpListener>,
 }
 
+/// What `plan` makes: the table, the listeners it opens, and the ids used.
+pub struct Plan {
+    pub table: Vec<Option<Listener>>,
+    pub opened: Vec<Opened>,
+    pub used: usize,
+}
+
 /// The listener table for `new` after `current`'s: listeners whose address
-/// stays keep their id (and socket), new ones get a free id and sockets
-/// bound now. Err (nothing bound is kept): a fresh process is needed (a new
-/// access log file, the table is full), or a new listener cannot listen.
-pub fn plan(
-    current: &Roster,
-    new: &Config,
-    targets: &[Target],
-) -> Result<(Vec<Option<Listener>>, Vec<Opened>), NotInPlace> {
+/// stays keep their id (and socket), new ones get an id never used before
+/// (connections of a removed listener may still be open, and must not find
+/// another listener's routes under their id) and sockets bound now. Err
+/// (nothing bound is kept): a fresh process is needed (a new access log
+/// file, every id used), or a new listener cannot listen.
+pub fn plan(current: &Roster, new: &Config, targets: &[Target]) -> Result<Plan, NotInPlace> {
     let cells = current.listeners.len();
     let mut table: Vec<Option<Listener>> = vec![None; cells];
     let mut fresh = Vec::new();
     for l in &new.listeners {
         let log = log_of(l, targets)?;
-        let kept = current
-            .listeners
-            .iter()
-            .position(|c| c.as_ref().is_some_and(|c| c.config.addr == l.addr));
+        // Each listener of `current` is kept once (two `:0` listeners are two).
+        let kept = (0..cells).find(|&id| {
+            table[id].is_none()
+                && current.listeners[id]
+                    .as_ref()
+                    .is_some_and(|c| c.config.addr == l.addr)
+        });
         match kept {
             Some(id) => {
                 let bound = current.listeners[id].as_ref().map_or(l.addr, |c| c.bound);
@@ -117,19 +125,18 @@ pub fn plan(
             None => fresh.push((l, log)),
         }
     }
-    // New listeners take ids no listener of `current` holds (its sockets
-    // may still be closing in a worker).
-    let free: Vec<usize> = (0..cells)
-        .filter(|&id| current.listeners[id].is_none() && table[id].is_none())
-        .collect();
-    let mut free = free.into_iter();
+    let mut used = current.listeners_used;
     let mut opened = Vec::new();
     for (l, log) in fresh {
-        let id = free
-            .next()
-            .ok_or_else(|| NotInPlace::Fresh(format!("more than {cells} listeners at once")))?;
+        if used >= cells {
+            return Err(NotInPlace::Fresh(format!(
+                "every one of the {cells} listener ids of this process has been used"
+            )));
+        }
+        let id = used;
+        used += 1;
         let (sockets, bound) = super::listener::bind_all(l.addr, new.workers)
-            .map_err(|e| NotInPlace::Refused(e.to_string()))?;
+            .map_err(|e| NotInPlace::Refused(bind_error(current, &table, l, e)))?;
         table[id] = Some(Listener {
             config: l.clone(),
             bound,
@@ -137,5 +144,35 @@ pub fn plan(
         });
         opened.push(Opened { id, bound, sockets });
     }
-    Ok((table, opened))
+    Ok(Plan {
+        table,
+        opened,
+        used,
+    })
+}
+
+/// Why `l` could not listen; with a hint when a listener this reload
+/// removes holds its port (it closes only once the reload is in force).
+fn bind_error(
+    current: &Roster,
+    table: &[Option<Listener>],
+    l: &ListenerConfig,
+    e: std::io::Error,
+) -> String {
+    let closing = current
+        .listeners
+        .iter()
+        .zip(table)
+        .find_map(|(c, n)| match (c, n) {
+            (Some(c), None) if c.bound.port() == l.addr.port() => Some(c.bound),
+            _ => None,
+        });
+    match closing {
+        Some(old) => format!(
+            "{e}: {old}, which this reload removes, still holds the port; \
+             reload once without it, then once with {}",
+            l.addr
+        ),
+        None => e.to_string(),
+    }
 }

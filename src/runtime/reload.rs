@@ -302,7 +302,11 @@ fn in_place_settings(live: &Live, new: &Config) -> Result<(Settings, Vec<Opened>
         .fits(&new.upstreams)
         .map_err(NotInPlace::Fresh)?;
     let current = live.rosters.current();
-    let (table, opened) = relisten::plan(&current, new, &live.sockets.log_targets)?;
+    let relisten::Plan {
+        table,
+        opened,
+        used: listeners_used,
+    } = relisten::plan(&current, new, &live.sockets.log_targets)?;
     let offered = live.sockets.offered.lock().map_or(0, |o| o.len());
     let new_sockets: usize = opened.iter().map(|o| o.sockets.len()).sum();
     if new.upgrade_socket.is_some() && offered + new_sockets > super::handover::MAX_FDS {
@@ -320,6 +324,7 @@ fn in_place_settings(live: &Live, new: &Config) -> Result<(Settings, Vec<Opened>
         client: new.client,
         limits: (new.limits, super::connection_cap(new)),
         listeners: table,
+        listeners_used,
         layout: Arc::new(layout),
     };
     Ok((settings, opened))
@@ -387,6 +392,8 @@ fn offer_and_deliver(live: &Live, opened: Vec<Opened>) {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     for o in opened {
+        // Never two sets of sockets offered for one address.
+        offered.retain(|h| !(h.role == super::handover::Role::Listener && h.addr == o.bound));
         for (worker, socket) in o.sockets.into_iter().enumerate() {
             match socket.try_clone() {
                 Ok(copy) => offered.push(super::handover::Handed {
@@ -520,6 +527,11 @@ fn start_successor(
         .name("ringlb-reload".into())
         .spawn(move || {
             if let Ok(status) = child.wait() {
+                if super::handover::handed_to(pid) {
+                    // It took over, served, and was replaced in turn (while
+                    // this process still drained).
+                    return;
+                }
                 crate::warn!(
                     "reload: pid {pid} exited ({status}) before taking over; still serving"
                 );

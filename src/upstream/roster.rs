@@ -61,6 +61,8 @@ pub struct Roster {
     /// The listeners by id (see `Listener`): None for an id no listener
     /// holds.
     pub listeners: Vec<Option<Listener>>,
+    /// Listener ids below this have been used (an id is never used twice).
+    pub listeners_used: usize,
     /// The metrics labels of the listeners, routes and upstreams.
     pub layout: Arc<Layout>,
 }
@@ -83,6 +85,7 @@ pub struct Settings {
     pub client: ClientSettings,
     pub limits: (LimitsConfig, u32),
     pub listeners: Vec<Option<Listener>>,
+    pub listeners_used: usize,
     pub layout: Arc<Layout>,
 }
 
@@ -94,6 +97,7 @@ impl Roster {
             client: self.client,
             limits: self.limits,
             listeners: self.listeners.clone(),
+            listeners_used: self.listeners_used,
             layout: self.layout.clone(),
         }
     }
@@ -166,6 +170,7 @@ impl Rosters {
             client,
             limits,
             listeners,
+            listeners_used,
             layout,
         } = settings;
         let mut id = 0;
@@ -192,6 +197,7 @@ impl Rosters {
                 client,
                 limits,
                 listeners,
+                listeners_used,
                 layout,
             })),
             number: AtomicU64::new(0),
@@ -385,6 +391,7 @@ impl Rosters {
             client,
             limits,
             listeners,
+            listeners_used,
             layout,
         } = settings;
         let mut alloc = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
@@ -411,6 +418,7 @@ impl Rosters {
             client,
             limits,
             listeners,
+            listeners_used,
             layout,
         });
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = roster.clone();
@@ -455,6 +463,7 @@ mod tests {
             client: ClientSettings::DEFAULT,
             limits: Default::default(),
             listeners: Vec::new(),
+            listeners_used: 0,
             layout: Arc::new(Layout::new(Vec::new(), Vec::new(), (1, 8))),
         }
     }
