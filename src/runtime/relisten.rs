@@ -9,8 +9,10 @@
 //! on them when it takes the roster. A listener the roster no longer has
 //! stops accepting in every worker: what is already queued on its sockets is
 //! still answered, its connections finish their requests with
-//! `Connection: close`. The table has room for twice the listeners at start
-//! and 16 more; a reload that needs more goes through a fresh process.
+//! `Connection: close`. An id is never given to a second listener (the
+//! first one's connections may still be open under it); the table has room
+//! for twice the listeners at start and 16 more, and a reload that needs
+//! more goes through a fresh process.
 
 use super::reload::NotInPlace;
 use crate::access_log::writer::Target;
