@@ -90,6 +90,27 @@ pub struct Settings {
 }
 
 impl Roster {
+    fn of(number: u64, members: Vec<Vec<Member>>, settings: Settings) -> Roster {
+        let Settings {
+            upstreams,
+            client,
+            limits,
+            listeners,
+            listeners_used,
+            layout,
+        } = settings;
+        Roster {
+            number,
+            upstreams,
+            members,
+            client,
+            limits,
+            listeners,
+            listeners_used,
+            layout,
+        }
+    }
+
     /// This roster's settings with other upstreams (a DNS change).
     pub fn with_upstreams(&self, upstreams: Vec<UpstreamConfig>) -> Settings {
         Settings {
@@ -165,16 +186,9 @@ impl Rosters {
     /// The first roster: servers numbered in config order. `capacity`: most
     /// servers at once over the life of the process.
     pub fn new(settings: Settings, workers: usize, capacity: usize) -> Arc<Rosters> {
-        let Settings {
-            upstreams,
-            client,
-            limits,
-            listeners,
-            listeners_used,
-            layout,
-        } = settings;
         let mut id = 0;
-        let members = upstreams
+        let members = settings
+            .upstreams
             .iter()
             .map(|u| {
                 u.servers
@@ -190,16 +204,7 @@ impl Rosters {
             })
             .collect();
         Arc::new(Rosters {
-            current: Mutex::new(Arc::new(Roster {
-                number: 0,
-                upstreams,
-                members,
-                client,
-                limits,
-                listeners,
-                listeners_used,
-                layout,
-            })),
+            current: Mutex::new(Arc::new(Roster::of(0, members, settings))),
             number: AtomicU64::new(0),
             applied: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             publishing: Mutex::new(Allocator {
@@ -386,18 +391,10 @@ impl Rosters {
         within: Duration,
         joining: &dyn Fn(&[Joined]),
     ) -> Result<Published, String> {
-        let Settings {
-            upstreams,
-            client,
-            limits,
-            listeners,
-            listeners_used,
-            layout,
-        } = settings;
         let mut alloc = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current();
         let names = |u: &[UpstreamConfig]| u.iter().map(|u| u.name.clone()).collect::<Vec<_>>();
-        if names(&old.upstreams) != names(&upstreams) {
+        if names(&old.upstreams) != names(&settings.upstreams) {
             return Err("the upstreams' names or order changed".into());
         }
         if !self.wait_applied(old.number, within) {
@@ -408,19 +405,10 @@ impl Rosters {
             added,
             removed,
             alloc: next,
-        } = self.plan(*alloc, &old, &upstreams)?;
+        } = self.plan(*alloc, &old, &settings.upstreams)?;
         *alloc = next;
         joining(&added);
-        let roster = Arc::new(Roster {
-            number: old.number + 1,
-            upstreams,
-            members,
-            client,
-            limits,
-            listeners,
-            listeners_used,
-            layout,
-        });
+        let roster = Arc::new(Roster::of(old.number + 1, members, settings));
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = roster.clone();
         self.number.store(roster.number, Ordering::Release);
         Ok(Published {
