@@ -1,8 +1,10 @@
 //! A worker's side of `upstream::roster`: when a new roster is published, the
 //! worker builds its view of every upstream for it, carrying over what stays
-//! (idle connections, latency estimates, ejections), and puts it in force
-//! between requests: requests already running finish on the view they
-//! started with; the next one starts on the new view.
+//! (idle connections, latency estimates, ejections, admission), its routes
+//! and access log sinks per listener, installs new caps, and says which
+//! listeners to open and close. All of it takes effect between requests:
+//! requests already running finish on what they started with; the next one
+//! starts on the new roster.
 
 use crate::config::LimitsConfig;
 use crate::proxy::route::ListenerRoutes;
