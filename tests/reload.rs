@@ -380,3 +380,53 @@ fn a_lone_connection_right_after_a_handover_is_answered() {
         let _ = std::fs::remove_file(f);
     }
 }
+
+/// A port-0 listener keeps its port across a reload by handover (found by
+/// an attacking helper: the successor bound a new one and the old socket,
+/// with its queue, closed), and a SIGHUP to the process that handed over
+/// starts no second successor (found by the same helper: a SIGHUP racing a
+/// handover put another file in force while the command said DONE).
+#[test]
+fn a_port_zero_listener_keeps_its_port_and_a_draining_process_refuses_a_reload() {
+    let origin = Origin::start();
+    let p = Ports::new("zero.sock");
+    let text = config(&p, &[origin.addr], false).replacen(
+        "[[upstream]]",
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\nstatus = 200\nbody = \"zero\\n\"\n\n[[upstream]]",
+        1,
+    );
+    let running = Ringlb::start(&text);
+    let zero = running.addrs[1];
+    // Keeps the old process draining for a while after the handover.
+    let (main, _) = p.addrs();
+    let slow = std::thread::spawn(move || common::client::get(main, "/slow/1500").status);
+    std::thread::sleep(Duration::from_millis(200));
+    let file = write(
+        "zero.toml",
+        &text.replace("drain_timeout = \"10s\"", "drain_timeout = \"8s\""),
+    );
+    let (code, said) = reload(&file);
+    assert_eq!(code, Some(0), "{said}");
+    let _successor = Stop(successor(&said));
+    running.signal(libc::SIGHUP);
+    common::eventually("the refusal is logged", Duration::from_secs(5), || {
+        running.log_contains("is draining; reload that one")
+    });
+    assert_eq!(slow.join().unwrap(), 200);
+    common::eventually("the old process exits", Duration::from_secs(15), || {
+        !alive(running.pid())
+    });
+    let answer = common::client::get(zero, "/");
+    assert_eq!(
+        (answer.status, answer.body_str()),
+        (200, "zero\n".to_string())
+    );
+    assert_eq!(
+        running.log_text().matches("reload: started pid").count(),
+        1,
+        "{}",
+        running.log_text()
+    );
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&p.socket);
+}

@@ -93,6 +93,29 @@ pub fn claim(inherited: &mut Vec<Handed>, role: Role, addr: SocketAddr) -> Vec<O
     mine
 }
 
+/// Takes the inherited listening sockets for a listener configured on
+/// `addr`, and the address they are bound to. A port-0 listener takes the
+/// first inherited one on its IP whose port no listener of the new config
+/// names (`named`): its port stays what it was.
+pub fn claim_listener(
+    inherited: &mut Vec<Handed>,
+    addr: SocketAddr,
+    named: &[SocketAddr],
+) -> (Vec<OwnedFd>, SocketAddr) {
+    if addr.port() != 0 {
+        return (claim(inherited, Role::Listener, addr), addr);
+    }
+    let found = inherited.iter().find(|h| {
+        h.role == Role::Listener
+            && h.addr.ip() == addr.ip()
+            && !named.iter().any(|n| n.port() == h.addr.port())
+    });
+    match found.map(|h| h.addr) {
+        Some(bound) => (claim(inherited, Role::Listener, bound), bound),
+        None => (Vec::new(), addr),
+    }
+}
+
 /// Asks the ringlb offering its sockets on `path` for them.
 pub fn take_over(path: &Path) -> io::Result<Takeover> {
     let mut stream = UnixStream::connect(path).map_err(|e| {
@@ -167,6 +190,14 @@ static HANDED_TO: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::n
 /// Whether this process handed its sockets to `pid`.
 pub fn handed_to(pid: u32) -> bool {
     HANDED_TO.load(std::sync::atomic::Ordering::Acquire) == pid
+}
+
+/// The pid this process handed its sockets to, if it did.
+pub fn handed_over() -> Option<u32> {
+    match HANDED_TO.load(std::sync::atomic::Ordering::Acquire) {
+        0 => None,
+        pid => Some(pid),
+    }
 }
 
 /// The sockets on offer: our own copies of every listening socket (and the

@@ -117,13 +117,14 @@ pub fn start(
     let mut bound = Vec::new();
     // Our own copies of every listening socket, for a successor.
     let mut offered = Vec::new();
+    let named: Vec<SocketAddr> = config.listeners.iter().map(|l| l.addr).collect();
     for (idx, l) in config.listeners.iter().enumerate() {
-        let mine = handover::claim(&mut inherited, handover::Role::Listener, l.addr);
+        let (mine, at) = handover::claim_listener(&mut inherited, l.addr, &named);
         let (sockets, addr) = if mine.is_empty() {
             listener::bind_all(l.addr, workers)?
         } else {
-            crate::info!("taking over {} socket(s) on {}", mine.len(), l.addr);
-            (listener::adopt(mine, l.addr, workers)?, l.addr)
+            crate::info!("taking over {} socket(s) on {at}", mine.len());
+            (listener::adopt(mine, at, workers)?, at)
         };
         for (i, s) in sockets.into_iter().enumerate() {
             if config.upgrade_socket.is_some() {

@@ -172,6 +172,10 @@ pub fn in_force_metrics() -> (u64, u64) {
     )
 }
 
+/// The successor a reload by handover started and that has not taken over
+/// or exited yet (0: none).
+static SUCCESSOR: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// In-place reloads this process made.
 static IN_PLACE: AtomicU64 = AtomicU64::new(0);
 
@@ -226,6 +230,19 @@ pub fn reload(file: &Path, report: Option<Reporter>) -> Result<Reloaded, String>
         .map_err(|e| e.to_string())?;
     let live = LIVE.get().ok_or("this ringlb is still starting")?;
     let _changing = live.changing.lock().unwrap_or_else(|p| p.into_inner());
+    // One handover at a time, and none from a process that handed over
+    // (it only drains; the next reload is the successor's to make).
+    if let Some(pid) = super::handover::handed_over() {
+        return Err(format!(
+            "this process handed its sockets to pid {pid} and is draining; reload that one"
+        ));
+    }
+    let pending = SUCCESSOR.load(Ordering::Acquire);
+    if pending != 0 {
+        return Err(format!(
+            "a reload by handover to pid {pending} is in progress"
+        ));
+    }
     let current = live
         .config
         .lock()
@@ -518,6 +535,7 @@ fn start_successor(
         .spawn()
         .map_err(|e| format!("cannot start the successor: {e}"))?;
     let pid = child.id();
+    SUCCESSOR.store(pid, Ordering::Release);
     crate::info!(
         "reload: started pid {pid} with {}; it takes the listening sockets over",
         config.display()
@@ -527,6 +545,7 @@ fn start_successor(
         .name("ringlb-reload".into())
         .spawn(move || {
             if let Ok(status) = child.wait() {
+                let _ = SUCCESSOR.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire);
                 if super::handover::handed_to(pid) {
                     // It took over, served, and was replaced in turn (while
                     // this process still drained).
