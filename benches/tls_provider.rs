@@ -98,26 +98,28 @@ fn handshake(
     let mut s = ServerConnection::new(server.clone()).expect("server");
     let mut wire = Vec::with_capacity(16 * 1024);
     while c.is_handshaking() || s.is_handshaking() || c.wants_write() || s.wants_write() {
-        wire.clear();
-        while c.wants_write() {
-            c.write_tls(&mut wire).expect("client write");
-        }
-        let mut rd = &wire[..];
-        while !rd.is_empty() {
-            s.read_tls(&mut rd).expect("server read");
-        }
-        s.process_new_packets().expect("server process");
-        wire.clear();
-        while s.wants_write() {
-            s.write_tls(&mut wire).expect("server write");
-        }
-        let mut rd = &wire[..];
-        while !rd.is_empty() {
-            c.read_tls(&mut rd).expect("client read");
-        }
-        c.process_new_packets().expect("client process");
+        pump(&mut c, &mut s, &mut wire);
+        pump(&mut s, &mut c, &mut wire);
     }
     (s, c)
+}
+
+/// Moves what `from` has to send into `to`, and lets `to` process it.
+fn pump<A, B, DA, DB>(from: &mut A, to: &mut B, wire: &mut Vec<u8>)
+where
+    A: std::ops::DerefMut<Target = rustls::ConnectionCommon<DA>>,
+    B: std::ops::DerefMut<Target = rustls::ConnectionCommon<DB>>,
+    DB: rustls::SideData,
+{
+    wire.clear();
+    while from.wants_write() {
+        from.write_tls(wire).expect("write tls");
+    }
+    let mut rd = &wire[..];
+    while !rd.is_empty() {
+        to.read_tls(&mut rd).expect("read tls");
+    }
+    to.process_new_packets().expect("process");
 }
 
 fn handshakes(c: &mut Criterion) {
