@@ -594,13 +594,7 @@ fn listeners_open_and_close_in_place_under_load() {
     let s = Setup::new("in-place-listeners");
     let extra = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let base = s.config(&[a.addr], "", &[c.addr]);
-    let with_extra = base.replacen(
-        "[[upstream]]",
-        &format!(
-            "[[listener]]\nlisten = \"{extra}\"\nstatus = 200\nbody = \"extra\\n\"\n\n[[upstream]]"
-        ),
-        1,
-    );
+    let with_extra = with_direct_listeners(&base, &[(extra, "extra")]);
     let running = Ringlb::start(&base);
     let load = Load::start(s.main, 4);
     let load_other = Load::start(s.other, 2);
@@ -664,11 +658,7 @@ fn a_listener_that_cannot_listen_refuses_the_reload() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap();
     let file = temp_path("in-place-taken.toml");
-    let text = s.config(&[b.addr], "", &[a.addr]).replacen(
-        "[[upstream]]",
-        &format!("[[listener]]\nlisten = \"{port}\"\nstatus = 200\n\n[[upstream]]"),
-        1,
-    );
+    let text = with_direct_listeners(&s.config(&[b.addr], "", &[a.addr]), &[(port, "")]);
     std::fs::write(&file, text).unwrap();
     let (code, said) = reload(&file);
     assert_eq!(code, Some(1), "{said}");
@@ -781,15 +771,7 @@ fn a_removed_listeners_connection_never_gets_a_new_listeners_routes() {
         SocketAddr::from(([127, 0, 0, 1], free_port())),
     );
     let base = s.config(&[a.addr], "", &[a.addr]);
-    let with = |addr: SocketAddr, body: &str| {
-        base.replacen(
-            "[[upstream]]",
-            &format!(
-                "[[listener]]\nlisten = \"{addr}\"\nstatus = 200\nbody = \"{body}\\n\"\n\n[[upstream]]"
-            ),
-            1,
-        )
-    };
+    let with = |addr: SocketAddr, body: &str| with_direct_listeners(&base, &[(addr, body)]);
     let _running = Ringlb::start(&with(x, "x"));
     let mut kept = common::client::Client::connect(x);
     kept.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
@@ -818,13 +800,10 @@ fn a_removed_listeners_connection_never_gets_a_new_listeners_routes() {
 fn two_port_zero_listeners_both_stay() {
     let a = Origin::start();
     let s = Setup::new("in-place-port-zero");
-    let zero = |body: &str| {
-        format!("[[listener]]\nlisten = \"127.0.0.1:0\"\nstatus = 200\nbody = \"{body}\\n\"\n\n")
-    };
-    let text = s.config(&[a.addr], "", &[a.addr]).replacen(
-        "[[upstream]]",
-        &format!("{}{}[[upstream]]", zero("z1"), zero("z2")),
-        1,
+    let zero: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let text = with_direct_listeners(
+        &s.config(&[a.addr], "", &[a.addr]),
+        &[(zero, "z1"), (zero, "z2")],
     );
     let running = Ringlb::start(&text);
     let (z1, z2) = (running.addrs[2], running.addrs[3]);
@@ -835,4 +814,20 @@ fn two_port_zero_listeners_both_stay() {
     assert_eq!(common::client::get(z1, "/").body_str(), "z1\n");
     assert_eq!(common::client::get(z2, "/").body_str(), "z2\n");
     let _ = std::fs::remove_file(&file);
+}
+
+/// `config` with a listener per `(address, body)` that answers 200 with
+/// the body and a newline (no body when empty), placed before the upstreams.
+fn with_direct_listeners(config: &str, listeners: &[(SocketAddr, &str)]) -> String {
+    let mut added = String::new();
+    for (addr, body) in listeners {
+        added.push_str(&format!(
+            "[[listener]]\nlisten = \"{addr}\"\nstatus = 200\n"
+        ));
+        if !body.is_empty() {
+            added.push_str(&format!("body = \"{body}\\n\"\n"));
+        }
+        added.push('\n');
+    }
+    config.replacen("[[upstream]]", &format!("{added}[[upstream]]"), 1)
 }

@@ -311,7 +311,8 @@ fn route(
         let path = crate::http::path::normalise(head.path(), &mut scratch);
         let (index, action) = ctx.routes.borrow()[listener].select(head.host_name(), path);
         let key = match action {
-            RouteAction::Proxy(up) => ctx.upstreams()[up]
+            // Read in place: only the forward holds the list across awaits.
+            RouteAction::Proxy(up) => ctx.upstreams.borrow()[up]
                 .hash_key
                 .as_ref()
                 .map_or(0, |key| hash_key(key, head, path, ip)),
